@@ -1,0 +1,189 @@
+"""AdapterDeployment: one shared base model serving many tenants' adapters, hot-loaded at run time."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from .base import ApiModel, Condition, DnsLabel, ObjectMeta, SecretKeyRef, SecretRef, Sha256
+from .finetunejob import BaseModelSource, ComputeResources
+from .uris import AdapterUri
+
+MAX_ADAPTERS_PER_DEPLOYMENT = 512
+
+
+class Engine(StrEnum):
+    BUILTIN = "builtin"  # the project's own server (peft, per-row adapters in one batch)
+    VLLM = "vllm"  # vLLM with --enable-lora and runtime LoRA updating
+
+
+class Runtime(ApiModel):
+    """The operator creates and owns the base-model Deployment and Service."""
+
+    engine: Engine = Field(default=Engine.BUILTIN, description="builtin or vllm.")
+    image: str | None = Field(
+        default=None, max_length=512, description="Engine image; the operator's configured default if unset."
+    )
+    replicas: int = Field(default=1, ge=0, le=100, description="Inference pods.")
+    resources: ComputeResources = Field(default_factory=ComputeResources, description="Per-pod resources.")
+    extra_args: list[Annotated[str, Field(max_length=1024)]] | None = Field(
+        default=None, max_length=64, description="Extra command-line arguments for the engine."
+    )
+
+
+class TargetRef(ApiModel):
+    """An existing inference Deployment that the operator patches once (sidecar, volume, LoRA flags)."""
+
+    kind: Literal["Deployment"] = Field(default="Deployment", description="Only Deployment for now.")
+    name: DnsLabel = Field(description="Deployment in the same namespace.")
+    container: DnsLabel | None = Field(default=None, description="The engine container (the first if unset).")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port the engine's HTTP API listens on.")
+
+
+class Limits(ApiModel):
+    """Bounds enforced when adapters are loaded."""
+
+    max_adapters: int = Field(
+        default=32, ge=1, le=MAX_ADAPTERS_PER_DEPLOYMENT, description="Adapters one replica holds at once."
+    )
+    max_rank: int = Field(default=64, ge=1, le=1024, description="Highest LoRA rank accepted.")
+
+
+class FineTuneJobRef(ApiModel):
+    """A FineTuneJob in the same namespace; its recorded adapter is served once it Succeeded."""
+
+    name: DnsLabel = Field(description="FineTuneJob name.")
+
+
+class AdapterSource(ApiModel):
+    """Either a FineTuneJob, or a URI with the sha256 of the adapter's manifest.json."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.fineTuneJobRef) != has(self.uri)",
+                    "message": "set exactly one of fineTuneJobRef or uri",
+                },
+                {
+                    "rule": "!has(self.uri) || has(self.sha256)",
+                    "message": "uri needs sha256 (of the adapter's manifest.json) so the download can be verified",
+                },
+                {"rule": "!has(self.sha256) || has(self.uri)", "message": "sha256 goes with uri"},
+            ]
+        }
+    }
+
+    fine_tune_job_ref: FineTuneJobRef | None = None
+    uri: AdapterUri | None = Field(default=None, description="s3://, pvc://, hf:// or file:// adapter directory.")
+    sha256: Sha256 | None = Field(default=None, description="Lowercase hex sha256 of the adapter's manifest.json.")
+    credentials_secret_ref: SecretRef | None = Field(default=None, description="Secret with S3 credentials.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AdapterSource:
+        if (self.fine_tune_job_ref is None) == (self.uri is None):
+            raise ValueError("set exactly one of fineTuneJobRef or uri")
+        if self.uri is not None and self.sha256 is None:
+            raise ValueError("uri needs sha256 (of the adapter's manifest.json) so the download can be verified")
+        if self.sha256 is not None and self.uri is None:
+            raise ValueError("sha256 goes with uri")
+        return self
+
+
+class AdapterSpec(ApiModel):
+    """One tenant's adapter; `name` is the `model` clients ask for."""
+
+    name: DnsLabel = Field(description="Unique within the deployment; clients send it as `model`.")
+    source: AdapterSource = Field(description="Where the adapter comes from.")
+
+
+class AdapterDeploymentSpec(ApiModel):
+    """One base model, many adapters: on a Deployment the operator runs, or on one you already have."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.runtime) != has(self.targetRef)",
+                    "message": "set exactly one of runtime or targetRef",
+                },
+                {
+                    "rule": "!has(self.adapters) || self.adapters.size() <= self.limits.maxAdapters",
+                    "message": "more adapters than limits.maxAdapters: raise the limit or split the deployment",
+                },
+            ]
+        }
+    }
+
+    base_model: BaseModelSource = Field(description="The shared base model every adapter was trained on.")
+    runtime: Runtime | None = Field(default=None, description="Let the operator run the engine.")
+    target_ref: TargetRef | None = Field(default=None, description="Use an existing engine Deployment.")
+    limits: Limits = Field(default_factory=Limits, description="Bounds on loaded adapters.")
+    adapters: list[AdapterSpec] = Field(
+        default_factory=list,
+        max_length=MAX_ADAPTERS_PER_DEPLOYMENT,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Adapters to serve; names are unique (a list-map keyed by name, so owners merge cleanly).",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key with the bearer token guarding the load/unload API (generated if unset).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AdapterDeploymentSpec:
+        if (self.runtime is None) == (self.target_ref is None):
+            raise ValueError("set exactly one of runtime or targetRef")
+        names = [a.name for a in self.adapters]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"adapter names must be unique; repeated: {', '.join(duplicates)}")
+        if len(self.adapters) > self.limits.max_adapters:
+            raise ValueError(
+                f"{len(self.adapters)} adapters exceed limits.maxAdapters={self.limits.max_adapters}: "
+                "raise the limit or split the deployment"
+            )
+        return self
+
+
+class AdapterState(StrEnum):
+    PENDING = "Pending"
+    LOADING = "Loading"
+    LOADED = "Loaded"
+    FAILED = "Failed"
+
+
+class AdapterStatus(ApiModel):
+    """How one adapter is doing across the replicas."""
+
+    name: str
+    state: AdapterState
+    digest: str | None = Field(default=None, description="sha256 of the manifest being served.")
+    loaded_replicas: int = Field(default=0, ge=0)
+    message: str | None = Field(default=None, max_length=4096)
+
+
+class AdapterDeploymentStatus(ApiModel):
+    """What is: written by the operator only."""
+
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    replicas: int = Field(default=0, ge=0, description="Inference pods.")
+    ready_replicas: int = Field(default=0, ge=0, description="Pods that are ready and hold every adapter.")
+    adapters: list[AdapterStatus] = Field(default_factory=list)
+    adapters_ready: str | None = Field(default=None, description="Loaded/desired adapters, e.g. 3/4.")
+    endpoint: str | None = Field(default=None, description="OpenAI-compatible base URL inside the cluster.")
+
+
+class AdapterDeployment(ApiModel):
+    """Serve many PEFT adapters from one shared base model."""
+
+    model_config = {"extra": "ignore"}
+
+    api_version: Literal["peft.dev/v1alpha1"] = "peft.dev/v1alpha1"
+    kind: Literal["AdapterDeployment"] = "AdapterDeployment"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: AdapterDeploymentSpec
+    status: AdapterDeploymentStatus | None = None
