@@ -1,0 +1,47 @@
+"""What the trainer reports to the operator (HTTP sink, JSON lines, termination message)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from .base import ApiModel
+from .finetunejob import AdapterRecord, DatasetReport, Progress
+
+
+class FailureReason(StrEnum):
+    """Why a run failed, as a CamelCase reason the operator puts into conditions and Events."""
+
+    DATASET_INVALID = "DatasetInvalid"  # preflight found no usable rows, or the data cannot be read
+    MODEL_UNAVAILABLE = "ModelUnavailable"  # base model cannot be read or is incompatible
+    STORAGE_ERROR = "StorageError"  # output or checkpoint location cannot be written
+    CONFIGURATION_ERROR = "ConfigurationError"  # e.g. target modules that the model does not have
+    TRAINING_ERROR = "TrainingError"  # anything else (NaN loss, crash)
+
+
+class PreflightEvent(ApiModel):
+    event: Literal["preflight"] = "preflight"
+    dataset: DatasetReport
+
+
+class ProgressEvent(ApiModel):
+    event: Literal["progress"] = "progress"
+    progress: Progress
+    lr: float | None = None
+
+
+class CompletedEvent(ApiModel):
+    event: Literal["completed"] = "completed"
+    adapter: AdapterRecord
+    progress: Progress
+
+
+class FailedEvent(ApiModel):
+    event: Literal["failed"] = "failed"
+    reason: FailureReason
+    message: str = Field(max_length=2048, description="What went wrong and how to fix it.")
+
+
+TrainerEvent = PreflightEvent | ProgressEvent | CompletedEvent | FailedEvent

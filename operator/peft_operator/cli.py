@@ -1,0 +1,44 @@
+"""`peft-operator`: run the operator, generate CRDs, or run a FineTuneJob locally (no cluster)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _crds(args: argparse.Namespace) -> None:
+    from . import crdgen
+
+    crdgen.main([str(d) for d in args.out])
+
+
+def _local_train(args: argparse.Namespace) -> None:
+    # The runtime package brings torch; only local mode needs it on this side.
+    from peft_runtime.local import train_local
+
+    train_local(args.file, work_dir=args.work_dir)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="peft-operator", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    crds = commands.add_parser("crds", help="write the CRDs generated from the API models")
+    crds.add_argument("out", nargs="+", type=Path)
+    crds.set_defaults(run=_crds)
+
+    local = commands.add_parser("local", help="run on this machine, without a cluster").add_subparsers(
+        dest="local_command", required=True
+    )
+    train = local.add_parser("train", help="train the adapter a FineTuneJob describes, on this machine")
+    train.add_argument("-f", "--file", type=Path, required=True, help="FineTuneJob YAML (file:// or plain paths)")
+    train.add_argument("--work-dir", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    train.set_defaults(run=_local_train)
+
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
