@@ -572,8 +572,7 @@ class ControlPlane:
             *args,
         ]
         env = dict(os.environ, KUBECONFIG=str(kubeconfig or self.kubeconfig_path))
-        env.pop("KUBERC", None)
-        env["KUBECTL_KUBERC"] = "false"
+        env["KUBERC"] = "off"  # ignore a developer's ~/.kube/kuberc preferences
         proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, env=env, check=False)
         if check and proc.returncode != 0:
             raise subprocess.CalledProcessError(proc.returncode, cmd, output=proc.stdout, stderr=proc.stderr)

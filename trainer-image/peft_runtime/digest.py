@@ -59,4 +59,7 @@ def verify_adapter_dir(directory: Path, expected_sha256: str | None = None) -> A
             raise DigestMismatchError(f"{name} is listed in {MANIFEST_FILE_NAME} but missing")
         if actual_files[name] != expected:
             raise DigestMismatchError(f"{name} has sha256 {actual_files[name]}, the manifest says {expected}")
+    unlisted = sorted(set(actual_files) - set(manifest.files))
+    if unlisted:
+        raise DigestMismatchError(f"files not in {MANIFEST_FILE_NAME}: {', '.join(unlisted)}; refusing to load them")
     return manifest
