@@ -45,3 +45,7 @@ class FailedEvent(ApiModel):
 
 
 TrainerEvent = PreflightEvent | ProgressEvent | CompletedEvent | FailedEvent
+
+# The trainer exits with this code when a retry cannot help (invalid data or configuration); the Job's
+# pod failure policy then fails at once instead of burning the backoff limit.
+PERMANENT_FAILURE_EXIT_CODE = 3

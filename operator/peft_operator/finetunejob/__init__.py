@@ -1,0 +1,1 @@
+"""The FineTuneJob controller: validation, plan and Job builders, status logic, and the handlers."""

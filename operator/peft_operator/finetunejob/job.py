@@ -1,0 +1,183 @@
+"""Render the batch/v1 Job that runs the trainer for one FineTuneJob (a pure function of spec and settings)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api import FineTuneJob, Scheme, parse_uri
+from ..api.events import PERMANENT_FAILURE_EXIT_CODE
+from ..api.finetunejob import duration_seconds
+from ..api.plan import CONFIGMAP_MOUNT_ROOT, PLAN_FILE_NAME, PVC_MOUNT_ROOT
+from ..naming import (
+    KUEUE_PRIORITY_LABEL,
+    KUEUE_QUEUE_LABEL,
+    TRAINER_CONTAINER,
+    finetunejob_labels,
+    plan_configmap_name,
+    progress_secret_name,
+    training_job_name,
+)
+from ..owner import owner_reference
+from ..security import container_security_context, pod_security_context
+from ..settings import OperatorSettings
+from .plan import WORK_DIR
+
+PLAN_DIR = "/etc/peft/plan"
+# Secrets reach the trainer as environment from references; each source gets its own prefix so a
+# dataset bucket and an output bucket can use different credentials.
+DATASET_ENV_PREFIX = "DATASET_"
+OUTPUT_ENV_PREFIX = "OUTPUT_"
+
+
+def _volume_name(kind: str, name: str) -> str:
+    return f"{kind}-{name}"[:63].rstrip("-.")
+
+
+def _storage_volumes(job: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and mounts for every pvc:// and configmap:// URI; only the output is writable."""
+    spec = job.spec
+    volumes: dict[str, dict[str, Any]] = {}
+    writable: dict[str, bool] = {}
+    mounts: dict[str, dict[str, Any]] = {}
+    for uri, is_output in ((spec.base_model.uri, False), (spec.dataset.uri, False), (spec.output.uri, True)):
+        parsed = parse_uri(uri)
+        if parsed.scheme is Scheme.PVC:
+            name = _volume_name("pvc", parsed.authority)
+            volumes[name] = {"name": name, "persistentVolumeClaim": {"claimName": parsed.authority}}
+            writable[name] = writable.get(name, False) or is_output
+            mounts[name] = {"name": name, "mountPath": f"{PVC_MOUNT_ROOT}/{parsed.authority}"}
+        elif parsed.scheme is Scheme.CONFIGMAP:
+            name = _volume_name("cm", parsed.authority)
+            volumes[name] = {"name": name, "configMap": {"name": parsed.authority}}
+            mounts[name] = {"name": name, "mountPath": f"{CONFIGMAP_MOUNT_ROOT}/{parsed.authority}"}
+    for name, mount in mounts.items():
+        mount["readOnly"] = not writable.get(name, False)
+        if "persistentVolumeClaim" in volumes[name]:
+            volumes[name]["persistentVolumeClaim"]["readOnly"] = not writable[name]
+    return list(volumes.values()), list(mounts.values())
+
+
+def _env(job: FineTuneJob, settings: OperatorSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    spec = job.spec
+    assert job.metadata.name is not None
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": WORK_DIR},
+        {"name": "HF_HOME", "value": f"{WORK_DIR}/hf"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if settings.progress_url:
+        secret = progress_secret_name(job.metadata.name)
+        env.append({"name": "PEFT_PROGRESS_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}})
+    token_ref = spec.base_model.token_secret_ref
+    if token_ref is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_ref.name, "key": token_ref.key}}})
+    env_from = []
+    if spec.dataset.credentials_secret_ref is not None:
+        env_from.append({"prefix": DATASET_ENV_PREFIX, "secretRef": {"name": spec.dataset.credentials_secret_ref.name}})
+    if spec.output.credentials_secret_ref is not None:
+        env_from.append({"prefix": OUTPUT_ENV_PREFIX, "secretRef": {"name": spec.output.credentials_secret_ref.name}})
+    return env, env_from
+
+
+def _resources(job: FineTuneJob) -> dict[str, Any]:
+    res = job.spec.resources
+    limits: dict[str, Any] = {}
+    if res.gpus:
+        limits[res.gpu_resource_name] = str(res.gpus)
+    if res.cpu:
+        limits["cpu"] = res.cpu
+    if res.memory:
+        limits["memory"] = res.memory
+    requests = {k: v for k, v in limits.items() if k in ("cpu", "memory")}
+    return {"limits": limits, "requests": requests} if limits else {}
+
+
+def _pod_failure_policy() -> dict[str, Any]:
+    return {
+        "rules": [
+            # The trainer exits with this code when retrying cannot help (bad data, bad configuration).
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": TRAINER_CONTAINER,
+                    "operator": "In",
+                    "values": [PERMANENT_FAILURE_EXIT_CODE],
+                },
+            },
+            # Preemption, eviction and node drains are not the job's fault: retry without counting.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def render_training_job(job: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
+    meta, spec = job.metadata, job.spec
+    assert meta.name is not None
+    labels = finetunejob_labels(meta.name)
+    job_labels = dict(labels)
+    if spec.queue is not None:
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue.name
+        if spec.queue.priority_class is not None:
+            job_labels[KUEUE_PRIORITY_LABEL] = spec.queue.priority_class
+    volumes, mounts = _storage_volumes(job)
+    env, env_from = _env(job, settings)
+    container: dict[str, Any] = {
+        "name": TRAINER_CONTAINER,
+        "image": settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["peft-runtime", "train", "--plan", f"{PLAN_DIR}/{PLAN_FILE_NAME}"],
+        "env": env,
+        "resources": _resources(job),
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "plan", "mountPath": PLAN_DIR, "readOnly": True},
+            {"name": "work", "mountPath": WORK_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+            *mounts,
+        ],
+    }
+    if env_from:
+        container["envFrom"] = env_from
+    pod_volumes: list[dict[str, Any]] = [
+        {"name": "plan", "configMap": {"name": plan_configmap_name(meta.name)}},
+        {"name": "work", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        *volumes,
+    ]
+    if spec.resources.gpus:
+        # PyTorch data loaders and NCCL need a /dev/shm larger than the container default.
+        pod_volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(settings.trainer_run_as_user),
+        "containers": [container],
+        "volumes": pod_volumes,
+    }
+    if spec.resources.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
+    if spec.resources.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in spec.resources.tolerations]
+    if spec.resources.priority_class_name:
+        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": training_job_name(meta.name),
+            "namespace": meta.namespace,
+            "labels": job_labels,
+            "ownerReferences": [owner_reference("FineTuneJob", meta)],
+        },
+        "spec": {
+            # Kueue admits a queued Job by unsuspending it.
+            "suspend": spec.queue is not None,
+            "backoffLimit": spec.run_policy.backoff_limit,
+            "activeDeadlineSeconds": duration_seconds(spec.run_policy.max_runtime),
+            "podFailurePolicy": _pod_failure_policy(),
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }

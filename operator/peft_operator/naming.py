@@ -1,0 +1,29 @@
+"""Deterministic names and labels of the objects the operator creates: a restart finds them again."""
+
+from __future__ import annotations
+
+LABEL_FINETUNEJOB = "peft.dev/finetunejob"
+LABEL_ADAPTERDEPLOYMENT = "peft.dev/adapterdeployment"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "peft-operator"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+CANCEL_ANNOTATION = "peft.dev/cancel"
+TRAINER_CONTAINER = "trainer"
+
+
+def training_job_name(finetunejob: str) -> str:
+    return f"{finetunejob}-train"
+
+
+def plan_configmap_name(finetunejob: str) -> str:
+    return f"{finetunejob}-plan"
+
+
+def progress_secret_name(finetunejob: str) -> str:
+    return f"{finetunejob}-progress"
+
+
+def finetunejob_labels(finetunejob: str) -> dict[str, str]:
+    return {LABEL_FINETUNEJOB: finetunejob, LABEL_COMPONENT: "trainer", LABEL_MANAGED_BY: MANAGER}

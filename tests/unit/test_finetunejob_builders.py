@@ -1,0 +1,161 @@
+"""Unit: the training plan, ConfigMap and Job rendered from a FineTuneJob (pure functions, no API server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from peft_operator.api import FineTuneJob
+from peft_operator.api.events import PERMANENT_FAILURE_EXIT_CODE
+from peft_operator.api.plan import TrainingPlan
+from peft_operator.finetunejob.job import render_training_job
+from peft_operator.finetunejob.plan import render_plan_configmap
+from peft_operator.finetunejob.validation import cluster_problems
+from peft_operator.settings import OperatorSettings
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SETTINGS = OperatorSettings(
+    runtime_image="registry.example/peft-runtime:1.2.3",
+    progress_url="http://peft-operator.peft-system.svc:8080",
+    progress_key=b"k",
+)
+
+
+def _job(example: str, **metadata: Any) -> FineTuneJob:
+    body = yaml.safe_load((EXAMPLES / example).read_text())
+    body["metadata"].update({"namespace": "tenant-a", "uid": "0b5e-uid", **metadata})
+    return FineTuneJob.model_validate(body)
+
+
+def _container(job: dict[str, Any]) -> dict[str, Any]:
+    return job["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def test_job_has_deterministic_name_owner_and_labels() -> None:
+    job = render_training_job(_job("finetunejob-quickstart.yaml"), SETTINGS)
+    assert job["metadata"]["name"] == "support-bot-v1-train"
+    owner = job["metadata"]["ownerReferences"][0]
+    assert owner == {
+        "apiVersion": "peft.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "name": "support-bot-v1",
+        "uid": "0b5e-uid",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    assert job["metadata"]["labels"]["peft.dev/finetunejob"] == "support-bot-v1"
+
+
+def test_job_requests_gpus_and_memory_and_runs_the_trainer_on_the_plan() -> None:
+    container = _container(render_training_job(_job("finetunejob-quickstart.yaml"), SETTINGS))
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "1", "memory": "24Gi"}
+    assert container["resources"]["requests"] == {"memory": "24Gi"}
+    assert container["image"] == "registry.example/peft-runtime:1.2.3"
+    assert container["command"] == ["peft-runtime", "train", "--plan", "/etc/peft/plan/plan.json"]
+
+
+def test_qlora_job_is_queued_in_kueue_and_created_suspended() -> None:
+    job = render_training_job(_job("finetunejob-qlora.yaml"), SETTINGS)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-small"
+
+
+def test_job_without_queue_starts_at_once() -> None:
+    assert render_training_job(_job("finetunejob-lora.yaml"), SETTINGS)["spec"]["suspend"] is False
+
+
+def test_pod_failure_policy_fails_fast_on_bad_data_and_ignores_preemption() -> None:
+    spec = render_training_job(_job("finetunejob-lora.yaml"), SETTINGS)["spec"]
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "FailJob"
+    assert rules[0]["onExitCodes"]["values"] == [PERMANENT_FAILURE_EXIT_CODE]
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert spec["backoffLimit"] == 3
+    assert spec["activeDeadlineSeconds"] == 24 * 3600
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_secrets_are_referenced_never_copied() -> None:
+    body = yaml.safe_load((EXAMPLES / "finetunejob-quickstart.yaml").read_text())
+    body["spec"]["baseModel"]["tokenSecretRef"] = {"name": "hub-token", "key": "hf"}
+    body["metadata"].update({"namespace": "tenant-a", "uid": "u"})
+    container = _container(render_training_job(FineTuneJob.model_validate(body), SETTINGS))
+    hf = next(e for e in container["env"] if e["name"] == "HF_TOKEN")
+    assert hf["valueFrom"] == {"secretKeyRef": {"name": "hub-token", "key": "hf"}}
+    assert container["envFrom"] == [
+        {"prefix": "DATASET_", "secretRef": {"name": "tenant-a-s3"}},
+        {"prefix": "OUTPUT_", "secretRef": {"name": "tenant-a-s3"}},
+    ]
+    token = next(e for e in container["env"] if e["name"] == "PEFT_PROGRESS_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"]["name"] == "support-bot-v1-progress"
+    assert all("value" not in e or e["name"] in {"HOME", "HF_HOME", "PYTHONUNBUFFERED"} for e in container["env"])
+
+
+def test_pvc_uris_become_volumes_and_only_the_output_is_writable() -> None:
+    body = yaml.safe_load((EXAMPLES / "finetunejob-lora.yaml").read_text())
+    body["spec"]["baseModel"]["uri"] = "pvc://models/smollm2"
+    body["metadata"].update({"namespace": "tenant-a", "uid": "u"})
+    pod = render_training_job(FineTuneJob.model_validate(body), SETTINGS)["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert set(claims) == {"models", "team-data", "team-adapters"}
+    assert claims["team-adapters"]["persistentVolumeClaim"]["readOnly"] is False
+    assert claims["models"]["persistentVolumeClaim"]["readOnly"] is True
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/mnt/pvc/team-adapters"]["readOnly"] is False
+    assert mounts["/mnt/pvc/team-data"]["readOnly"] is True
+
+
+def test_configmap_dataset_is_mounted_read_only() -> None:
+    pod = render_training_job(_job("finetunejob-prefix.yaml"), SETTINGS)["spec"]["template"]["spec"]
+    assert {"name": "cm-product-notes", "configMap": {"name": "product-notes"}} in pod["volumes"]
+    assert {"name": "cm-product-notes", "mountPath": "/mnt/configmap/product-notes", "readOnly": True} in pod[
+        "containers"
+    ][0]["volumeMounts"]
+
+
+def test_trainer_pod_is_hardened() -> None:
+    pod = render_training_job(_job("finetunejob-lora.yaml"), SETTINGS)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = pod["containers"][0]["securityContext"]
+    assert sc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_scheduling_fields_pass_through() -> None:
+    body = yaml.safe_load((EXAMPLES / "finetunejob-lora.yaml").read_text())
+    body["spec"]["resources"] = {
+        "gpus": 2,
+        "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+        "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "priorityClassName": "training-low",
+    }
+    body["metadata"].update({"namespace": "t", "uid": "u"})
+    pod = render_training_job(FineTuneJob.model_validate(body), SETTINGS)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"}
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "training-low"
+    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+
+
+def test_plan_configmap_carries_the_spec_and_the_progress_sink() -> None:
+    job = _job("finetunejob-qlora.yaml")
+    configmap = render_plan_configmap(job, SETTINGS)
+    assert configmap["metadata"]["name"] == "smollm2-qlora-plan"
+    plan = TrainingPlan.model_validate(json.loads(configmap["data"]["plan.json"]))
+    assert plan.spec == job.spec
+    assert plan.progress.url == "http://peft-operator.peft-system.svc:8080/v1/progress/tenant-a/smollm2-qlora"
+    assert plan.progress.termination_log == "/dev/termination-log"
+    assert plan.mounts.pvc_root == "/mnt/pvc"
+
+
+def test_file_uris_are_refused_in_a_cluster_with_a_pointer_to_local_mode() -> None:
+    body = yaml.safe_load((EXAMPLES / "finetunejob-lora.yaml").read_text())
+    body["spec"]["dataset"]["uri"] = "file:///home/me/data.jsonl"
+    problems = cluster_problems(FineTuneJob.model_validate(body))
+    assert problems == [
+        "spec.dataset.uri: file:// works only in local mode (peft-operator local train); in a cluster use pvc:// or s3://"
+    ]

@@ -1,0 +1,160 @@
+"""Unit: FineTuneJob status is a pure function of the Job, its pods and the trainer's final report.
+
+The Job and pod dicts here are hand-written in the shapes the kubelet and Job controller produce."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from peft_operator.api import FineTuneJobStatus, Phase
+from peft_operator.api.events import CompletedEvent, FailedEvent, FailureReason
+from peft_operator.api.finetunejob import AdapterRecord, Progress
+from peft_operator.finetunejob.status import Observation, compute_status
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+ADAPTER = AdapterRecord(uri="s3://b/a", sha256="a" * 64, size_bytes=10, base_model="hf://o/m", method="lora", rank=8)
+
+
+def _job(conditions: list[dict[str, str]] | None = None, suspend: bool = False, **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "demo-train"},
+        "spec": {"suspend": suspend},
+        "status": {"conditions": conditions or [], "startTime": "2026-11-28T11:00:00Z", **status},
+    }
+
+
+def _pod(
+    phase: str = "Running", state: dict[str, Any] | None = None, created: str = "2026-11-28T11:00:01Z"
+) -> dict[str, Any]:
+    return {
+        "metadata": {"creationTimestamp": created},
+        "status": {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state or {"running": {}}}]},
+    }
+
+
+def _terminated(message: str, exit_code: int = 0, reason: str = "Completed") -> dict[str, Any]:
+    return {"terminated": {"exitCode": exit_code, "reason": reason, "message": message}}
+
+
+def _status(obs: Observation, current: FineTuneJobStatus | None = None) -> tuple[FineTuneJobStatus, list[Any]]:
+    return compute_status(current or FineTuneJobStatus(), obs, NOW)
+
+
+def _condition(status: FineTuneJobStatus, type_: str) -> tuple[str, str]:
+    c = next(c for c in status.conditions if c.type == type_)
+    return c.status.value, c.reason
+
+
+def test_new_job_is_pending_with_a_creating_event() -> None:
+    status, events = _status(Observation(generation=1))
+    assert status.phase is Phase.PENDING
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Creating")]
+    assert all(c.observed_generation == 1 for c in status.conditions)
+
+
+def test_invalid_spec_fails_with_the_validation_message() -> None:
+    status, events = _status(Observation(generation=1, invalid="spec.dataset.uri: file:// works only in local mode"))
+    assert status.phase is Phase.FAILED
+    assert _condition(status, "Failed") == ("True", "InvalidSpec")
+    assert events[0].type == "Warning" and "file://" in events[0].message
+
+
+def test_suspended_job_is_queued_for_kueue() -> None:
+    status, _ = _status(Observation(generation=1, queue="gpu-small", job=_job(suspend=True)))
+    assert status.phase is Phase.QUEUED
+    assert _condition(status, "Queued") == ("True", "WaitingForAdmission")
+    assert "gpu-small" in next(c.message for c in status.conditions if c.type == "Queued")
+
+
+def test_running_pod_makes_the_job_running_and_keeps_reported_progress() -> None:
+    current = FineTuneJobStatus(phase=Phase.PENDING, progress=Progress(step=5, total_steps=50, percent=10))
+    status, events = _status(Observation(generation=1, job=_job(active=1), pods=[_pod()]), current)
+    assert status.phase is Phase.RUNNING
+    assert status.progress is not None and status.progress.step == 5
+    assert status.attempts == 1
+    assert status.start_time == datetime(2026, 11, 28, 11, 0, tzinfo=UTC)
+    assert [e.reason for e in events] == ["Training"]
+
+
+def test_image_pull_error_is_shown_as_a_warning_while_pending() -> None:
+    pod = _pod("Pending", {"waiting": {"reason": "ImagePullBackOff", "message": "pull access denied for x/y"}})
+    status, events = _status(Observation(generation=1, job=_job(active=1), pods=[pod]))
+    assert status.phase is Phase.PENDING
+    assert _condition(status, "Running") == ("False", "ImagePullError")
+    assert events[0].type == "Warning" and "pull access denied" in events[0].message
+    again, repeated = compute_status(status, Observation(generation=1, job=_job(active=1), pods=[pod]), NOW)
+    assert repeated == [] and again.conditions == status.conditions
+
+
+def test_success_records_the_adapter_from_the_termination_message() -> None:
+    final = CompletedEvent(adapter=ADAPTER, progress=Progress(step=50, total_steps=50, loss=0.4))
+    pod = _pod("Succeeded", _terminated(final.model_dump_json(by_alias=True)))
+    job = _job([{"type": "Complete", "status": "True"}], succeeded=1, completionTime="2026-11-28T11:30:00Z")
+    status, events = _status(Observation(generation=1, job=job, pods=[pod]), FineTuneJobStatus(phase=Phase.RUNNING))
+    assert status.phase is Phase.SUCCEEDED
+    assert status.adapter == ADAPTER
+    assert status.progress is not None and status.progress.percent == 100
+    assert status.completion_time == datetime(2026, 11, 28, 11, 30, tzinfo=UTC)
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Succeeded")]
+
+
+def test_success_without_any_adapter_report_is_a_failure_not_a_silent_success() -> None:
+    job = _job([{"type": "Complete", "status": "True"}], succeeded=1)
+    status, _ = _status(Observation(generation=1, job=job, pods=[_pod("Succeeded", _terminated(""))]))
+    assert status.phase is Phase.FAILED
+    assert _condition(status, "Failed") == ("True", "AdapterNotReported")
+
+
+def test_bad_dataset_failure_carries_the_trainers_reason_and_message() -> None:
+    final = FailedEvent(reason=FailureReason.DATASET_INVALID, message="0 usable rows: every row lacks 'completion'")
+    pod = _pod("Failed", _terminated(final.model_dump_json(by_alias=True), exit_code=3, reason="Error"))
+    job = _job([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}], failed=1)
+    status, events = _status(Observation(generation=1, job=job, pods=[pod]))
+    assert status.phase is Phase.FAILED
+    assert _condition(status, "Failed") == ("True", "DatasetInvalid")
+    assert events[0].message == "0 usable rows: every row lacks 'completion'"
+
+
+def test_oom_killed_trainer_says_what_to_change() -> None:
+    pod = _pod("Failed", {"terminated": {"exitCode": 137, "reason": "OOMKilled"}})
+    job = _job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}], failed=4)
+    status, _ = _status(Observation(generation=1, job=job, pods=[pod]))
+    assert _condition(status, "Failed") == ("True", "OOMKilled")
+    assert "resources.memory" in next(c.message for c in status.conditions if c.type == "Failed")
+    assert status.attempts == 4
+
+
+def test_deadline_exceeded_names_max_runtime() -> None:
+    job = _job([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}], failed=1)
+    status, _ = _status(Observation(generation=1, max_runtime="6h", job=job))
+    assert _condition(status, "Failed") == ("True", "DeadlineExceeded")
+    assert "6h" in next(c.message for c in status.conditions if c.type == "Failed")
+
+
+def test_backoff_exhausted_points_at_the_logs() -> None:
+    pod = _pod("Failed", {"terminated": {"exitCode": 1, "reason": "Error"}})
+    job = _job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}], failed=4)
+    status, _ = _status(Observation(generation=1, job=job, pods=[pod]))
+    assert _condition(status, "Failed") == ("True", "BackoffLimitExceeded")
+    assert "kubectl logs job/demo-train" in next(c.message for c in status.conditions if c.type == "Failed")
+
+
+def test_cancel_annotation_makes_the_job_cancelled() -> None:
+    status, events = _status(Observation(generation=1, cancelled=True, job=_job(active=1)))
+    assert status.phase is Phase.CANCELLED and status.completion_time == NOW
+    assert events[0].reason == "Cancelled"
+
+
+def test_terminal_status_never_changes_again() -> None:
+    done = FineTuneJobStatus(phase=Phase.SUCCEEDED, adapter=ADAPTER)
+    status, events = _status(Observation(generation=1, job=None), done)
+    assert status == done and events == []
+
+
+def test_condition_transition_time_moves_only_when_status_changes() -> None:
+    first, _ = _status(Observation(generation=1, job=_job(active=1), pods=[_pod()]))
+    later = datetime(2026, 11, 28, 13, 0, tzinfo=UTC)
+    second, events = compute_status(first, Observation(generation=1, job=_job(active=1), pods=[_pod()]), later)
+    assert events == []
+    assert [c.last_transition_time for c in second.conditions] == [c.last_transition_time for c in first.conditions]
