@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from openapi_schema_validator import OAS30Validator
+
 from peft_operator.api import AdapterDeployment, FineTuneJob
 from peft_operator.api.validation import SpecError, parse_object
 from peft_operator.crdgen import adapterdeployment_crd, finetunejob_crd

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from peft_operator.crdgen import render_crds
 
 ROOT = Path(__file__).resolve().parents[2]
