@@ -13,6 +13,12 @@ def _crds(args: argparse.Namespace) -> None:
     crdgen.main([str(d) for d in args.out])
 
 
+def _run(args: argparse.Namespace) -> None:
+    from . import runner
+
+    runner.main(peering=args.peering, liveness_port=args.liveness_port, verbose=args.verbose)
+
+
 def _local_train(args: argparse.Namespace) -> None:
     # The runtime package brings torch; only local mode needs it on this side.
     from peft_runtime.local import train_local
@@ -23,6 +29,12 @@ def _local_train(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="peft-operator", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator (configured by PEFT_* environment variables)")
+    run.add_argument("--peering", default=None, help="Kopf peering name for HA; unset runs standalone")
+    run.add_argument("--liveness-port", type=int, default=None, help="serve /healthz on this port")
+    run.add_argument("--verbose", action="store_true")
+    run.set_defaults(run=_run)
 
     crds = commands.add_parser("crds", help="write the CRDs generated from the API models")
     crds.add_argument("out", nargs="+", type=Path)

@@ -1,0 +1,174 @@
+"""Idempotent actions against the Kubernetes API (synchronous client; Kopf runs sync handlers in threads).
+
+`ensure_*` creates an object or, on 409, reads the existing one: running twice changes nothing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiClient, ApiException, BatchV1Api, CoreV1Api, CustomObjectsApi
+
+from .api import GROUP, VERSION
+
+log = logging.getLogger(__name__)
+FIELD_MANAGER = "peft-operator"
+
+
+class OwnershipConflictError(RuntimeError):
+    """An object with the name the operator needs exists but belongs to someone else."""
+
+
+def load_api_client() -> ApiClient:
+    """In-cluster credentials when running in a pod, else $KUBECONFIG / ~/.kube/config."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        kubernetes.config.load_incluster_config()
+        return ApiClient()
+    configuration = kubernetes.client.Configuration()
+    kubernetes.config.load_kube_config(client_configuration=configuration)
+    return ApiClient(configuration)
+
+
+def as_dict(client: ApiClient, obj: Any) -> dict[str, Any]:
+    return client.sanitize_for_serialization(obj)  # type: ignore[no-any-return]
+
+
+def _check_owner(existing: dict[str, Any], owner_uid: str | None) -> dict[str, Any]:
+    owners = {ref.get("uid") for ref in existing["metadata"].get("ownerReferences") or []}
+    if owner_uid is not None and owner_uid not in owners:
+        meta = existing["metadata"]
+        raise OwnershipConflictError(
+            f"{existing.get('kind', 'object')} {meta['namespace']}/{meta['name']} already exists and is not "
+            "owned by this resource; delete or rename it"
+        )
+    return existing
+
+
+def _owner_uid(body: dict[str, Any]) -> str | None:
+    refs = body["metadata"].get("ownerReferences") or []
+    return refs[0]["uid"] if refs else None
+
+
+def ensure_namespaced(client: ApiClient, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create a ConfigMap, Secret, Job, Service or Deployment unless it exists; (object, created)."""
+    kind, namespace, name = body["kind"], body["metadata"]["namespace"], body["metadata"]["name"]
+    create, read = _verbs(client, kind)
+    try:
+        created = as_dict(client, create(namespace, body))
+        log.info("Created %s %s/%s", kind, namespace, name)
+        return created, True
+    except ApiException as error:
+        if error.status != 409:
+            raise
+    existing = as_dict(client, read(name, namespace))
+    existing.setdefault("kind", kind)
+    return _check_owner(existing, _owner_uid(body)), False
+
+
+def _verbs(client: ApiClient, kind: str) -> tuple[Any, Any]:
+    core, batch, apps = CoreV1Api(client), BatchV1Api(client), kubernetes.client.AppsV1Api(client)
+    return {
+        "ConfigMap": (core.create_namespaced_config_map, core.read_namespaced_config_map),
+        "Secret": (core.create_namespaced_secret, core.read_namespaced_secret),
+        "Service": (core.create_namespaced_service, core.read_namespaced_service),
+        "Job": (batch.create_namespaced_job, batch.read_namespaced_job),
+        "Deployment": (apps.create_namespaced_deployment, apps.read_namespaced_deployment),
+    }[kind]
+
+
+def read_job(client: ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return as_dict(client, BatchV1Api(client).read_namespaced_job(name, namespace))
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def delete_job(client: ApiClient, namespace: str, name: str) -> None:
+    try:
+        BatchV1Api(client).delete_namespaced_job(name, namespace, propagation_policy="Background")
+        log.info("Deleted Job %s/%s", namespace, name)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def list_pods(client: ApiClient, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+    label_selector = ",".join(f"{k}={v}" for k, v in selector.items())
+    pods = CoreV1Api(client).list_namespaced_pod(namespace, label_selector=label_selector)
+    return [as_dict(client, p) for p in pods.items]
+
+
+def get_custom(client: ApiClient, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        obj = CustomObjectsApi(client).get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        return obj  # type: ignore[no-any-return]
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def patch_status(
+    client: ApiClient, plural: str, namespace: str, name: str, status: dict[str, Any], resource_version: str | None
+) -> dict[str, Any]:
+    """Merge-patch .status; with `resource_version` the write fails (409) if the object moved on meanwhile."""
+    body: dict[str, Any] = {"status": status}
+    if resource_version is not None:
+        body["metadata"] = {"resourceVersion": resource_version}
+    api = CustomObjectsApi(client)
+    return api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body)  # type: ignore[no-any-return]
+
+
+def apply_custom(client: ApiClient, plural: str, body: dict[str, Any], field_manager: str) -> dict[str, Any]:
+    """Server-side apply with our own field manager: fields other managers own are left alone."""
+    meta = body["metadata"]
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{meta['namespace']}/{plural}/{meta['name']}"
+    response = client.call_api(
+        path,
+        "PATCH",
+        query_params=[("fieldManager", field_manager), ("force", "true")],
+        header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
+        body=body,
+        response_type="object",
+        auth_settings=["BearerToken"],
+        _return_http_data_only=True,
+    )
+    return response  # type: ignore[no-any-return]
+
+
+def post_event(client: ApiClient, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """Record a core/v1 Event on an object (what `kubectl describe` shows)."""
+    meta = involved["metadata"]
+    now = datetime.now(UTC).isoformat()
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": involved["apiVersion"],
+            "kind": involved["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": FIELD_MANAGER},
+        "reportingComponent": f"{GROUP}/operator",
+        "reportingInstance": socket.gethostname()[:128],
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    try:
+        CoreV1Api(client).create_namespaced_event(meta["namespace"], event)
+    except ApiException as error:  # an Event is worth a log line, never a failed reconcile
+        log.warning("Could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], error.reason)
