@@ -85,12 +85,8 @@ def crds_installed(controlplane: ControlPlane) -> list[str]:
         for doc in yaml.safe_load_all(f.read_text()):
             if doc and doc.get("kind") == "CustomResourceDefinition":
                 names.append(doc["metadata"]["name"])
-    controlplane.kubectl(
-        "apply", "--server-side", "--field-manager=peft-tests", *(f"--filename={f}" for f in files)
-    )
-    controlplane.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names)
-    )
+    controlplane.kubectl("apply", "--server-side", "--field-manager=peft-tests", *(f"--filename={f}" for f in files))
+    controlplane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names))
     return names
 
 

@@ -272,7 +272,7 @@ class _Proc:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_preexec,  # noqa: PLW1509
+            preexec_fn=_preexec,
         )
 
     def alive(self) -> bool:
@@ -560,7 +560,7 @@ class ControlPlane:
         self,
         *args: str,
         kubeconfig: Path | str | None = None,
-        input: str | None = None,  # noqa: A002
+        input: str | None = None,
         check: bool = True,
         timeout: float = 120.0,
     ) -> subprocess.CompletedProcess[str]:
