@@ -4,20 +4,27 @@ and calls the reconciler, which does the work; `memo` carries the API client and
 from __future__ import annotations
 
 import logging
+import threading
+from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 from kubernetes.client import ApiException
 
+from .adapterdeployment.reconcile import reconcile_adapterdeployment
 from .api import GROUP, VERSION
 from .finetunejob.reconcile import needs_deploy, reconcile_finetunejob
 from .finetunejob.status import TERMINAL_PHASES
 from .kube import OwnershipConflictError
-from .naming import LABEL_FINETUNEJOB
+from .naming import LABEL_ADAPTERDEPLOYMENT, LABEL_FINETUNEJOB
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = 30.0
+# Engines that lost adapters (restart, eviction) get them back within this many seconds.
+ADAPTER_RECHECK_SECONDS = 10.0
+# Pod events and timers for one object may arrive on different workers: one reconcile at a time each.
+_locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
 
 
 @kopf.on.startup()
@@ -33,16 +40,26 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
 
 
-def _reconcile_finetunejob(memo: Any, namespace: str | None, name: str) -> None:
-    assert namespace is not None, "FineTuneJobs are namespaced"
+def _guarded(kind: str, reconcile: Any, memo: Any, namespace: str | None, name: str) -> None:
+    """Run one reconcile under the object's lock, mapping API trouble to Kopf's retry semantics."""
+    assert namespace is not None, f"{kind}s are namespaced"
     try:
-        reconcile_finetunejob(memo.api_client, namespace, name, memo.settings)
+        with _locks[(kind, namespace, name)]:
+            reconcile(memo.api_client, namespace, name, memo.settings)
     except OwnershipConflictError as error:
         raise kopf.PermanentError(str(error)) from error
     except ApiException as error:
         if error.status in (409, 429) or error.status >= 500:
             raise kopf.TemporaryError(f"API {error.status} {error.reason}; retrying", delay=2) from error
         raise
+
+
+def _reconcile_finetunejob(memo: Any, namespace: str | None, name: str) -> None:
+    _guarded("FineTuneJob", reconcile_finetunejob, memo, namespace, name)
+
+
+def _reconcile_adapterdeployment(memo: Any, namespace: str | None, name: str) -> None:
+    _guarded("AdapterDeployment", reconcile_adapterdeployment, memo, namespace, name)
 
 
 @kopf.on.create(GROUP, VERSION, "finetunejobs")
@@ -69,3 +86,25 @@ def training_workload_changed(namespace: str | None, labels: Mapping[str, str], 
         _reconcile_finetunejob(memo, namespace, labels[LABEL_FINETUNEJOB])
     except kopf.TemporaryError as error:  # event handlers are not retried; the resync timer catches up
         log.info("Deferred FineTuneJob %s/%s: %s", namespace, labels[LABEL_FINETUNEJOB], error)
+
+
+@kopf.on.create(GROUP, VERSION, "adapterdeployments")
+@kopf.on.resume(GROUP, VERSION, "adapterdeployments")
+@kopf.on.update(GROUP, VERSION, "adapterdeployments", field="spec")
+def adapterdeployment_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    _reconcile_adapterdeployment(memo, namespace, name)
+
+
+@kopf.timer(
+    GROUP, VERSION, "adapterdeployments", interval=ADAPTER_RECHECK_SECONDS, initial_delay=ADAPTER_RECHECK_SECONDS
+)
+def adapterdeployment_recheck(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    _reconcile_adapterdeployment(memo, namespace, name)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_ADAPTERDEPLOYMENT: kopf.PRESENT})
+def engine_pod_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+    try:
+        _reconcile_adapterdeployment(memo, namespace, labels[LABEL_ADAPTERDEPLOYMENT])
+    except kopf.TemporaryError as error:  # the recheck timer catches up
+        log.info("Deferred AdapterDeployment %s/%s: %s", namespace, labels[LABEL_ADAPTERDEPLOYMENT], error)

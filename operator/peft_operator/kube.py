@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import socket
@@ -125,10 +126,15 @@ def patch_status(
     return api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body)  # type: ignore[no-any-return]
 
 
-def apply_custom(client: ApiClient, plural: str, body: dict[str, Any], field_manager: str) -> dict[str, Any]:
+_PLURALS = {"Deployment": "deployments", "AdapterDeployment": "adapterdeployments", "FineTuneJob": "finetunejobs"}
+
+
+def server_side_apply(client: ApiClient, body: dict[str, Any], field_manager: str) -> dict[str, Any]:
     """Server-side apply with our own field manager: fields other managers own are left alone."""
     meta = body["metadata"]
-    path = f"/apis/{GROUP}/{VERSION}/namespaces/{meta['namespace']}/{plural}/{meta['name']}"
+    group_version = body["apiVersion"]
+    prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    path = f"{prefix}/namespaces/{meta['namespace']}/{_PLURALS[body['kind']]}/{meta['name']}"
     response = client.call_api(
         path,
         "PATCH",
@@ -140,6 +146,42 @@ def apply_custom(client: ApiClient, plural: str, body: dict[str, Any], field_man
         _return_http_data_only=True,
     )
     return response  # type: ignore[no-any-return]
+
+
+def patch_pod_condition(client: ApiClient, namespace: str, name: str, condition: dict[str, Any]) -> None:
+    """Set one pod condition (a readiness gate), merged by type as the kubelet merges its own."""
+    CoreV1Api(client).patch_namespaced_pod_status(
+        name,
+        namespace,
+        {"status": {"conditions": [condition]}},
+        _content_type="application/strategic-merge-patch+json",
+    )
+
+
+def read_secret_key(client: ApiClient, namespace: str, name: str, key: str) -> str | None:
+    try:
+        secret = CoreV1Api(client).read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    value = (secret.data or {}).get(key)
+    return base64.b64decode(value).decode() if value else None
+
+
+def read_deployment(client: ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return as_dict(client, kubernetes.client.AppsV1Api(client).read_namespaced_deployment(name, namespace))
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
+def patch_deployment(client: ApiClient, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    kubernetes.client.AppsV1Api(client).patch_namespaced_deployment(
+        name, namespace, patch, _content_type="application/strategic-merge-patch+json"
+    )
 
 
 def post_event(client: ApiClient, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:

@@ -27,3 +27,24 @@ def progress_secret_name(finetunejob: str) -> str:
 
 def finetunejob_labels(finetunejob: str) -> dict[str, str]:
     return {LABEL_FINETUNEJOB: finetunejob, LABEL_COMPONENT: "trainer", LABEL_MANAGED_BY: MANAGER}
+
+
+ENGINE_CONTAINER = "engine"
+AGENT_CONTAINER = "adapter-agent"
+ENGINE_PORT = 8000
+AGENT_PORT = 8001
+# Pods count as ready (and get Service traffic) only once the operator set this condition on them.
+ADAPTERS_READY_GATE = "peft.dev/adapters-loaded"
+PATCHED_ANNOTATION = "peft.dev/adapter-deployment"
+
+
+def engine_name(adapter_deployment: str) -> str:
+    return adapter_deployment
+
+
+def admin_token_secret_name(adapter_deployment: str) -> str:
+    return f"{adapter_deployment}-admin-token"
+
+
+def adapterdeployment_labels(adapter_deployment: str) -> dict[str, str]:
+    return {LABEL_ADAPTERDEPLOYMENT: adapter_deployment, LABEL_COMPONENT: "engine", LABEL_MANAGED_BY: MANAGER}

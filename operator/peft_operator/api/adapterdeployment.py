@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -161,8 +162,10 @@ class AdapterStatus(ApiModel):
     name: str
     state: AdapterState
     digest: str | None = Field(default=None, description="sha256 of the manifest being served.")
-    loaded_replicas: int = Field(default=0, ge=0)
-    message: str | None = Field(default=None, max_length=4096)
+    loaded_replicas: int = Field(default=0, ge=0, description="Replicas whose engine serves this digest.")
+    message: str | None = Field(default=None, max_length=4096, description="Why it is not Loaded, when it is not.")
+    failed_attempts: int = Field(default=0, ge=0, description="Failed loads of this digest (retries back off).")
+    last_attempt_time: datetime | None = Field(default=None, description="When a load of this digest last failed.")
 
 
 class AdapterDeploymentStatus(ApiModel):

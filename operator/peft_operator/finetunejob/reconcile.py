@@ -109,7 +109,7 @@ def _deploy(
     else:
         try:
             # One field manager per job: each job owns exactly its own entry of the adapters list-map.
-            kube.apply_custom(client, "adapterdeployments", body, field_manager=f"peft-operator-ftj-{meta.name}")
+            kube.server_side_apply(client, body, field_manager=f"peft-operator-ftj-{meta.name}")
             ok, reason, message = True, "AdapterAdded", f"Added adapter {adapter_name} to {target}."
         except ApiException as error:
             ok, reason, message = False, "DeployFailed", f"Could not add the adapter to {target}: {error.reason}"

@@ -1,0 +1,316 @@
+"""Render the engine pods: the base-model server plus the adapter agent sidecar sharing /adapters.
+
+With `runtime` the operator owns a Deployment and Service built here; with `targetRef` the same
+sidecar, volume and flags are patched into the user's Deployment once (`render_target_patch`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api import AdapterDeployment, Scheme, parse_uri
+from ..api.adapterdeployment import Engine
+from ..api.plan import PVC_MOUNT_ROOT
+from ..naming import (
+    ADAPTERS_READY_GATE,
+    AGENT_CONTAINER,
+    AGENT_PORT,
+    ENGINE_CONTAINER,
+    ENGINE_PORT,
+    LABEL_ADAPTERDEPLOYMENT,
+    PATCHED_ANNOTATION,
+    adapterdeployment_labels,
+    admin_token_secret_name,
+    engine_name,
+)
+from ..owner import owner_reference
+from ..security import container_security_context, pod_security_context
+from ..settings import OperatorSettings
+
+ADAPTER_ROOT = "/adapters"
+MODEL_DIR = "/models/base"
+VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+TOKEN_ENV = "PEFT_ADMIN_TOKEN"
+
+
+def _token_env(adep: AdapterDeployment) -> dict[str, Any]:
+    ref = adep.spec.token_secret_ref
+    name, key = (ref.name, ref.key) if ref else (admin_token_secret_name(adep.metadata.name or ""), "token")
+    return {"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+
+
+def _model_location(adep: AdapterDeployment) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Where the engine finds the base model, and the volume that puts it there (pvc://) if any."""
+    parsed = parse_uri(adep.spec.base_model.uri)
+    if parsed.scheme is Scheme.PVC:
+        volume = {"name": "base-model", "persistentVolumeClaim": {"claimName": parsed.authority, "readOnly": True}}
+        mount = {"name": "base-model", "mountPath": f"{PVC_MOUNT_ROOT}/{parsed.authority}", "readOnly": True}
+        return f"{PVC_MOUNT_ROOT}/{parsed.authority}/{parsed.path}".rstrip("/"), [volume], [mount]
+    return adep.spec.base_model.uri, [], []
+
+
+def claim_volumes(claims: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Read-only volumes for the claims that pvc:// adapters live on, mounted where the agent looks."""
+    volumes, mounts = [], []
+    for claim in sorted(set(claims)):
+        name = f"adapters-{claim}"[:63].rstrip("-.")
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": name, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    return volumes, mounts
+
+
+def _agent_container(adep: AdapterDeployment, settings: OperatorSettings, engine_port: int) -> dict[str, Any]:
+    spec = adep.spec
+    args = [
+        "peft-runtime",
+        "agent",
+        f"--engine-url=http://127.0.0.1:{engine_port}",
+        f"--adapter-root={ADAPTER_ROOT}",
+        f"--port={AGENT_PORT}",
+        f"--base-model-uri={spec.base_model.uri}",
+        f"--max-rank={spec.limits.max_rank}",
+        f"--pvc-root={PVC_MOUNT_ROOT}",
+    ]
+    if spec.base_model.revision:
+        args.append(f"--base-model-revision={spec.base_model.revision}")
+    env = [_token_env(adep), {"name": "HOME", "value": "/tmp"}]
+    env_from = [
+        {"secretRef": {"name": a.source.credentials_secret_ref.name}}
+        for a in spec.adapters
+        if a.source.credentials_secret_ref is not None
+    ]
+    container: dict[str, Any] = {
+        "name": AGENT_CONTAINER,
+        "image": settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": args,
+        "env": env,
+        "ports": [{"name": "agent", "containerPort": AGENT_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": AGENT_PORT}, "periodSeconds": 5},
+        "securityContext": container_security_context(),
+        "volumeMounts": [{"name": "adapters", "mountPath": ADAPTER_ROOT}, {"name": "agent-tmp", "mountPath": "/tmp"}],
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+    }
+    if env_from:
+        # Deduplicated: several adapters may share one credentials Secret.
+        container["envFrom"] = list({e["secretRef"]["name"]: e for e in env_from}.values())
+    return container
+
+
+def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model: str) -> dict[str, Any]:
+    spec = adep.spec
+    runtime = spec.runtime
+    assert runtime is not None
+    env: list[dict[str, Any]] = [
+        _token_env(adep),
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/tmp/hf"},
+    ]
+    if spec.base_model.token_secret_ref is not None:
+        ref = spec.base_model.token_secret_ref
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    if runtime.engine is Engine.VLLM:
+        image = runtime.image or VLLM_IMAGE
+        model_arg = model.removeprefix("hf://")
+        command = [
+            "vllm",
+            "serve",
+            model_arg,
+            f"--port={ENGINE_PORT}",
+            "--enable-lora",
+            f"--max-loras={min(spec.limits.max_adapters, 16)}",
+            f"--max-cpu-loras={spec.limits.max_adapters}",
+            f"--max-lora-rank={spec.limits.max_rank}",
+        ]
+        if spec.base_model.revision:
+            command.append(f"--revision={spec.base_model.revision}")
+        # vLLM's runtime LoRA endpoints exist only with this switch.
+        env.append({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"})
+    else:
+        image = runtime.image or settings.runtime_image
+        command = [
+            "peft-runtime",
+            "serve",
+            f"--model={model}",
+            f"--port={ENGINE_PORT}",
+            f"--max-adapters={spec.limits.max_adapters}",
+            f"--max-rank={spec.limits.max_rank}",
+        ]
+        if spec.base_model.revision:
+            command.append(f"--revision={spec.base_model.revision}")
+    command += list(runtime.extra_args or [])
+    limits: dict[str, Any] = {}
+    if runtime.resources.gpus:
+        limits[runtime.resources.gpu_resource_name] = str(runtime.resources.gpus)
+    if runtime.resources.cpu:
+        limits["cpu"] = runtime.resources.cpu
+    if runtime.resources.memory:
+        limits["memory"] = runtime.resources.memory
+    requests = {k: v for k, v in limits.items() if k in ("cpu", "memory")}
+    return {
+        "name": ENGINE_CONTAINER,
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": command,
+        "env": env,
+        "ports": [{"name": "http", "containerPort": ENGINE_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": ENGINE_PORT}, "periodSeconds": 5},
+        "resources": {"limits": limits, "requests": requests} if limits else {},
+        "securityContext": container_security_context(),
+        "volumeMounts": [{"name": "adapters", "mountPath": ADAPTER_ROOT}, {"name": "engine-tmp", "mountPath": "/tmp"}],
+    }
+
+
+def render_engine_deployment(
+    adep: AdapterDeployment, settings: OperatorSettings, adapter_claims: list[str] | None = None
+) -> dict[str, Any]:
+    """`adapter_claims`: PVCs that pvc:// adapters live on; a new claim means one rolling update."""
+    meta, spec = adep.metadata, adep.spec
+    assert meta.name is not None and spec.runtime is not None
+    labels = adapterdeployment_labels(meta.name)
+    model, model_volumes, model_mounts = _model_location(adep)
+    engine = _engine_container(adep, settings, model)
+    engine["volumeMounts"] += model_mounts
+    agent = _agent_container(adep, settings, ENGINE_PORT)
+    claim_vols, claim_mounts = claim_volumes(adapter_claims or [])
+    agent["volumeMounts"] += claim_mounts
+    resources = spec.runtime.resources
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(settings.trainer_run_as_user),
+        "readinessGates": [{"conditionType": ADAPTERS_READY_GATE}],
+        "containers": [engine, agent],
+        "volumes": [
+            {"name": "adapters", "emptyDir": {}},
+            {"name": "engine-tmp", "emptyDir": {}},
+            {"name": "agent-tmp", "emptyDir": {}},
+            *model_volumes,
+            *claim_vols,
+        ],
+    }
+    if resources.gpus:
+        pod_spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        engine["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+    if resources.node_selector:
+        pod_spec["nodeSelector"] = dict(resources.node_selector)
+    if resources.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in resources.tolerations]
+    if resources.priority_class_name:
+        pod_spec["priorityClassName"] = resources.priority_class_name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": engine_name(meta.name),
+            "namespace": meta.namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference("AdapterDeployment", meta)],
+        },
+        "spec": {
+            "replicas": spec.runtime.replicas,
+            "selector": {"matchLabels": labels},
+            # A new pod takes traffic only when it holds every adapter (readiness gate), so surge first.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+def render_engine_service(adep: AdapterDeployment) -> dict[str, Any]:
+    meta = adep.metadata
+    assert meta.name is not None
+    labels = adapterdeployment_labels(meta.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": engine_name(meta.name),
+            "namespace": meta.namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference("AdapterDeployment", meta)],
+        },
+        "spec": {
+            "selector": labels,
+            "ports": [{"name": "http", "port": ENGINE_PORT, "targetPort": "http"}],
+        },
+    }
+
+
+def render_admin_token_secret(adep: AdapterDeployment, token: str) -> dict[str, Any]:
+    meta = adep.metadata
+    assert meta.name is not None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": admin_token_secret_name(meta.name),
+            "namespace": meta.namespace,
+            "labels": adapterdeployment_labels(meta.name),
+            "ownerReferences": [owner_reference("AdapterDeployment", meta)],
+        },
+        "stringData": {"token": token},
+    }
+
+
+def endpoint(adep: AdapterDeployment) -> str | None:
+    """The in-cluster OpenAI-compatible URL; with targetRef the user's own Service is the endpoint."""
+    meta = adep.metadata
+    if adep.spec.target_ref is not None:
+        return None
+    return f"http://{engine_name(meta.name or '')}.{meta.namespace}.svc:{ENGINE_PORT}/v1"
+
+
+def _with_our_gate(gates: list[dict[str, str]] | None) -> list[dict[str, str]]:
+    """readinessGates has no merge key: keep the user's gates and add ours."""
+    gates = list(gates or [])
+    return (
+        gates if {"conditionType": ADAPTERS_READY_GATE} in gates else [*gates, {"conditionType": ADAPTERS_READY_GATE}]
+    )
+
+
+def render_target_patch(
+    adep: AdapterDeployment, deployment: dict[str, Any], settings: OperatorSettings
+) -> dict[str, Any]:
+    """A strategic-merge patch that equips an existing engine Deployment for runtime adapter loading:
+    the agent sidecar, the shared /adapters volume, vLLM's runtime-LoRA switch and flags, the readiness
+    gate. Applied once (the annotation records it); adapter changes never touch the Deployment again."""
+    target = adep.spec.target_ref
+    assert target is not None and adep.metadata.name is not None
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    engine = next((c for c in containers if c["name"] == target.container), None) if target.container else containers[0]
+    if engine is None:
+        raise ValueError(f"Deployment {target.name} has no container named {target.container}")
+    args = list(engine.get("args") or [])
+    wanted = [
+        "--enable-lora",
+        f"--max-lora-rank={adep.spec.limits.max_rank}",
+        f"--max-cpu-loras={adep.spec.limits.max_adapters}",
+    ]
+    flags = {a.split("=", 1)[0] for a in args + list(engine.get("command") or [])}
+    args += [w for w in wanted if w.split("=", 1)[0] not in flags]
+    engine_patch = {
+        "name": engine["name"],
+        "args": args,
+        "env": [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}],
+        "volumeMounts": [{"name": "peft-adapters", "mountPath": ADAPTER_ROOT}],
+    }
+    agent = _agent_container(adep, settings, target.port)
+    agent["volumeMounts"] = [
+        {"name": "peft-adapters", "mountPath": ADAPTER_ROOT},
+        {"name": "peft-agent-tmp", "mountPath": "/tmp"},
+    ]
+    return {
+        "metadata": {"annotations": {PATCHED_ANNOTATION: adep.metadata.name}},
+        "spec": {
+            "template": {
+                # Our label on the pods lets the operator find them whatever the Deployment's selector is.
+                "metadata": {"labels": {LABEL_ADAPTERDEPLOYMENT: adep.metadata.name}},
+                "spec": {
+                    "readinessGates": _with_our_gate(deployment["spec"]["template"]["spec"].get("readinessGates")),
+                    "containers": [engine_patch, agent],
+                    "volumes": [{"name": "peft-adapters", "emptyDir": {}}, {"name": "peft-agent-tmp", "emptyDir": {}}],
+                },
+            }
+        },
+    }

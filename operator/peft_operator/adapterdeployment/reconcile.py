@@ -1,0 +1,220 @@
+"""Bring one AdapterDeployment in line with its spec: the engine exists, and every serving pod's loaded
+set equals spec.adapters (load new, unload removed, replace changed digests). Level-triggered: the same
+pass runs on spec changes, pod changes and a periodic re-check that restores adapters an engine lost."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes.client import ApiClient
+
+from .. import kube
+from ..api import AdapterDeployment, AdapterDeploymentStatus, Scheme, parse_uri
+from ..api.adapterdeployment import AdapterState
+from ..api.validation import SpecError, parse_object
+from ..conditions import set_condition
+from ..finetunejob.status import KubeEvent
+from ..naming import ADAPTERS_READY_GATE, LABEL_ADAPTERDEPLOYMENT, PATCHED_ANNOTATION, admin_token_secret_name
+from ..settings import OperatorSettings
+from .agent_client import AgentClient, AgentRefusal, AgentUnreachableError
+from .engine import (
+    endpoint,
+    render_admin_token_secret,
+    render_engine_deployment,
+    render_engine_service,
+    render_target_patch,
+)
+from .sources import DesiredAdapter, resolve_adapters
+from .status import LoadFailure, PodReport, compute_status, failed_adapters, may_retry, pod_is_complete
+
+log = logging.getLogger(__name__)
+PLURAL = "adapterdeployments"
+AgentFactory = Callable[[str, str], AgentClient]
+MAX_PARALLEL_PODS = 8
+
+
+def sync_pod(agent: AgentClient, pod_name: str, desired: list[DesiredAdapter], held_back: frozenset[str]) -> PodReport:
+    """Make one engine hold exactly the desired adapters; report what it holds afterwards."""
+    report = PodReport(name=pod_name)
+    try:
+        listing = agent.loaded()
+        engine_holds = {a.name: a.digest for a in listing.adapters if a.state is AdapterState.LOADED}
+        wanted = {a.name for a in desired if a.loadable}
+        for name in sorted(set(engine_holds) - wanted):
+            agent.unload(name)
+            log.info("Unloaded adapter %s from pod %s", name, pod_name)
+        for adapter in desired:
+            if not adapter.loadable or adapter.name in held_back:
+                continue
+            assert adapter.uri is not None and adapter.sha256 is not None
+            if engine_holds.get(adapter.name) == adapter.sha256:
+                report.loaded[adapter.name] = adapter.sha256
+                continue
+            try:
+                loaded = agent.load(adapter.name, adapter.uri, adapter.sha256)
+                report.loaded[adapter.name] = loaded.digest or adapter.sha256
+                log.info("Loaded adapter %s (%s) on pod %s", adapter.name, adapter.sha256[:12], pod_name)
+            except AgentRefusal as refusal:
+                report.failures[adapter.name] = LoadFailure(refusal.reason, refusal.message)
+    except AgentUnreachableError as error:
+        report.reachable, report.error = False, str(error)
+    except AgentRefusal as refusal:  # listing or unloading refused: the agent itself is unhealthy
+        report.reachable, report.error = False, f"{refusal.reason}: {refusal.message}"
+    return report
+
+
+def _serving_pods(client: ApiClient, namespace: str, name: str) -> list[dict[str, Any]]:
+    pods = kube.list_pods(client, namespace, {LABEL_ADAPTERDEPLOYMENT: name})
+    return [
+        p
+        for p in pods
+        if (p.get("status") or {}).get("phase") == "Running"
+        and (p.get("status") or {}).get("podIP")
+        and not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def _admin_token(client: ApiClient, adep: AdapterDeployment) -> str:
+    meta = adep.metadata
+    assert meta.namespace is not None and meta.name is not None
+    ref = adep.spec.token_secret_ref
+    if ref is not None:
+        token = kube.read_secret_key(client, meta.namespace, ref.name, ref.key)
+        if token is None:
+            raise SpecError(
+                "AdapterDeployment", meta.name, [f"spec.tokenSecretRef: Secret {ref.name} has no key {ref.key}"]
+            )
+        return token
+    name = admin_token_secret_name(meta.name)
+    existing = kube.read_secret_key(client, meta.namespace, name, "token")
+    if existing is not None:
+        return existing
+    kube.ensure_namespaced(client, render_admin_token_secret(adep, secrets.token_urlsafe(32)))
+    token = kube.read_secret_key(client, meta.namespace, name, "token")
+    assert token is not None
+    return token
+
+
+def _adapter_claims(desired: list[DesiredAdapter]) -> list[str]:
+    uris = (parse_uri(a.uri) for a in desired if a.uri is not None)
+    return sorted({u.authority for u in uris if u.scheme is Scheme.PVC})
+
+
+def _ensure_engine(
+    client: ApiClient, adep: AdapterDeployment, settings: OperatorSettings, desired: list[DesiredAdapter]
+) -> tuple[int, str | None]:
+    """Create or patch the engine; return (desired replicas, a problem that blocks serving)."""
+    meta = adep.metadata
+    assert meta.namespace is not None and meta.name is not None
+    if adep.spec.runtime is not None:
+        kube.ensure_namespaced(client, render_engine_service(adep))
+        deployment = render_engine_deployment(adep, settings, _adapter_claims(desired))
+        kube.server_side_apply(client, deployment, field_manager=kube.FIELD_MANAGER)
+        return adep.spec.runtime.replicas, None
+    target = adep.spec.target_ref
+    assert target is not None
+    existing = kube.read_deployment(client, meta.namespace, target.name)
+    if existing is None:
+        return 0, f"Deployment {target.name} (targetRef) does not exist in this namespace."
+    if (existing["metadata"].get("annotations") or {}).get(PATCHED_ANNOTATION) != meta.name:
+        kube.patch_deployment(client, meta.namespace, target.name, render_target_patch(adep, existing, settings))
+        log.info("Patched Deployment %s/%s for runtime adapter loading", meta.namespace, target.name)
+    return int(existing["spec"].get("replicas", 1)), None
+
+
+def _set_gate(client: ApiClient, pod: dict[str, Any], ready: bool, now: datetime) -> None:
+    wanted = "True" if ready else "False"
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    if any(c.get("type") == ADAPTERS_READY_GATE and c.get("status") == wanted for c in conditions):
+        return
+    condition = {
+        "type": ADAPTERS_READY_GATE,
+        "status": wanted,
+        "reason": "AllAdaptersLoaded" if ready else "AdaptersLoading",
+        "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    kube.patch_pod_condition(client, pod["metadata"]["namespace"], pod["metadata"]["name"], condition)
+
+
+def _adapter_events(before: AdapterDeploymentStatus, after: AdapterDeploymentStatus) -> list[KubeEvent]:
+    previous = {a.name: a for a in before.adapters}
+    events = []
+    for adapter in after.adapters:
+        old = previous.get(adapter.name)
+        changed = old is None or old.state != adapter.state or old.digest != adapter.digest
+        if not changed:
+            continue
+        if adapter.state is AdapterState.LOADED:
+            events.append(
+                KubeEvent(
+                    "Normal",
+                    "AdapterLoaded",
+                    f"Adapter {adapter.name} is served by {adapter.loaded_replicas} replicas.",
+                )
+            )
+        elif adapter.state is AdapterState.FAILED:
+            events.append(KubeEvent("Warning", "AdapterFailed", f"Adapter {adapter.name}: {adapter.message}"))
+    return events
+
+
+def _refused(
+    current: AdapterDeploymentStatus, generation: int | None, reason: str, message: str, now: datetime
+) -> tuple[AdapterDeploymentStatus, list[KubeEvent]]:
+    """Not servable as specified: say why in Ready/Degraded, and in one Event per new problem."""
+    before = next((c for c in current.conditions if c.type == "Ready"), None)
+    status = current.model_copy(deep=True)
+    status.observed_generation = generation
+    status.conditions = set_condition(status.conditions, "Ready", False, reason, message, generation, now)
+    status.conditions = set_condition(status.conditions, "Degraded", True, reason, message, generation, now)
+    repeated = before is not None and before.reason == reason and before.message == message
+    return status, [] if repeated else [KubeEvent("Warning", reason, message)]
+
+
+def reconcile_adapterdeployment(
+    client: ApiClient, namespace: str, name: str, settings: OperatorSettings, agent_factory: AgentFactory = AgentClient
+) -> None:
+    body = kube.get_custom(client, PLURAL, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    current = AdapterDeploymentStatus.model_validate(body.get("status") or {})
+    generation = body["metadata"].get("generation")
+    now = datetime.now(UTC)
+    try:
+        adep = parse_object(AdapterDeployment, body)
+        token = _admin_token(client, adep)
+    except SpecError as error:
+        status, events = _refused(current, generation, "InvalidSpec", "; ".join(error.problems), now)
+    else:
+        desired = resolve_adapters(adep, lambda job: kube.get_custom(client, "finetunejobs", namespace, job))
+        replicas, blocked = _ensure_engine(client, adep, settings, desired)
+        if blocked is not None:
+            status, events = _refused(current, generation, "TargetNotFound", blocked, now)
+        else:
+            previous = {a.name: a for a in current.adapters}
+            held_back = frozenset(
+                a.name for a in desired if a.loadable and not may_retry(previous.get(a.name), a.sha256, now)
+            )
+            pods = _serving_pods(client, namespace, name)
+            with ThreadPoolExecutor(max_workers=MAX_PARALLEL_PODS) as pool:
+                reports = list(
+                    pool.map(
+                        lambda pod: sync_pod(
+                            agent_factory(pod["status"]["podIP"], token), pod["metadata"]["name"], desired, held_back
+                        ),
+                        pods,
+                    )
+                )
+            status = compute_status(current, desired, reports, replicas, generation, endpoint(adep), now, held_back)
+            failed = failed_adapters(status)
+            for pod, report in zip(pods, reports, strict=True):
+                _set_gate(client, pod, pod_is_complete(report, desired, failed), now)
+            events = _adapter_events(current, status)
+    if status != current:
+        kube.patch_status(client, PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion"))
+    for event in events:
+        kube.post_event(client, body, event.type, event.reason, event.message)
