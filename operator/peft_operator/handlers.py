@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 from kubernetes.client import ApiException
 
+from . import metrics
 from .adapterdeployment.reconcile import reconcile_adapterdeployment
 from .api import GROUP, VERSION
 from .finetunejob.reconcile import needs_deploy, reconcile_finetunejob
@@ -43,19 +44,29 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 def _guarded(kind: str, reconcile: Any, memo: Any, namespace: str | None, name: str) -> None:
     """Run one reconcile under the object's lock, mapping API trouble to Kopf's retry semantics."""
     assert namespace is not None, f"{kind}s are namespaced"
+    metrics.RECONCILES.labels(kind=kind).inc()
     try:
         with _locks[(kind, namespace, name)]:
             reconcile(memo.api_client, namespace, name, memo.settings)
     except OwnershipConflictError as error:
+        metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
         raise kopf.PermanentError(str(error)) from error
     except ApiException as error:
+        metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
         if error.status in (409, 429) or error.status >= 500:
             raise kopf.TemporaryError(f"API {error.status} {error.reason}; retrying", delay=2) from error
+        raise
+    except Exception:
+        metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
         raise
 
 
 def _reconcile_finetunejob(memo: Any, namespace: str | None, name: str) -> None:
-    _guarded("FineTuneJob", reconcile_finetunejob, memo, namespace, name)
+    def reconcile_and_count(client: Any, namespace: str, name: str, settings: Any) -> None:
+        phase = reconcile_finetunejob(client, namespace, name, settings)
+        metrics.record_finetunejob_phase(namespace, name, phase.value if phase else None)
+
+    _guarded("FineTuneJob", reconcile_and_count, memo, namespace, name)
 
 
 def _reconcile_adapterdeployment(memo: Any, namespace: str | None, name: str) -> None:
@@ -108,3 +119,8 @@ def engine_pod_changed(namespace: str | None, labels: Mapping[str, str], memo: A
         _reconcile_adapterdeployment(memo, namespace, labels[LABEL_ADAPTERDEPLOYMENT])
     except kopf.TemporaryError as error:  # the recheck timer catches up
         log.info("Deferred AdapterDeployment %s/%s: %s", namespace, labels[LABEL_ADAPTERDEPLOYMENT], error)
+
+
+@kopf.on.delete(GROUP, VERSION, "finetunejobs", optional=True)
+def finetunejob_deleted(namespace: str | None, name: str, **_: Any) -> None:
+    metrics.record_finetunejob_phase(namespace or "", name, None)

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from . import handlers  # noqa: F401  (registers the handlers)
 from .kube import load_api_client
+from .metrics import serve_metrics
 from .progress_server import progress_app
 from .settings import OperatorSettings
 
@@ -18,6 +19,8 @@ log = logging.getLogger(__name__)
 
 async def run_operator(settings: OperatorSettings, peering: str | None, liveness_port: int | None) -> None:
     client = load_api_client()
+    serve_metrics(settings.metrics_port)
+    log.info("Metrics on :%d/metrics", settings.metrics_port)
     runner = web.AppRunner(progress_app(client, settings))
     await runner.setup()
     await web.TCPSite(runner, "0.0.0.0", settings.progress_port).start()

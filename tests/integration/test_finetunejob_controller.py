@@ -161,6 +161,13 @@ def test_lifecycle_from_apply_to_a_recorded_adapter(
     reasons = [reason for _, reason, _ in _events(admin, namespace, "smollm2-lora")]
     assert {"Creating", "Training", "Succeeded"} <= set(reasons)
     assert len(_jobs(admin, namespace)) == 1
+    scraped = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in operator.metrics().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert scraped['peft_operator_reconciles_total{kind="FineTuneJob"}'] >= 3
+    assert scraped['peft_operator_finetunejobs{phase="Succeeded"}'] >= 1
 
 
 def test_wrong_token_is_refused_by_the_progress_endpoint(
@@ -237,7 +244,7 @@ def test_queued_job_waits_for_kueue_then_runs(operator: OperatorProcess, admin: 
     assert job.spec.suspend is True and job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-small"
     assert kubelet.pods_of(admin, namespace, "peft.dev/finetunejob=smollm2-qlora") == []
     BatchV1Api(admin).patch_namespaced_job(
-        job.metadata.name, namespace, {"spec": {"suspend": False}}
+        job.metadata.name, namespace, {"spec": {"suspend": False}}, _content_type="application/merge-patch+json"
     )  # as Kueue admits
     kubelet.set_running(admin, _pod(admin, namespace, "smollm2-qlora"))
     _wait_phase(admin, namespace, "smollm2-qlora", "Running")

@@ -45,7 +45,13 @@ def _container_status(name: str, state: dict[str, Any], ready: bool = False) -> 
 
 
 def _patch(client: ApiClient, pod: Any, status: dict[str, Any]) -> None:
-    CoreV1Api(client).patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status})
+    # The client would send a dict as a JSON patch; a kubelet sends a strategic merge patch.
+    CoreV1Api(client).patch_namespaced_pod_status(
+        pod.metadata.name,
+        pod.metadata.namespace,
+        {"status": status},
+        _content_type="application/strategic-merge-patch+json",
+    )
 
 
 def set_running(client: ApiClient, pod: Any, container: str = "trainer") -> None:

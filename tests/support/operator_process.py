@@ -61,6 +61,7 @@ class OperatorProcess:
         self.log_path = log_path
         self.progress_key = progress_key
         self.progress_port = free_port()
+        self.metrics_port = free_port()
         self.extra_env = env
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -75,6 +76,7 @@ class OperatorProcess:
             "PEFT_PROGRESS_URL": self.progress_url,
             "PEFT_PROGRESS_KEY": self.progress_key,
             "PEFT_PROGRESS_PORT": str(self.progress_port),
+            "PEFT_METRICS_PORT": str(self.metrics_port),
             "PEFT_RUNTIME_IMAGE": "registry.test/peft-runtime:test",
             **self.extra_env,
         }
@@ -102,6 +104,10 @@ class OperatorProcess:
             except (TimeoutError, OSError):
                 time.sleep(0.2)
         raise RuntimeError(f"operator not ready after {timeout}s:\n{self.log_tail()}")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return response.read().decode()  # type: ignore[no-any-return]
 
     def kill(self) -> None:
         """SIGKILL: no clean-up, as when a node dies."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from kubernetes.client import ApiClient
 
-from .. import kube
+from .. import kube, metrics
 from ..api import AdapterDeployment, AdapterDeploymentStatus, Scheme, parse_uri
 from ..api.adapterdeployment import AdapterState
 from ..api.validation import SpecError, parse_object
@@ -56,7 +56,8 @@ def sync_pod(agent: AgentClient, pod_name: str, desired: list[DesiredAdapter], h
                 report.loaded[adapter.name] = adapter.sha256
                 continue
             try:
-                loaded = agent.load(adapter.name, adapter.uri, adapter.sha256)
+                with metrics.ADAPTER_LOAD_SECONDS.time():
+                    loaded = agent.load(adapter.name, adapter.uri, adapter.sha256)
                 report.loaded[adapter.name] = loaded.digest or adapter.sha256
                 log.info("Loaded adapter %s (%s) on pod %s", adapter.name, adapter.sha256[:12], pod_name)
             except AgentRefusal as refusal:
@@ -214,6 +215,8 @@ def reconcile_adapterdeployment(
             for pod, report in zip(pods, reports, strict=True):
                 _set_gate(client, pod, pod_is_complete(report, desired, failed), now)
             events = _adapter_events(current, status)
+            loaded_everywhere = sum(a.state is AdapterState.LOADED for a in status.adapters)
+            metrics.LOADED_ADAPTERS.labels(namespace=namespace, name=name).set(loaded_everywhere)
     if status != current:
         kube.patch_status(client, PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion"))
     for event in events:
