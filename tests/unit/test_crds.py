@@ -17,7 +17,8 @@ CRD_DIRS = [ROOT / "crds", ROOT / "charts" / "peft-operator" / "crds"]
 @pytest.mark.parametrize("directory", CRD_DIRS, ids=lambda d: str(d.relative_to(ROOT)))
 def test_checked_in_crds_equal_what_the_models_generate(directory: Path) -> None:
     generated = render_crds()
-    on_disk = {p.name: p.read_text() for p in directory.glob("*.yaml")}
+    # The chart's crds/ also carries Kopf's peering CRDs, which are not ours to generate.
+    on_disk = {p.name: p.read_text() for p in directory.glob("*.peft.dev.yaml")}
     assert set(on_disk) == set(generated), "run `make crds`"
     for name, text in generated.items():
         assert on_disk[name] == text, f"{directory.name}/{name} is stale: run `make crds`"
