@@ -126,26 +126,19 @@ def patch_status(
     return api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body)  # type: ignore[no-any-return]
 
 
-_PLURALS = {"Deployment": "deployments", "AdapterDeployment": "adapterdeployments", "FineTuneJob": "finetunejobs"}
-
-
 def server_side_apply(client: ApiClient, body: dict[str, Any], field_manager: str) -> dict[str, Any]:
     """Server-side apply with our own field manager: fields other managers own are left alone."""
-    meta = body["metadata"]
-    group_version = body["apiVersion"]
-    prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
-    path = f"{prefix}/namespaces/{meta['namespace']}/{_PLURALS[body['kind']]}/{meta['name']}"
-    response = client.call_api(
-        path,
-        "PATCH",
-        query_params=[("fieldManager", field_manager), ("force", "true")],
-        header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-        body=body,
-        response_type="object",
-        auth_settings=["BearerToken"],
-        _return_http_data_only=True,
+    meta, kind = body["metadata"], body["kind"]
+    apply = {"field_manager": field_manager, "force": True, "_content_type": "application/apply-patch+yaml"}
+    if kind == "Deployment":
+        result = kubernetes.client.AppsV1Api(client).patch_namespaced_deployment(
+            meta["name"], meta["namespace"], body, **apply
+        )
+        return as_dict(client, result)
+    plural = {"AdapterDeployment": "adapterdeployments", "FineTuneJob": "finetunejobs"}[kind]
+    return CustomObjectsApi(client).patch_namespaced_custom_object(  # type: ignore[no-any-return]
+        GROUP, VERSION, meta["namespace"], plural, meta["name"], body, **apply
     )
-    return response  # type: ignore[no-any-return]
 
 
 def patch_pod_condition(client: ApiClient, namespace: str, name: str, condition: dict[str, Any]) -> None:

@@ -29,8 +29,9 @@ async def run_operator(settings: OperatorSettings, peering: str | None, liveness
         await kopf.operator(
             clusterwide=not settings.watch_namespaces,
             namespaces=list(settings.watch_namespaces),
+            # A peering name makes peering mandatory in Kopf: pass it only when asked for HA.
             standalone=peering is None,
-            peering_name=peering or "default",
+            peering_name=peering,
             liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None,
             memo=kopf.Memo(api_client=client, settings=settings),
         )
@@ -40,4 +41,5 @@ async def run_operator(settings: OperatorSettings, peering: str | None, liveness
 
 def main(peering: str | None = None, liveness_port: int | None = None, verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("kubernetes").setLevel(logging.INFO)  # its DEBUG dumps whole response bodies
     asyncio.run(run_operator(OperatorSettings.from_env(), peering, liveness_port))

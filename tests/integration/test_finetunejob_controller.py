@@ -132,7 +132,7 @@ def test_lifecycle_from_apply_to_a_recorded_adapter(
     assert [(o.kind, o.uid, o.controller) for o in job.metadata.owner_references] == [("FineTuneJob", uid, True)]
     configmap = CoreV1Api(admin).read_namespaced_config_map("smollm2-lora-plan", namespace)
     assert json.loads(configmap.data["plan.json"])["job"]["uid"] == uid
-    assert _phase(admin, namespace, "smollm2-lora") == "Pending"
+    _wait_phase(admin, namespace, "smollm2-lora", "Pending")
 
     pod = _pod(admin, namespace, "smollm2-lora")
     kubelet.set_running(admin, pod)
@@ -159,7 +159,7 @@ def test_lifecycle_from_apply_to_a_recorded_adapter(
     assert _condition(done, "Succeeded")["observedGeneration"] == 1
     assert done["status"]["completionTime"]
     reasons = [reason for _, reason, _ in _events(admin, namespace, "smollm2-lora")]
-    assert {"Creating", "Training", "Succeeded"} <= set(reasons)
+    assert {"JobCreated", "Starting", "Training", "Succeeded"} <= set(reasons)
     assert len(_jobs(admin, namespace)) == 1
     scraped = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])

@@ -19,7 +19,6 @@ RULE_FILES = [
     REPO_ROOT / "charts" / "peft-operator" / "files" / "operator-rules.yaml",
     REPO_ROOT / "charts" / "peft-operator" / "files" / "cluster-rules.yaml",
 ]
-OPERATOR_USER = "system:serviceaccount:peft-system:peft-operator"
 
 
 def chart_rules() -> list[dict[str, Any]]:
@@ -46,11 +45,11 @@ def operator_kubeconfig(
             "kind": "ClusterRoleBinding",
             "metadata": {"name": role},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"{OPERATOR_USER}-{role}"}],
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": f"user:{role}"}],
         },
     ]
     cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=yaml.safe_dump_all(rbac))
-    return cp.mint_user_kubeconfig(f"{OPERATOR_USER}-{role}")
+    return cp.mint_user_kubeconfig(f"user:{role}")
 
 
 class OperatorProcess:

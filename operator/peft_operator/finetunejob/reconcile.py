@@ -35,12 +35,16 @@ def _validate(body: dict[str, Any]) -> tuple[FineTuneJob | None, str | None]:
     return job, ("; ".join(problems) if problems else None)
 
 
-def _ensure_children(client: ApiClient, job: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
+def _ensure_children(
+    client: ApiClient, job: FineTuneJob, settings: OperatorSettings
+) -> tuple[dict[str, Any], list[KubeEvent]]:
+    """The progress Secret, the plan ConfigMap and the Job; an Event when the Job is new."""
     if settings.progress_url:
         kube.ensure_namespaced(client, render_progress_secret(job, settings))
     kube.ensure_namespaced(client, render_plan_configmap(job, settings))
-    created, _ = kube.ensure_namespaced(client, render_training_job(job, settings))
-    return created
+    training_job, created = kube.ensure_namespaced(client, render_training_job(job, settings))
+    name = training_job["metadata"]["name"]
+    return training_job, [KubeEvent("Normal", "JobCreated", f"Created Job {name}")] if created else []
 
 
 def reconcile_finetunejob(client: ApiClient, namespace: str, name: str, settings: OperatorSettings) -> Phase | None:
@@ -53,11 +57,12 @@ def reconcile_finetunejob(client: ApiClient, namespace: str, name: str, settings
     cancelled = (body["metadata"].get("annotations") or {}).get(CANCEL_ANNOTATION) == "true"
     job_name = training_job_name(name)
     observed_job: dict[str, Any] | None = None
+    events: list[KubeEvent] = []
     if current.phase not in TERMINAL_PHASES and job is not None and invalid is None:
         if cancelled:
             kube.delete_job(client, namespace, job_name)
         else:
-            observed_job = _ensure_children(client, job, settings)
+            observed_job, events = _ensure_children(client, job, settings)
     pods = kube.list_pods(client, namespace, {LABEL_FINETUNEJOB: name}) if observed_job else []
     spec = body.get("spec") or {}
     observation = Observation(
@@ -70,7 +75,8 @@ def reconcile_finetunejob(client: ApiClient, namespace: str, name: str, settings
         pods=pods,
     )
     now = datetime.now(UTC)
-    status, events = compute_status(current, observation, now)
+    status, transitions = compute_status(current, observation, now)
+    events += transitions
     if status.phase is Phase.SUCCEEDED and job is not None and job.spec.deploy is not None:
         status, deploy_event = _deploy(client, job, status, now)
         events.extend(deploy_event)
