@@ -16,7 +16,7 @@ def _crds(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> None:
     from . import runner
 
-    runner.main(peering=args.peering, liveness_port=args.liveness_port, verbose=args.verbose)
+    runner.main(verbose=args.verbose)
 
 
 def _local_train(args: argparse.Namespace) -> None:
@@ -31,8 +31,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the operator (configured by PEFT_* environment variables)")
-    run.add_argument("--peering", default=None, help="Kopf peering name for HA; unset runs standalone")
-    run.add_argument("--liveness-port", type=int, default=None, help="serve /healthz on this port")
     run.add_argument("--verbose", action="store_true")
     run.set_defaults(run=_run)
 

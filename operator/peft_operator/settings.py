@@ -20,6 +20,9 @@ class OperatorSettings:
     progress_port: int = 8080
     metrics_port: int = 9090
     trainer_run_as_user: int = 1000
+    # Namespace of the Lease that elects one acting replica; empty runs without election (one replica).
+    leader_election_namespace: str = ""
+    lease_name: str = "peft-operator"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -33,4 +36,6 @@ class OperatorSettings:
             watch_namespaces=namespaces,
             progress_port=int(env.get("PEFT_PROGRESS_PORT", "8080")),
             metrics_port=int(env.get("PEFT_METRICS_PORT", "9090")),
+            leader_election_namespace=env.get("PEFT_LEADER_ELECTION_NAMESPACE", ""),
+            lease_name=env.get("PEFT_LEASE_NAME", "peft-operator"),
         )

@@ -25,7 +25,13 @@ from typing import Any
 
 import pytest
 
-from tests.support.controlplane import REPO_ROOT, BinariesMissing, ControlPlane, ControlPlaneError
+# `tests.support` lives beside this folder, not in an installed package: make the
+# repository root importable however pytest was started (`pytest`, `python -m pytest`).
+_REPO_ROOT = str(Path(__file__).resolve().parents[2])
+if _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+from tests.support.controlplane import REPO_ROOT, BinariesMissing, ControlPlane, ControlPlaneError  # noqa: E402
 
 CRD_DIR = REPO_ROOT / "crds"
 
@@ -111,12 +117,18 @@ def namespace(controlplane: ControlPlane, request: pytest.FixtureRequest) -> Ite
     controlplane.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
 
+_SHOWN_LOGS: set[str] = set()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """On a failing test that used the control plane, attach the components' log tails."""
     outcome = yield
     rep = outcome.get_result()
-    if rep.failed and call.when in ("setup", "call"):
+    key = repr(call.excinfo.value) if call.excinfo else item.nodeid
+    if rep.failed and call.when in ("setup", "call") and key not in _SHOWN_LOGS:
+        # a failing session fixture fails every test that uses it: show the logs once
+        _SHOWN_LOGS.add(key)
         cp = getattr(item, "funcargs", {}).get("controlplane")
         if cp is None:
             for v in getattr(item, "funcargs", {}).values():
@@ -124,4 +136,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                     cp = v
         if isinstance(cp, ControlPlane) and cp.workdir is not None:
             cp.failed = True  # keep the logs on disk too
-            rep.sections.append(("control plane logs (tail)", cp.logs(lines=40)))
+            rep.sections.append(("control plane logs (tail)", cp.logs(lines=30)))

@@ -271,6 +271,8 @@ def test_deleting_the_finetunejob_collects_its_children(
 ) -> None:
     _create(admin, _example("finetunejob-lora.yaml", namespace))
     wait_for("the training Job", lambda: _jobs(admin, namespace))
+    # No finalizer: deleting works even while no operator runs.
+    assert not _get(admin, namespace, "smollm2-lora")["metadata"].get("finalizers")
     CustomObjectsApi(admin).delete_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", "smollm2-lora")
     core = CoreV1Api(admin)
     wait_for("the Job to be collected", lambda: not _jobs(admin, namespace), timeout=90)

@@ -1,0 +1,60 @@
+"""The two reconcile entry points every trigger uses (Kopf handlers and the resync loop): one pass at a
+time per object, counted in metrics, with API trouble mapped to retry-or-give-up."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes.client import ApiClient, ApiException
+
+from . import metrics
+from .adapterdeployment.reconcile import reconcile_adapterdeployment
+from .finetunejob.reconcile import reconcile_finetunejob
+from .kube import OwnershipConflictError
+from .settings import OperatorSettings
+
+# Events of several objects (a job, its pods) and the resync loop may name the same object at once.
+_locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
+
+
+class RetryLater(Exception):
+    """The API server was busy or the object moved on meanwhile (409, 429, 5xx): try again shortly."""
+
+
+class CannotProceed(Exception):
+    """Something only a person can fix (e.g. a name already taken by another object)."""
+
+
+def _guarded(kind: str, work: Callable[[], Any], namespace: str, name: str) -> Any:
+    metrics.RECONCILES.labels(kind=kind).inc()
+    try:
+        with _locks[(kind, namespace, name)]:
+            return work()
+    except OwnershipConflictError as error:
+        metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
+        raise CannotProceed(str(error)) from error
+    except ApiException as error:
+        metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
+        if error.status in (409, 429) or error.status >= 500:
+            raise RetryLater(f"API {error.status} {error.reason}") from error
+        raise
+    except Exception:
+        metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
+        raise
+
+
+def finetunejob(client: ApiClient, settings: OperatorSettings, namespace: str, name: str) -> None:
+    def work() -> None:
+        phase = reconcile_finetunejob(client, namespace, name, settings)
+        metrics.record_finetunejob_phase(namespace, name, phase.value if phase else None)
+
+    _guarded("FineTuneJob", work, namespace, name)
+
+
+def adapterdeployment(client: ApiClient, settings: OperatorSettings, namespace: str, name: str) -> None:
+    _guarded(
+        "AdapterDeployment", lambda: reconcile_adapterdeployment(client, namespace, name, settings), namespace, name
+    )
