@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,11 +120,12 @@ def namespace(controlplane: ControlPlane, request: pytest.FixtureRequest) -> Ite
 _SHOWN_LOGS: set[str] = set()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """On a failing test that used the control plane, attach the components' log tails."""
-    outcome = yield
-    rep = outcome.get_result()
+    rep = yield
     key = repr(call.excinfo.value) if call.excinfo else item.nodeid
     if rep.failed and call.when in ("setup", "call") and key not in _SHOWN_LOGS:
         # a failing session fixture fails every test that uses it: show the logs once
@@ -137,3 +138,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if isinstance(cp, ControlPlane) and cp.workdir is not None:
             cp.failed = True  # keep the logs on disk too
             rep.sections.append(("control plane logs (tail)", cp.logs(lines=30)))
+    return rep

@@ -433,7 +433,7 @@ def test_controller_manager_collects_garbage_and_runs_deployments(
             try:
                 core.read_namespaced_config_map("plan", namespace)
             except ApiException as e:
-                return e.status == 404
+                return bool(e.status == 404)
             return False
 
         _eventually(plan_gone, timeout=60)

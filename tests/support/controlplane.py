@@ -64,6 +64,15 @@ class BinariesMissing(ControlPlaneError):
     """The control-plane binaries are not built and cannot be built here (no Go toolchain)."""
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """kubectl exited non-zero; ``str()`` carries its stderr (and stdout)."""
+
+    def __str__(self) -> str:
+        args = self.cmd[3:] if isinstance(self.cmd, list) else self.cmd
+        out = (self.stderr or "").strip() or (self.output or "").strip()
+        return f"kubectl {' '.join(map(str, args))} exited with {self.returncode}:\n{out}"
+
+
 # --------------------------------------------------------------------------- binaries
 
 
@@ -131,10 +140,12 @@ def _new_key() -> Any:
 def _key_pem(key: Any) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     )
 
 
@@ -398,7 +409,7 @@ class ControlPlane:
         else:
             self.workdir = Path(tempfile.mkdtemp(prefix="peft-controlplane-"))
         for sub in ("pki", "logs", "etcd", "users", "kubectl-cache"):
-            (self.workdir / sub).mkdir(exist_ok=True)
+            (self.workdir / sub).mkdir(mode=0o700, exist_ok=True)
         try:
             self._write_pki()
             self._start_etcd(deadline=t0 + timeout)
@@ -554,7 +565,14 @@ class ControlPlane:
         """A ``kubernetes.client.ApiClient`` for the admin (or the given kubeconfig)."""
         from kubernetes import config
 
-        return config.new_client_from_config(config_file=str(kubeconfig or self.kubeconfig_path))
+        api = config.new_client_from_config(config_file=str(kubeconfig or self.kubeconfig_path))
+        # kubernetes 36.0.0's kubeconfig loader stores a token under api_key["authorization"],
+        # while its generated client only sends api_key["BearerToken"] (fixed in 36.0.1):
+        # without this, token (ServiceAccount) kubeconfigs get 401.
+        keys = api.configuration.api_key
+        if "authorization" in keys and "BearerToken" not in keys:
+            keys["BearerToken"] = keys["authorization"]
+        return api
 
     def kubectl(
         self,
@@ -575,7 +593,7 @@ class ControlPlane:
         env["KUBERC"] = "off"  # ignore a developer's ~/.kube/kuberc preferences
         proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, env=env, check=False)
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(proc.returncode, cmd, output=proc.stdout, stderr=proc.stderr)
+            raise KubectlError(proc.returncode, cmd, output=proc.stdout, stderr=proc.stderr)
         return proc
 
     def ensure_namespace(self, name: str, *, api: Any = None) -> None:
@@ -664,6 +682,9 @@ class ControlPlane:
             f"--etcd-servers={self.etcd_url}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
+            # the lease reconciler refuses a loopback advertise address; nothing
+            # needs the `kubernetes` Service's Endpoints here (no pods run)
+            "--endpoint-reconciler-type=none",
             f"--secure-port={port}",
             f"--cert-dir={self._wd() / 'apiserver-certs'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",

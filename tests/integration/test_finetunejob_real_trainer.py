@@ -1,0 +1,115 @@
+"""Integration: the real trainer, as a local process standing in for the pod, trains a tiny model from
+the plan the operator rendered; its reports reach FineTuneJob status through the real progress sink and
+the termination message, and the recorded adapter is the one on disk."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+
+from tests.support import kubelet
+from tests.support.controlplane import REPO_ROOT, ControlPlane
+from tests.support.kubelet import wait_for
+from tests.support.operator_process import OperatorProcess, operator_kubeconfig
+from tests.support.tiny_model import build_tiny_llama
+
+pytestmark = pytest.mark.integration
+GROUP, VERSION = "peft.dev", "v1alpha1"
+
+
+@pytest.fixture
+def admin(controlplane: ControlPlane) -> Iterator[ApiClient]:
+    client = controlplane.api_client()
+    yield client
+    client.close()
+
+
+def _dataset(path: Path) -> None:
+    rows = [{"prompt": f"Say the word number {i}:", "completion": f" word{i % 7} done"} for i in range(64)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_real_trainer_progress_and_adapter_reach_status(
+    controller_manager: ControlPlane, crds_installed: list[str], admin: ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    pvc_root = tmp_path / "pvc"  # how the claims appear to the trainer: <root>/<claim>/<path>
+    build_tiny_llama(pvc_root / "models" / "tiny")
+    _dataset(pvc_root / "team-data" / "train.jsonl")
+    operator = OperatorProcess(
+        operator_kubeconfig(controller_manager, role="peft-operator-trainer"), tmp_path / "operator.log"
+    ).start()
+    try:
+        body = yaml.safe_load((REPO_ROOT / "examples/finetunejob-lora.yaml").read_text())
+        body["metadata"].update(name="tiny-lora", namespace=namespace)
+        body["spec"]["baseModel"] = {"uri": "pvc://models/tiny"}
+        body["spec"]["dataset"] = {"uri": "pvc://team-data/train.jsonl", "format": "instruction"}
+        body["spec"]["method"] = {"type": "lora", "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}}
+        body["spec"]["training"] = {"maxSteps": 24, "batchSize": 8, "learningRate": "1e-2", "checkpointEvery": 8}
+        body["spec"]["resources"] = {"gpus": 0}
+        body["spec"]["output"] = {"uri": "pvc://team-adapters/tiny-lora"}
+        CustomObjectsApi(admin).create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
+        core = CoreV1Api(admin)
+        pod = wait_for("the trainer pod", lambda: kubelet.pods_of(admin, namespace, "peft.dev/finetunejob=tiny-lora"))[
+            0
+        ]
+        kubelet.set_running(admin, pod)
+
+        plan = json.loads(core.read_namespaced_config_map("tiny-lora-plan", namespace).data["plan.json"])
+        assert plan["progress"]["url"] == f"{operator.progress_url}/v1/progress/{namespace}/tiny-lora"
+        plan["mounts"]["pvcRoot"] = str(pvc_root)
+        plan["progress"]["terminationLog"] = str(tmp_path / "termination-log")
+        plan["progress"]["intervalSeconds"] = 0.5
+        plan["workDir"] = str(tmp_path / "work")
+        (tmp_path / "plan.json").write_text(json.dumps(plan))
+        token = base64.b64decode(core.read_namespaced_secret("tiny-lora-progress", namespace).data["token"]).decode()
+
+        trainer = subprocess.run(
+            [sys.executable, "-m", "peft_runtime.cli", "train", "--plan", str(tmp_path / "plan.json")],
+            env={**os.environ, "PEFT_PROGRESS_TOKEN": token, "HF_HUB_OFFLINE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert trainer.returncode == 0, trainer.stderr[-3000:]
+        running = CustomObjectsApi(admin).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "finetunejobs", "tiny-lora"
+        )
+        assert running["status"]["dataset"]["rows"] == 64
+        assert running["status"]["progress"]["totalSteps"] == 24
+        assert running["status"]["progress"]["step"] >= 8, "progress POSTs reached the status"
+
+        final = (tmp_path / "termination-log").read_text()
+        kubelet.set_terminated(admin, pod, 0, "Completed", final)
+        wait_for(
+            "Succeeded",
+            lambda: (
+                CustomObjectsApi(admin)
+                .get_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", "tiny-lora")
+                .get("status", {})
+                .get("phase")
+                == "Succeeded"
+            ),
+        )
+        done = CustomObjectsApi(admin).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "finetunejobs", "tiny-lora"
+        )
+        adapter = done["status"]["adapter"]
+        manifest = pvc_root / "team-adapters" / "tiny-lora" / "manifest.json"
+        assert adapter["uri"] == "pvc://team-adapters/tiny-lora"
+        assert adapter["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+        assert adapter["method"] == "lora" and adapter["rank"] == 4
+        assert done["status"]["progress"]["step"] == 24
+    finally:
+        operator.stop()

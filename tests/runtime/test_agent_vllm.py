@@ -1,0 +1,149 @@
+"""The agent in front of vLLM. No vLLM here (no GPU, no wheel): a protocol double answers the three routes
+exactly as vLLM's OpenAIServingModels does (vllm/entrypoints/openai/serving_models.py): model cards owned by
+"vllm" with `root` = the LoRA path and `parent` = the base; a second load under a loaded name is a 400
+"has already been loaded"; unloading an unknown name is a 404 "cannot be found"; success is plain text."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.support.adapters import TestAdapter, base_uri, make_lora_adapter
+
+TOKEN = "vllm-agent-token"
+BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+pytestmark = pytest.mark.timeout(60)
+
+
+class VllmDouble:
+    def __init__(self) -> None:
+        self.loras: dict[str, str] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/load_lora_adapter", self.load)
+        app.router.add_post("/v1/unload_lora_adapter", self.unload)
+        return app
+
+    async def models(self, request: web.Request) -> web.Response:
+        cards = [{"id": BASE, "object": "model", "owned_by": "vllm", "root": BASE, "parent": None}]
+        cards += [
+            {"id": n, "object": "model", "owned_by": "vllm", "root": p, "parent": BASE} for n, p in self.loras.items()
+        ]
+        return web.json_response({"object": "list", "data": cards})
+
+    async def load(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.calls.append(("load", body["lora_name"]))
+        if body["lora_name"] in self.loras:
+            message = f"The lora adapter '{body['lora_name']}' has already been loaded."
+            return web.json_response(
+                {"object": "error", "message": message, "type": "InvalidUserInput", "code": 400}, status=400
+            )
+        self.loras[body["lora_name"]] = body["lora_path"]
+        return web.Response(text=f"Success: LoRA adapter '{body['lora_name']}' added successfully.")
+
+    async def unload(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.calls.append(("unload", body["lora_name"]))
+        if self.loras.pop(body["lora_name"], None) is None:
+            message = f"The lora adapter '{body['lora_name']}' cannot be found."
+            return web.json_response(
+                {"object": "error", "message": message, "type": "NotFoundError", "code": 404}, status=404
+            )
+        return web.Response(text=f"Success: LoRA adapter '{body['lora_name']}' removed successfully.")
+
+
+@pytest.fixture(scope="module")
+def vllm() -> Any:
+    from peft_runtime.serving.http_edge import BackgroundServer
+
+    double = VllmDouble()
+    server = BackgroundServer(double.app).start()
+    server.double = double  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def agent(vllm: Any, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from peft_runtime.agent.app import create_app
+    from peft_runtime.agent.cli import build_agent
+    from peft_runtime.serving.http_edge import BackgroundServer, TokenSource
+
+    token_file = tmp_path_factory.mktemp("secrets") / "token"
+    token_file.write_text(TOKEN)
+    args = argparse.Namespace(
+        engine_url=vllm.url,
+        engine="auto",
+        adapter_root=tmp_path_factory.mktemp("volume"),
+        pvc_root=tmp_path_factory.mktemp("pvc"),
+        token_file=token_file,
+        engine_token_file=None,
+        base_model_uri=base_uri(tiny_model_dir),
+        base_model_revision=None,
+        base_model_dir=None,
+        max_adapters=8,
+        max_rank=64,
+        engine_timeout=30.0,
+    )
+    server = BackgroundServer(lambda: create_app(build_agent(args), TokenSource(token_file))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, TestAdapter]:
+    root = tmp_path_factory.mktemp("made")
+    return {
+        "v1": make_lora_adapter(tiny_model_dir, root / "v1", seed=21),
+        "v2": make_lora_adapter(tiny_model_dir, root / "v2", seed=22),
+        "dora": make_lora_adapter(tiny_model_dir, root / "dora", seed=23, use_dora=True),
+    }
+
+
+def call(server: Any, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async def go() -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession() as s, s.request(method, server.url + path, json=body, headers=headers) as r:
+            return r.status, json.loads(await r.text())
+
+    return asyncio.run(go())
+
+
+def test_replacing_an_adapter_on_vllm_unloads_the_old_one_first(
+    vllm: Any, agent: Any, adapters: dict[str, TestAdapter]
+) -> None:
+    v1, v2 = adapters["v1"], adapters["v2"]
+    assert call(agent, "PUT", "/v1/adapters/tenant-a", {"uri": v1.path.as_uri(), "sha256": v1.sha256})[0] == 200
+    vllm.double.calls.clear()
+
+    status, body = call(agent, "PUT", "/v1/adapters/tenant-a", {"uri": v2.path.as_uri(), "sha256": v2.sha256})
+
+    assert (status, body["digest"]) == (200, v2.sha256), body
+    assert vllm.double.calls == [("unload", "tenant-a"), ("load", "tenant-a")]
+    status, listing = call(agent, "GET", "/v1/adapters")
+    assert listing["engine"] == {"url": vllm.url, "baseModel": BASE, "engine": "vllm"}
+    assert [(a["name"], a["digest"]) for a in listing["adapters"]] == [("tenant-a", v2.sha256)]
+
+
+def test_dora_is_refused_before_vllm_is_asked(vllm: Any, agent: Any, adapters: dict[str, TestAdapter]) -> None:
+    dora = adapters["dora"]
+    vllm.double.calls.clear()
+    status, body = call(agent, "PUT", "/v1/adapters/tenant-d", {"uri": dora.path.as_uri(), "sha256": dora.sha256})
+    assert (status, body["error"]["reason"]) == (400, "UnsupportedMethod"), body
+    assert vllm.double.calls == []
+
+
+def test_deleting_what_vllm_does_not_hold_succeeds(agent: Any) -> None:
+    status, body = call(agent, "DELETE", "/v1/adapters/never-loaded")
+    assert (status, body["unloaded"]) == (200, False)

@@ -1,0 +1,140 @@
+"""The `peft-runtime` entrypoint and local mode (`peft-operator local train -f job.yaml`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.runtime.builders import chat_rows, instruction_rows, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_runtime_package_and_train_entrypoint_import_with_kopf_blocked() -> None:
+    code = (
+        "import sys\n"
+        "for blocked in ('kopf', 'kubernetes'): sys.modules[blocked] = None\n"
+        "import peft_runtime, peft_runtime.cli, peft_runtime.train.cli, peft_runtime.train.run\n"
+        "import peft_runtime.train.trainer, peft_runtime.local, peft_runtime.models\n"
+        "parser = peft_runtime.cli.build_parser()\n"
+        "print(sorted(parser._subparsers._group_actions[0].choices))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "'train'" in result.stdout
+
+
+def test_train_subcommand_exits_3_on_an_invalid_plan(tmp_path: Path, capsys: Any) -> None:
+    from peft_runtime.cli import main
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"job": {"name": "x"}, "spec": {"method": {"type": "lora"}}}))
+    assert main(["train", "--plan", str(plan)]) == 3
+    assert "spec.baseModel: is required but missing" in capsys.readouterr().err
+
+
+def _job_yaml(folder: Path, model_uri: str, **spec: Any) -> Path:
+    body = {
+        "apiVersion": "peft.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "colors-v1"},
+        "spec": {
+            "baseModel": {"uri": model_uri},
+            "dataset": {"uri": "data/chat.jsonl", "format": "chat"},  # relative to the YAML file
+            "method": {"type": "lora", "lora": {"r": 8}},
+            "training": {"maxSteps": 12, "learningRate": "1e-2", "maxSeqLength": 64, "checkpointEvery": 6},
+            "output": {"uri": "adapters/colors-v1"},
+            **spec,
+        },
+    }
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_local_mode_trains_a_finetunejob_yaml_with_relative_paths(
+    tiny_model_dir: Path, tmp_path: Path, capsys: Any
+) -> None:
+    from peft_operator.cli import main
+
+    write_jsonl(tmp_path / "data" / "chat.jsonl", chat_rows(40))
+    job = _job_yaml(tmp_path, str(tiny_model_dir))  # a plain absolute path works too
+    main(["local", "train", "-f", str(job), "--work-dir", str(tmp_path / "work")])
+    adapter = tmp_path / "adapters" / "colors-v1"
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    assert manifest["baseModel"]["uri"] == tiny_model_dir.as_uri()
+    captured = capsys.readouterr()
+    assert f"Adapter colors-v1 written to {adapter}" in captured.err
+    assert '"event":"completed"' in captured.out  # not a terminal: JSON lines instead of a bar
+
+
+def test_local_mode_refuses_an_invalid_job_with_the_field_and_the_fix(tmp_path: Path, capsys: Any) -> None:
+    from peft_runtime.local import train_local
+
+    job = _job_yaml(tmp_path, "file:///models/none", method={"type": "lora", "lora": {"r": -4}})
+    with pytest.raises(SystemExit) as exit_info:
+        train_local(job)
+    assert exit_info.value.code == 3
+    assert "spec.method.lora.r: input should be greater than or equal to 1 (got -4)" in capsys.readouterr().err
+
+
+def test_merged_lora_export_gives_the_adapter_s_logits(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from peft_runtime.adapters import load_adapter
+    from peft_runtime.local import train_local
+
+    write_jsonl(tmp_path / "data" / "chat.jsonl", chat_rows(40))
+    adapter = train_local(_job_yaml(tmp_path, tiny_model_dir.as_uri()), tmp_path / "work", merge=True)
+    merged = AutoModelForCausalLM.from_pretrained(adapter / "merged")
+    with_adapter = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter)
+    input_ids = torch.randint(0, 700, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = with_adapter(input_ids=input_ids).logits
+        assert torch.allclose(merged(input_ids=input_ids).logits, expected, atol=1e-4)
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    assert not any(name.startswith("merged") for name in manifest["files"])
+
+
+def test_hf_dataset_uri_reads_a_hub_snapshot_from_the_local_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peft_operator.api.plan import Mounts
+    from peft_runtime.train.storage import dataset_files
+
+    # The Hub cache layout huggingface_hub itself writes: offline, snapshot_download returns it.
+    cache = tmp_path / "hub"
+    repo = cache / "datasets--acme--colors"
+    commit = "0" * 40
+    write_jsonl(repo / "snapshots" / commit / "data" / "train.jsonl", instruction_rows(5))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    files = dataset_files("hf://acme/colors", Mounts(), tmp_path / "work")
+    assert [f.name for f in files] == ["train.jsonl"]
+    assert files[0].read_text().count("\n") == 5
+
+
+def test_pvc_and_configmap_uris_are_read_from_their_mounts(tmp_path: Path) -> None:
+    from peft_operator.api.plan import Mounts
+    from peft_runtime.train.storage import dataset_files
+
+    write_jsonl(tmp_path / "pvc" / "team-data" / "chat" / "a.jsonl", chat_rows(2))
+    write_jsonl(tmp_path / "cm" / "small-set" / "rows", chat_rows(2))
+    mounts = Mounts(pvc_root=str(tmp_path / "pvc"), configmap_root=str(tmp_path / "cm"))
+    assert dataset_files("pvc://team-data/chat", mounts, tmp_path) == [
+        tmp_path / "pvc" / "team-data" / "chat" / "a.jsonl"
+    ]
+    assert dataset_files("configmap://small-set/rows", mounts, tmp_path) == [tmp_path / "cm" / "small-set" / "rows"]

@@ -1,0 +1,68 @@
+"""HTTP routes of the adapter agent (see protocol.py for the API): thin handlers over `AdapterAgent`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from peft_runtime.serving.http_edge import TokenSource, error_middleware, json_response, read_body
+
+from .protocol import ADAPTERS_PATH, HEALTH_PATH, ErrorBody, ErrorDetail, LoadAdapterRequest
+from .service import AdapterAgent
+
+AGENT = web.AppKey("agent", AdapterAgent)
+TOKEN = web.AppKey("token", TokenSource)
+
+
+def error_body(status: int, reason: str, message: str) -> dict[str, Any]:
+    wire: dict[str, Any] = ErrorBody(error=ErrorDetail(reason=reason, message=message)).to_wire()
+    return wire
+
+
+def create_app(agent: AdapterAgent, token: TokenSource) -> web.Application:
+    app = web.Application(middlewares=[error_middleware(error_body)])
+    app[AGENT] = agent
+    app[TOKEN] = token
+    app.router.add_get(HEALTH_PATH, health)
+    app.router.add_get(ADAPTERS_PATH, list_adapters)
+    app.router.add_get(ADAPTERS_PATH + "/{name}", get_adapter)
+    app.router.add_put(ADAPTERS_PATH + "/{name}", put_adapter)
+    app.router.add_delete(ADAPTERS_PATH + "/{name}", delete_adapter)
+
+    async def close_engine_client(_: web.Application) -> None:
+        await agent.engine.close()
+
+    app.on_cleanup.append(close_engine_client)
+    return app
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def list_adapters(request: web.Request) -> web.Response:
+    request.app[TOKEN].check(request)
+    return json_response(await request.app[AGENT].list())
+
+
+async def get_adapter(request: web.Request) -> web.Response:
+    request.app[TOKEN].check(request)
+    name = request.match_info["name"]
+    report = await request.app[AGENT].get(name)
+    if report is None:
+        return web.json_response(
+            error_body(404, "AdapterNotFound", f"this replica has no adapter '{name}'"), status=404
+        )
+    return json_response(report)
+
+
+async def put_adapter(request: web.Request) -> web.Response:
+    request.app[TOKEN].check(request)
+    body = LoadAdapterRequest.model_validate(await read_body(request))
+    return json_response(await request.app[AGENT].put(request.match_info["name"], body))
+
+
+async def delete_adapter(request: web.Request) -> web.Response:
+    request.app[TOKEN].check(request)
+    return json_response(await request.app[AGENT].delete(request.match_info["name"]))

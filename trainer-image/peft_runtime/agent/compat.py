@@ -1,0 +1,149 @@
+"""Can this replica's engine serve a verified adapter? Checked before the engine is asked, without torch.
+
+- the manifest's base model (uri, revision) must be the one the replica serves;
+- the method must be one the engine hot-loads; the rank must not exceed maxRank;
+- with `--base-model-dir`, every module the adapter's weights sit on must exist in the base model's
+  checkpoint with matching shapes (read from the safetensors headers; no weights are loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from peft_operator.api.manifest import AdapterManifest
+from peft_runtime.serving.errors import AdapterCorrupt, IncompatibleBaseModel, RankTooLarge, UnsupportedMethod
+
+ENGINE_METHODS = {
+    "builtin": ("lora", "qlora", "dora"),
+    "vllm": ("lora", "qlora"),  # vLLM serves plain LoRA weights; DoRA needs the built-in engine
+}
+_PEFT_PREFIX = "base_model.model."
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape, from a .safetensors file's JSON header (8-byte length, then JSON)."""
+    with path.open("rb") as stream:
+        (length,) = struct.unpack("<Q", stream.read(8))
+        if length > 100_000_000:
+            raise ValueError(f"{path} has an implausible header length {length}")
+        header = json.loads(stream.read(length))
+    return {name: info["shape"] for name, info in header.items() if name != "__metadata__"}
+
+
+@dataclass
+class Compatibility:
+    max_rank: int
+    base_model_uri: str | None = None
+    base_model_revision: str | None = None
+    base_model_dir: Path | None = None
+
+    def check(self, manifest: AdapterManifest, adapter_dir: Path, engine: str) -> None:
+        """Raise a ServingError (UnsupportedMethod, IncompatibleBaseModel, RankTooLarge, ...) saying why not."""
+        self._check_method(manifest, engine)
+        self._check_identity(manifest)
+        rank = self._rank(manifest, adapter_dir, engine)
+        if rank is not None and rank > self.max_rank:
+            raise RankTooLarge(
+                f"the adapter has rank {rank}, above maxRank {self.max_rank}: retrain with a smaller r or raise "
+                "limits.maxRank"
+            )
+        if self.base_model_dir is not None:
+            self._check_modules(adapter_dir)
+
+    def _check_method(self, manifest: AdapterManifest, engine: str) -> None:
+        servable = ENGINE_METHODS.get(engine, ENGINE_METHODS["builtin"])
+        if manifest.method not in servable:
+            raise UnsupportedMethod(
+                f"the adapter was trained with '{manifest.method}'; the {engine} engine hot-loads "
+                f"{', '.join(servable)} adapters"
+            )
+
+    def _check_identity(self, manifest: AdapterManifest) -> None:
+        trained = manifest.base_model
+        if self.base_model_uri is not None and trained.uri != self.base_model_uri:
+            raise IncompatibleBaseModel(
+                f"the adapter was trained on {trained.uri}; this deployment serves {self.base_model_uri}"
+            )
+        if self.base_model_revision is not None and trained.revision not in (None, self.base_model_revision):
+            raise IncompatibleBaseModel(
+                f"the adapter was trained on revision {trained.revision} of {trained.uri}; this deployment serves "
+                f"revision {self.base_model_revision}"
+            )
+        config = self._base_config
+        for what, theirs, ours in (
+            ("architecture", trained.architecture, (config.get("architectures") or [None])[0]),
+            ("hidden size", trained.hidden_size, config.get("hidden_size")),
+            ("layer count", trained.num_layers, config.get("num_hidden_layers")),
+        ):
+            if theirs is not None and ours is not None and theirs != ours:
+                raise IncompatibleBaseModel(
+                    f"the adapter's base model has {what} {theirs}; this deployment's has {ours}"
+                )
+
+    def _rank(self, manifest: AdapterManifest, adapter_dir: Path, engine: str) -> int | None:
+        ranks = [manifest.rank] if manifest.rank is not None else []
+        config_path = adapter_dir / "adapter_config.json"
+        if config_path.is_file():
+            try:
+                config = json.loads(config_path.read_text())
+            except ValueError as error:
+                raise AdapterCorrupt(f"adapter_config.json is not valid JSON: {error}") from error
+            if config.get("peft_type", "LORA").upper() != "LORA":
+                raise UnsupportedMethod(f"the adapter is a peft {config['peft_type']} adapter, not LoRA")
+            if config.get("use_dora") and "dora" not in ENGINE_METHODS.get(engine, ENGINE_METHODS["builtin"]):
+                raise UnsupportedMethod(f"the adapter uses DoRA, which the {engine} engine cannot load")
+            ranks += [int(r) for r in [config.get("r"), *(config.get("rank_pattern") or {}).values()] if r]
+        return max(ranks) if ranks else None
+
+    @cached_property
+    def _base_config(self) -> dict[str, Any]:
+        if self.base_model_dir is None or not (self.base_model_dir / "config.json").is_file():
+            return {}
+        loaded: dict[str, Any] = json.loads((self.base_model_dir / "config.json").read_text())
+        return loaded
+
+    @cached_property
+    def _base_shapes(self) -> dict[str, list[int]]:
+        assert self.base_model_dir is not None
+        shapes: dict[str, list[int]] = {}
+        for file in sorted(self.base_model_dir.glob("*.safetensors")):
+            shapes.update(safetensors_shapes(file))
+        return shapes
+
+    def _check_modules(self, adapter_dir: Path) -> None:
+        weights = adapter_dir / "adapter_model.safetensors"
+        if not weights.is_file() or not self._base_shapes:
+            return  # nothing to compare (a .bin adapter, or a base model without safetensors): the engine checks
+        try:
+            adapter = safetensors_shapes(weights)
+            config = json.loads((adapter_dir / "adapter_config.json").read_text())
+        except (OSError, ValueError, struct.error) as error:
+            raise AdapterCorrupt(f"the adapter's weights or config are unreadable: {error}") from error
+        transposed = bool(config.get("fan_in_fan_out"))  # GPT-2 style Conv1D weights are [in, out]
+        tied = bool(self._base_config.get("tie_word_embeddings"))
+        for key, shape in adapter.items():
+            module, found, part = key.removeprefix(_PEFT_PREFIX).partition(".lora_")
+            if not found:
+                continue
+            base = self._base_shapes.get(f"{module}.weight")
+            if base is None and tied and module == "lm_head":
+                base = self._base_shapes.get("model.embed_tokens.weight")
+            if base is None:
+                raise IncompatibleBaseModel(f"the adapter targets {module}, which the base model does not have")
+            if len(base) != 2 or len(shape) != 2:
+                continue
+            # (fan_in, fan_out): Linear weights are [out, in]; Embedding weights [num_embeddings, dim]
+            fan_in, fan_out = (base[0], base[1]) if transposed or part.startswith("embedding") else (base[1], base[0])
+            wrong = (part in ("A.weight", "embedding_A") and shape[1] != fan_in) or (
+                part in ("B.weight", "embedding_B") and shape[0] != fan_out
+            )
+            if wrong:
+                raise IncompatibleBaseModel(
+                    f"the adapter's {module}.lora_{part} has shape {shape}, which does not fit {module} {base}: "
+                    "it was trained on a different base model"
+                )

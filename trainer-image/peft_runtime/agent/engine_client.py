@@ -1,0 +1,93 @@
+"""The engine's runtime-LoRA API on localhost, as the built-in server and vLLM both speak it:
+GET /v1/models (adapters have `parent` = the base model, `root` = the path they were loaded from),
+POST /v1/load_lora_adapter {lora_name, lora_path}, POST /v1/unload_lora_adapter {lora_name}."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from peft_runtime.serving.http_edge import TokenSource
+
+from .errors import EngineRejected, EngineUnavailable
+
+
+@dataclass(frozen=True)
+class EngineView:
+    base_model: str | None
+    adapters: dict[str, str | None]  # name -> root (the path it was loaded from)
+
+
+class EngineClient:
+    """`kind` is builtin, vllm, or auto: told apart by the base model's `owned_by` in /v1/models."""
+
+    def __init__(self, url: str, *, kind: str = "auto", token: TokenSource | None, timeout_s: float = 300.0) -> None:
+        self.url = url.rstrip("/")
+        self.kind = kind
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _headers(self) -> dict[str, str]:
+        token = self._token.current() if self._token else None
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            async with self._session.request(method, self.url + path, json=body, headers=self._headers()) as response:
+                text = await response.text()
+                try:
+                    payload: Any = await response.json(content_type=None) if text else None
+                except ValueError:
+                    payload = text  # vLLM answers load/unload with plain text
+                if response.status >= 500:
+                    raise EngineUnavailable(
+                        f"the engine failed {method} {path} ({response.status}): {_message(payload)}"
+                    )
+                return response.status, payload
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise EngineUnavailable(f"the engine at {self.url} did not answer {method} {path}: {error!r}") from error
+
+    async def view(self) -> EngineView:
+        status, payload = await self._call("GET", "/v1/models")
+        if status != 200 or not isinstance(payload, dict):
+            raise EngineUnavailable(f"the engine's /v1/models answered {status}: {_message(payload)}")
+        cards = payload.get("data") or []
+        base: dict[str, Any] = next((c for c in cards if not c.get("parent")), {})
+        if self.kind == "auto" and base:
+            self.kind = "vllm" if base.get("owned_by") == "vllm" else "builtin"
+        adapters = {c["id"]: c.get("root") for c in cards if c.get("parent")}
+        return EngineView(base.get("id"), adapters)
+
+    async def load(self, name: str, path: str) -> None:
+        status, payload = await self._call("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        if status != 200:
+            reason = payload.get("error", {}).get("reason") if isinstance(payload, dict) else None
+            raise EngineRejected(f"the engine refused to load '{name}' ({status}): {_message(payload)}", reason)
+
+    async def unload(self, name: str) -> bool:
+        """True when the engine held the adapter and let it go; False when it did not have it."""
+        status, payload = await self._call("POST", "/v1/unload_lora_adapter", {"lora_name": name})
+        if status == 200:
+            return True
+        if status == 404 or "not found" in _message(payload).lower() or "cannot be found" in _message(payload):
+            return False
+        raise EngineRejected(f"the engine refused to unload '{name}' ({status}): {_message(payload)}")
+
+
+def _message(payload: Any) -> str:
+    """The human part of an engine's answer: OpenAI/vLLM error shapes, or plain text."""
+    if isinstance(payload, dict):
+        error = payload.get("error", payload)
+        if isinstance(error, dict):
+            return str(error.get("message", error))
+        return str(error)
+    return str(payload or "")

@@ -1,0 +1,111 @@
+"""The adapter agent's HTTP API as pydantic models: the agent serves it, the operator's client speaks it.
+
+This module imports only pydantic and `peft_operator.api`, so the operator (no torch, no aiohttp) can import
+it. Every route but /health needs `Authorization: Bearer <token>`.
+
+    PUT    /v1/adapters/{name}  LoadAdapterRequest -> 200 AdapterReport (loaded, or already loaded: a no-op)
+    DELETE /v1/adapters/{name}                    -> 200 UnloadReport (idempotent: absent is not an error)
+    GET    /v1/adapters                           -> 200 AdapterList (what the ENGINE holds, plus failures)
+    GET    /v1/adapters/{name}                    -> 200 AdapterReport, 404 when the agent knows nothing of it
+    GET    /health                                -> 200 {"status": "ok"} (no token)
+
+Errors are `ErrorBody` JSON with a CamelCase `reason` (a `Reason` value) that the operator copies into the
+AdapterDeployment status, and a sentence in `message`:
+
+    400 BadRequest, UnsupportedMethod      401 Unauthorized       403 AdminDisabled (no token configured)
+    404 AdapterNotFound, SourceNotFound    409 NameConflict
+    422 ChecksumMismatch, AdapterCorrupt, IncompatibleBaseModel, RankTooLarge, EngineRejected
+    502 EngineUnavailable, SourceUnavailable                      507 TooManyAdapters, InsufficientStorage
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from pydantic import Field
+
+from peft_operator.api.adapterdeployment import AdapterState
+from peft_operator.api.base import ApiModel, Sha256
+from peft_operator.api.uris import AdapterUri
+
+ADAPTERS_PATH = "/v1/adapters"
+HEALTH_PATH = "/health"
+SHA256_DIR_RE = re.compile(r"^[a-f0-9]{64}$")
+
+
+def adapter_path(name: str) -> str:
+    """The URL path of one adapter, e.g. /v1/adapters/support-bot."""
+    return f"{ADAPTERS_PATH}/{name}"
+
+
+class Reason(StrEnum):
+    """Why a request failed: one CamelCase word, shared by the agent and the built-in engine."""
+
+    BAD_REQUEST = "BadRequest"  # malformed body, name or URI
+    UNAUTHORIZED = "Unauthorized"  # missing or wrong bearer token
+    ADMIN_DISABLED = "AdminDisabled"  # the server was started without a token: admin routes are off
+    MODEL_NOT_FOUND = "ModelNotFound"  # `model` names neither the base model nor a loaded adapter
+    ADAPTER_NOT_FOUND = "AdapterNotFound"  # no adapter of that name
+    SOURCE_NOT_FOUND = "SourceNotFound"  # nothing at the adapter's URI
+    SOURCE_UNAVAILABLE = "SourceUnavailable"  # the storage did not answer or refused the credentials
+    CHECKSUM_MISMATCH = "ChecksumMismatch"  # manifest.json or a file does not have the expected sha256
+    ADAPTER_CORRUPT = "AdapterCorrupt"  # unreadable files, no adapter_config.json, missing weights
+    INCOMPATIBLE_BASE_MODEL = "IncompatibleBaseModel"  # trained on another base model / shapes differ
+    RANK_TOO_LARGE = "RankTooLarge"  # rank above the engine's maxRank
+    UNSUPPORTED_METHOD = "UnsupportedMethod"  # the engine cannot hot-load this PEFT method
+    TOO_MANY_ADAPTERS = "TooManyAdapters"  # maxAdapters already loaded
+    NAME_CONFLICT = "NameConflict"  # the adapter name is the base model's served name
+    INSUFFICIENT_STORAGE = "InsufficientStorage"  # the shared volume is full
+    ENGINE_REJECTED = "EngineRejected"  # the engine refused the load (its message says why)
+    ENGINE_UNAVAILABLE = "EngineUnavailable"  # the engine did not answer, or failed with a 5xx
+    INTERNAL_ERROR = "InternalError"
+
+
+class LoadAdapterRequest(ApiModel):
+    """Body of PUT /v1/adapters/{name}. Credentials are not sent: the agent's environment holds them
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, HF_TOKEN)."""
+
+    uri: AdapterUri = Field(description="s3://, pvc://, file:// or hf:// adapter directory.")
+    sha256: Sha256 = Field(description="sha256 of the adapter's manifest.json; every file is checked against it.")
+
+
+class AdapterReport(ApiModel):
+    """One adapter as this replica sees it."""
+
+    name: str
+    state: AdapterState = Field(description="Loaded (the engine serves it), Loading, or Failed.")
+    digest: str | None = Field(default=None, description="sha256 of the manifest being served (or attempted).")
+    path: str | None = Field(default=None, description="Where the engine reads it: <adapter-root>/<name>/<digest>.")
+    reason: str | None = Field(default=None, description="A Reason value when state is Failed.")
+    message: str | None = None
+
+
+class EngineInfo(ApiModel):
+    url: str
+    base_model: str | None = Field(default=None, description="The base model's served name.")
+    engine: str = Field(description="builtin or vllm.")
+
+
+class AdapterList(ApiModel):
+    """GET /v1/adapters: Loaded entries come from the engine's /v1/models at the time of the request (an
+    engine that restarted empty reports none); Loading and Failed entries are the agent's own, for names the
+    engine does not hold."""
+
+    engine: EngineInfo
+    adapters: list[AdapterReport] = Field(default_factory=list)
+
+
+class UnloadReport(ApiModel):
+    name: str
+    unloaded: bool = Field(description="True when the engine held the adapter and let it go.")
+    removed_files: bool = Field(description="True when files were removed from the shared volume.")
+
+
+class ErrorDetail(ApiModel):
+    reason: str = Field(description="A Reason value (CamelCase).")
+    message: str
+
+
+class ErrorBody(ApiModel):
+    error: ErrorDetail

@@ -1,0 +1,73 @@
+"""Local mode: run a FineTuneJob's training on this machine (`peft-operator local train -f job.yaml`).
+
+The same trainer as in the cluster, with local storage: plain paths in the YAML become file:// URIs
+(relative ones relative to the YAML file's folder), and the hf:// name of a model this project ships
+(SmolLM2-135M-Instruct) maps to its converted copy in the cache, since there is no hub.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from peft_operator.api.finetunejob import FineTuneJob
+from peft_operator.api.plan import JobIdentity, ProgressSinkConfig, TrainingPlan
+from peft_operator.api.validation import SpecError, parse_object
+
+from .models import local_model_uri
+
+
+def _as_uri(value: Any, folder: Path) -> Any:
+    if not isinstance(value, str) or "://" in value:
+        return value
+    return (folder / value).resolve().as_uri()
+
+
+def local_job(path: Path) -> FineTuneJob:
+    """The FineTuneJob in `path`, with local paths as file:// URIs and shipped models mapped to the cache."""
+    path = Path(path)
+    body = yaml.safe_load(path.read_text())
+    folder = path.resolve().parent
+    spec = body.get("spec") if isinstance(body, dict) else None
+    if isinstance(spec, dict):
+        for section in ("baseModel", "dataset", "output"):
+            if isinstance(spec.get(section), dict) and "uri" in spec[section]:
+                spec[section]["uri"] = _as_uri(spec[section]["uri"], folder)
+        if isinstance(spec.get("baseModel"), dict) and isinstance(spec["baseModel"].get("uri"), str):
+            spec["baseModel"]["uri"] = local_model_uri(spec["baseModel"]["uri"])
+    return parse_object(FineTuneJob, body)
+
+
+def train_local(
+    path: Path, work_dir: Path | None = None, *, merge: bool = False, progress_bar: bool | None = None
+) -> Path:
+    """Train the adapter the FineTuneJob in `path` describes; returns the adapter directory.
+
+    Raises SystemExit with the trainer's exit code when the job is invalid or training fails."""
+    from .train.run import run_plan
+
+    try:
+        job = local_job(path)
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(3) from None
+    bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+    scratch = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="peft-local-"))
+    plan = TrainingPlan(
+        job=JobIdentity(name=job.metadata.name or Path(path).stem),
+        spec=job.spec,
+        progress=ProgressSinkConfig(),
+        work_dir=str(scratch),
+    )
+    # With a bar on the terminal, the JSON lines would only scroll it away.
+    code = run_plan(plan, merge=merge, progress_bar=bar, stdout=not bar)
+    if code != 0:
+        print(f"Training {plan.job.name} failed (exit code {code})", file=sys.stderr)
+        raise SystemExit(code)
+    adapter = Path(job.spec.output.uri.removeprefix("file://"))
+    print(f"Adapter {plan.job.name} written to {adapter}", file=sys.stderr)
+    return adapter

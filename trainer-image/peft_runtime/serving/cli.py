@@ -1,0 +1,113 @@
+"""The `serve` and `agent` subcommands: argparse only; torch is imported when `serve` runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from peft_runtime.agent import cli as agent_cli
+
+
+def register(subcommands: Any) -> None:
+    parser = subcommands.add_parser(
+        "serve",
+        help="serve a base model and hot-loaded adapters (OpenAI-compatible)",
+        description=(
+            "Serve one base model and many LoRA-family adapters, loaded and unloaded at run time through "
+            "vLLM's /v1/load_lora_adapter protocol and mixed in one batch."
+        ),
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="the base model: a local directory, or a file://, pvc://, s3:// or hf:// URI (downloaded at start-up)",
+    )
+    parser.add_argument("--revision", help="revision of an hf:// model")
+    parser.add_argument(
+        "--served-model-name", help="the base model's name in `model` (default: --model, without hf://, as vLLM)"
+    )
+    parser.add_argument("--pvc-root", type=Path, default=Path("/mnt/pvc"), help="where pvc://<claim>/ is mounted")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-adapters", type=int, default=32, help="adapters loaded at once (default 32)")
+    parser.add_argument("--max-rank", type=int, default=64, help="highest LoRA rank accepted (default 64)")
+    parser.add_argument("--token-file", type=Path, help="bearer token for the load/unload API (or PEFT_ADMIN_TOKEN)")
+    parser.add_argument("--base-model-uri", help="refuse adapters whose manifest.json names another base model")
+    parser.add_argument("--base-model-revision", help="refuse adapters trained on another revision")
+    parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH", help="load at start-up")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    parser.add_argument("--max-batch-size", type=int, default=64, help="rows per forward step (default 64)")
+    parser.add_argument("--batch-window-ms", type=float, default=5.0, help="wait for more requests when idle")
+    parser.add_argument("--max-prefill-tokens", type=int, default=8192, help="prompt tokens prefilled at once")
+    parser.add_argument("--default-max-tokens", type=int, default=256, help="chat completions without max_tokens")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--log-level", default="INFO")
+    parser.set_defaults(run=run)
+    agent_cli.register(subcommands)
+
+
+def _adapters(values: list[str]) -> dict[str, Path]:
+    adapters = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--adapter {value!r}: write NAME=PATH")
+        adapters[name] = Path(path).resolve()
+    return adapters
+
+
+def resolve_model(model: str, revision: str | None, pvc_root: Path) -> Path:
+    """The local directory of `--model` (a path, or a URI that the trainer's storage code fetches)."""
+    if "://" not in model:
+        return Path(model)
+    import tempfile
+
+    from peft_operator.api.plan import Mounts
+    from peft_runtime.models import local_model_uri
+    from peft_runtime.train.storage import model_dir
+
+    uri = local_model_uri(model)  # the hf:// name of a model this project ships maps to its local copy
+    scratch = Path(tempfile.mkdtemp(prefix="peft-serve-"))
+    return model_dir(uri, revision, Mounts(pvc_root=str(pvc_root)), scratch)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from aiohttp import web
+
+    from .app import create_app
+    from .engine import Engine, EngineConfig
+    from .http_edge import TokenSource
+
+    engine = Engine(
+        EngineConfig(
+            model_dir=resolve_model(args.model, args.revision, args.pvc_root),
+            served_name=args.served_model_name or args.model.removeprefix("hf://"),
+            base_model_uri=args.base_model_uri,
+            base_model_revision=args.base_model_revision,
+            device=args.device,
+            dtype=args.dtype,
+            max_adapters=args.max_adapters,
+            max_rank=args.max_rank,
+            max_batch_size=args.max_batch_size,
+            batch_window_ms=args.batch_window_ms,
+            max_prefill_tokens=args.max_prefill_tokens,
+            default_max_tokens=args.default_max_tokens,
+            threads=args.threads,
+            adapters=_adapters(args.adapter),
+        )
+    ).start()
+    try:
+        web.run_app(
+            create_app(engine, TokenSource(args.token_file)),
+            host=args.host,
+            port=args.port,
+            access_log=None,
+            print=None,
+        )
+    finally:
+        engine.stop()
+    return 0

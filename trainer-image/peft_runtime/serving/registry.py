@@ -1,0 +1,262 @@
+"""The one object that owns the model and the adapters loaded into it.
+
+Locks, from outermost to innermost (never taken the other way round):
+- `_admin` serializes loads and unloads (reading and checking files happens here, without the model lock);
+- `model_lock` guards the model: one forward step, or attaching/detaching one adapter (milliseconds);
+- `_state` guards the name tables; it is never held across model work, so the event loop never waits on it.
+
+Each load gets a fresh internal peft adapter name. Replacing or unloading an adapter takes its public name
+away at once (new requests see the new version, or a 404), while rows already generating with the old weights
+finish with them; the old weights are dropped when their last row releases them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapters import BaseModelInfo, PreparedAdapter, prepare_adapter
+from .errors import AdapterCorrupt, AdapterNotFound, ModelNotFound, NameConflict, ServingError, TooManyAdapters
+from .lora_batching import AdapterSetVersion, install
+
+log = logging.getLogger(__name__)
+
+BASE_ROW = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class LoadedAdapter:
+    name: str
+    internal: str
+    path: Path
+    method: str
+    rank: int
+    digest: str | None
+    size_bytes: int
+    loaded_at: float
+    users: int = 0
+    retired: bool = False
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    status: str  # loaded | unchanged | replaced
+    adapter: LoadedAdapter
+    seconds: float
+
+
+class AdapterRegistry:
+    def __init__(
+        self,
+        model: Any,
+        base: BaseModelInfo,
+        *,
+        max_adapters: int,
+        max_rank: int,
+        device: str,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.base = base
+        self.max_adapters = max_adapters
+        self.max_rank = max_rank
+        self.device = device
+        self.model_lock = threading.RLock()
+        self._admin = threading.Lock()
+        self._state = threading.Lock()
+        self._peft: Any = None  # a PeftModel, created by the first load
+        self._by_name: dict[str, LoadedAdapter] = {}
+        self._retired: dict[str, LoadedAdapter] = {}
+        self._ids = itertools.count(1)
+        self._version = AdapterSetVersion()  # what the grouped LoRA stacks were built for
+        self._on_change = on_change or (lambda: None)
+
+    # ------------------------------------------------------------------------------------ queries
+
+    def adapters(self) -> list[LoadedAdapter]:
+        with self._state:
+            return sorted(self._by_name.values(), key=lambda a: a.name)
+
+    def count(self) -> int:
+        with self._state:
+            return len(self._by_name)
+
+    def check_model(self, model: str | None) -> str | None:
+        """The adapter name a request's `model` selects (None for the base model), or ModelNotFound."""
+        if model is None or model == self.base.served_name:
+            return None
+        with self._state:
+            if model in self._by_name:
+                return model
+        raise ModelNotFound(
+            f"model '{model}' is neither the base model '{self.base.served_name}' nor a loaded adapter; "
+            "GET /v1/models lists what this server has"
+        )
+
+    def acquire(self, name: str | None) -> str | None:
+        """Pin the current version of adapter `name` for one row; returns its internal name (None = base)."""
+        if name is None:
+            return None
+        with self._state:
+            adapter = self._by_name.get(name)
+            if adapter is None:
+                raise ModelNotFound(f"adapter '{name}' was unloaded")
+            adapter.users += 1
+            return adapter.internal
+
+    def release(self, internal: str | None) -> None:
+        if internal is None:
+            return
+        with self._state:
+            adapter = self._retired.get(internal) or next(
+                (a for a in self._by_name.values() if a.internal == internal), None
+            )
+            if adapter is None:
+                return
+            adapter.users -= 1
+            drop = adapter.retired and adapter.users == 0
+            if drop:
+                del self._retired[internal]
+        if drop:
+            self._detach(internal)
+
+    # ------------------------------------------------------------------------------------ changes
+
+    def load(self, name: str, path: Path) -> LoadOutcome:
+        started = time.perf_counter()
+        with self._admin:
+            if name == self.base.served_name:
+                raise NameConflict(f"'{name}' is the base model's served name; give the adapter another name")
+            with self._state:
+                current = self._by_name.get(name)
+                count = len(self._by_name)
+            if current is not None and current.path == path:
+                return LoadOutcome("unchanged", current, time.perf_counter() - started)
+            if current is None and count >= self.max_adapters:
+                raise TooManyAdapters(
+                    f"{count} adapters are loaded, the server's maxAdapters: unload one or raise limits.maxAdapters"
+                )
+            prepared = prepare_adapter(name, path, self.base, max_rank=self.max_rank, device=self.device)
+            internal = f"adapter_{next(self._ids)}"
+            self._attach(internal, prepared)
+            adapter = LoadedAdapter(
+                name=name,
+                internal=internal,
+                path=path,
+                method=prepared.method,
+                rank=prepared.rank,
+                digest=prepared.digest,
+                size_bytes=prepared.size_bytes,
+                loaded_at=time.time(),
+            )
+            with self._state:
+                self._by_name[name] = adapter
+            if current is not None:
+                self._retire(current)
+        self._on_change()
+        seconds = time.perf_counter() - started
+        log.info("Loaded adapter %s from %s in %.0f ms", name, path, seconds * 1000)
+        return LoadOutcome("replaced" if current else "loaded", adapter, seconds)
+
+    def unload(self, name: str) -> LoadedAdapter:
+        with self._admin:
+            with self._state:
+                adapter = self._by_name.pop(name, None)
+            if adapter is None:
+                raise AdapterNotFound(f"no adapter named '{name}' is loaded")
+            self._retire(adapter)
+        self._on_change()
+        log.info("Unloaded adapter %s", name)
+        return adapter
+
+    def _retire(self, adapter: LoadedAdapter) -> None:
+        with self._state:
+            adapter.retired = True
+            busy = adapter.users > 0
+            if busy:
+                self._retired[adapter.internal] = adapter
+        if not busy:
+            self._detach(adapter.internal)
+
+    def _attach(self, internal: str, prepared: PreparedAdapter) -> None:
+        from peft import get_peft_model
+        from peft.utils import set_peft_model_state_dict
+
+        with self.model_lock:
+            try:
+                if self._peft is None:
+                    self._peft = get_peft_model(
+                        self.model, prepared.config, adapter_name=internal, low_cpu_mem_usage=True
+                    )
+                else:
+                    self._peft.add_adapter(internal, prepared.config, low_cpu_mem_usage=True)
+                result: Any = set_peft_model_state_dict(
+                    self._peft, prepared.weights, adapter_name=internal, low_cpu_mem_usage=True
+                )
+                missing = [k for k in result.missing_keys if f".{internal}" in k]
+                if missing:
+                    raise AdapterCorrupt(f"adapter '{prepared.name}' lacks weights for {', '.join(missing[:3])}")
+                _allow_mixed_batches(self._peft, internal)
+                self._keep_an_active_adapter()
+                install(self._peft, self._version)
+                self._version.bump()
+                self._peft.eval()
+            except Exception as error:
+                self._detach(internal)
+                if isinstance(error, ServingError):
+                    raise
+                raise AdapterCorrupt(f"cannot load adapter '{prepared.name}' into the model: {error}") from error
+
+    def _detach(self, internal: str) -> None:
+        with self.model_lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # peft warns when the deleted adapter was the active one
+            if self._peft is not None and internal in self._peft.peft_config:
+                self._peft.delete_adapter(internal)
+                self._keep_an_active_adapter()
+                self._version.bump()
+
+    def _keep_an_active_adapter(self) -> None:
+        """PeftModel.forward consults its active adapter's config even when rows name their adapters: keep it
+        pointing at a loaded one (which one does not matter, `adapter_names` decides per row)."""
+        config = self._peft.peft_config
+        if config and self._peft.active_adapter not in config:
+            self._peft.set_adapter(next(iter(config)), inference_mode=True)
+
+    # ------------------------------------------------------------------------------------ inference
+
+    @torch.inference_mode()
+    def forward(self, rows: list[str | None], **inputs: Any) -> torch.Tensor:
+        """Logits of the last position, one row per entry of `rows` (internal adapter names, None = base)."""
+        with self.model_lock:
+            if self._peft is None or not self._peft.peft_config:
+                output = self.model(**inputs, use_cache=True, logits_to_keep=1)
+            else:
+                names = [internal or BASE_ROW for internal in rows]
+                output = self._peft(**inputs, use_cache=True, logits_to_keep=1, adapter_names=names)
+        logits: torch.Tensor = output.logits[:, -1, :]
+        return logits
+
+
+def _allow_mixed_batches(peft_model: Any, internal: str) -> None:
+    """Let a DoRA adapter share a batch with others.
+
+    peft 0.21 refuses `adapter_names` as soon as one adapter in the batch uses DoRA (LoraLayer._check_forward_args
+    reads `use_dora`), although its mixed-batch path applies the DoRA variant (`lora_variant`) to that adapter's
+    rows exactly as its single-adapter path does. Clearing the flag lifts only that check; the variant still
+    does the work. tests/runtime/test_server_batching.py compares DoRA rows in mixed batches with peft's own
+    single-adapter generate, so a peft change that breaks this shows up there.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer) and module.use_dora.get(internal):
+            module.use_dora[internal] = False

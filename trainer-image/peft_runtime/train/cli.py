@@ -1,0 +1,37 @@
+"""The `train` subcommand: argparse only; the work (and torch) is imported when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subcommands: Any) -> None:
+    parser = subcommands.add_parser(
+        "train", help="train one adapter from a training plan", description="Train one PEFT adapter."
+    )
+    parser.add_argument("--plan", type=Path, required=True, help="the TrainingPlan JSON (plan.json)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="also write a merged full model to <output>/merged (lora, dora, qlora, ia3)",
+    )
+    parser.add_argument(
+        "--progress-bar",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="tqdm bar on stderr (auto: when stderr is a terminal)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .run import load_plan, run_plan
+
+    plan = load_plan(args.plan)
+    if plan is None:
+        return 3
+    bar = {"auto": sys.stderr.isatty(), "always": True, "never": False}[args.progress_bar]
+    return run_plan(plan, merge=args.merge, progress_bar=bar)
