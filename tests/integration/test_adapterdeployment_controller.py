@@ -1,0 +1,230 @@
+"""Integration: the AdapterDeployment controller against the real kube-apiserver and controller manager,
+with REAL engine + agent processes for every pod, each on its own loopback IP (127.0.0.N), started from
+the commands in the pod spec the operator rendered. The tests play the node; the operator does the rest.
+
+The steps share one deployment and run in order: hot-load, unload, a corrupt adapter, scale 1 -> 3,
+an engine restarted empty, and a FineTuneJob whose `deploy` lands its adapter."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+
+from peft_operator.api.events import CompletedEvent
+from peft_operator.api.finetunejob import AdapterRecord, Progress
+from tests.support import kubelet
+from tests.support.adapters import TestAdapter, corrupt_weights, make_lora_adapter
+from tests.support.controlplane import ControlPlane
+from tests.support.kubelet import wait_for
+from tests.support.node import NodePod
+from tests.support.operator_process import OperatorProcess, operator_kubeconfig
+from tests.support.tiny_model import build_tiny_llama
+
+pytestmark = pytest.mark.integration
+GROUP, VERSION = "peft.dev", "v1alpha1"
+BASE_URI = "pvc://models/tiny"
+
+
+@dataclass
+class World:
+    admin: ApiClient
+    namespace: str
+    root: Path
+    adapters: dict[str, TestAdapter]
+    operator: OperatorProcess
+    nodes: list[NodePod] = field(default_factory=list)
+
+    @property
+    def custom(self) -> CustomObjectsApi:
+        return CustomObjectsApi(self.admin)
+
+    def adep(self) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "adapterdeployments", "shared")  # type: ignore[no-any-return]
+
+    def set_adapters(self, *names: str) -> None:
+        adapters = [self.entry(n) for n in names]
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "adapterdeployments", "shared", {"spec": {"adapters": adapters}}
+        )
+
+    def entry(self, name: str) -> dict[str, Any]:
+        return {"name": name, "source": {"uri": f"pvc://team-adapters/{name}", "sha256": self.adapters[name].sha256}}
+
+    def states(self) -> dict[str, tuple[str, int]]:
+        status = self.adep().get("status") or {}
+        return {a["name"]: (a["state"], a.get("loadedReplicas", 0)) for a in status.get("adapters", [])}
+
+    def condition(self, type_: str) -> str | None:
+        conditions = (self.adep().get("status") or {}).get("conditions", [])
+        return next((c["status"] for c in conditions if c["type"] == type_), None)
+
+    def start_new_pods(self) -> None:
+        known = {n.pod.metadata.name for n in self.nodes}
+        for pod in kubelet.pods_of(self.admin, self.namespace, "peft.dev/adapterdeployment=shared"):
+            if pod.metadata.name in known or pod.metadata.deletion_timestamp:
+                continue
+            ip = f"127.0.0.{len(self.nodes) + 2}"
+            work = self.root / f"node-{ip}"
+            paths = {"/mnt/pvc": self.root / "pvc", "/adapters": work / "adapters", "/tmp": work / "tmp"}
+            for folder in paths.values():
+                folder.mkdir(parents=True, exist_ok=True)
+            self.nodes.append(NodePod(self.admin, pod, ip, paths, work).start())
+
+    def served(self, node: NodePod) -> set[str]:
+        return {m["id"] for m in node.get("/v1/models")["data"]} - {
+            m["id"] for m in node.get("/v1/models")["data"] if not m.get("parent")
+        }
+
+
+@pytest.fixture(scope="module")
+def world(
+    controller_manager: ControlPlane, crds_installed: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("adep")
+    model = build_tiny_llama(root / "pvc" / "models" / "tiny")
+    adapters = {
+        name: make_lora_adapter(model, root / "pvc" / "team-adapters" / name, seed=seed, uri=BASE_URI)
+        for seed, name in enumerate(["tenant-a", "tenant-b", "tenant-c", "tenant-bad"], start=1)
+    }
+    corrupt_weights(adapters["tenant-bad"].path, keep_manifest_valid=False)
+    namespace = "adep-it"
+    controller_manager.ensure_namespace(namespace)
+    operator = OperatorProcess(
+        operator_kubeconfig(controller_manager, role="peft-operator-adep"), root / "operator.log"
+    ).start()
+    admin = controller_manager.api_client()
+    world = World(admin, namespace, root, adapters, operator)
+    body = {
+        "apiVersion": "peft.dev/v1alpha1",
+        "kind": "AdapterDeployment",
+        "metadata": {"name": "shared", "namespace": namespace},
+        "spec": {
+            "baseModel": {"uri": BASE_URI},
+            "runtime": {"engine": "builtin", "replicas": 1, "resources": {"gpus": 0}},
+            "limits": {"maxAdapters": 8, "maxRank": 16},
+            "adapters": [world.entry("tenant-a")],
+        },
+    }
+    world.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "adapterdeployments", body)
+    wait_for(
+        "the engine pod", lambda: kubelet.pods_of(admin, namespace, "peft.dev/adapterdeployment=shared"), timeout=60
+    )
+    world.start_new_pods()
+    yield world
+    for node in world.nodes:
+        node.stop()
+    operator.stop()
+    admin.close()
+
+
+def test_first_pod_gets_the_adapter_and_becomes_ready(world: World) -> None:
+    wait_for("tenant-a Loaded", lambda: world.states().get("tenant-a") == ("Loaded", 1), timeout=120)
+    wait_for("Ready", lambda: world.condition("Ready") == "True")
+    node = world.nodes[0]
+    assert world.served(node) == {"tenant-a"}
+    assert node.complete("tenant-a")["choices"][0]["text"] is not None
+    pod = CoreV1Api(world.admin).read_namespaced_pod(node.pod.metadata.name, world.namespace)
+    gate = next(c for c in pod.status.conditions if c.type == "peft.dev/adapters-loaded")
+    assert gate.status == "True"
+    status = world.adep()["status"]
+    assert status["adaptersReady"] == "1/1" and status["readyReplicas"] == 1
+    assert status["endpoint"] == f"http://shared.{world.namespace}.svc:8000/v1"
+
+
+def test_hot_load_and_unload_without_restarting_the_engine(world: World) -> None:
+    node = world.nodes[0]
+    engine_pid = node.processes["engine"].pid
+    world.set_adapters("tenant-a", "tenant-b")
+    wait_for("tenant-b Loaded", lambda: world.states().get("tenant-b") == ("Loaded", 1), timeout=60)
+    assert world.served(node) == {"tenant-a", "tenant-b"}
+    world.set_adapters("tenant-b")
+    wait_for("tenant-a gone", lambda: set(world.states()) == {"tenant-b"}, timeout=60)
+    wait_for("the engine to drop tenant-a", lambda: world.served(node) == {"tenant-b"})
+    assert node.processes["engine"].pid == engine_pid and node.processes["engine"].poll() is None
+
+
+def test_a_corrupt_adapter_fails_alone(world: World) -> None:
+    world.set_adapters("tenant-b", "tenant-bad")
+    wait_for("tenant-bad Failed", lambda: world.states().get("tenant-bad", ("",))[0] == "Failed", timeout=60)
+    bad = next(a for a in world.adep()["status"]["adapters"] if a["name"] == "tenant-bad")
+    assert bad["message"].startswith("ChecksumMismatch")
+    assert world.states()["tenant-b"] == ("Loaded", 1)
+    assert world.condition("Degraded") == "True" and world.condition("Ready") == "False"
+    assert world.served(world.nodes[0]) == {"tenant-b"}
+    events = CoreV1Api(world.admin).list_namespaced_event(world.namespace).items
+    assert any(e.reason == "AdapterFailed" and "tenant-bad" in e.message for e in events)
+    world.set_adapters("tenant-b")
+    wait_for("Ready again", lambda: world.condition("Ready") == "True", timeout=60)
+
+
+def test_scaling_to_three_replicas_gives_new_pods_every_adapter(world: World) -> None:
+    world.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, world.namespace, "adapterdeployments", "shared", {"spec": {"runtime": {"replicas": 3}}}
+    )
+    wait_for(
+        "three engine pods",
+        lambda: len(kubelet.pods_of(world.admin, world.namespace, "peft.dev/adapterdeployment=shared")) == 3,
+        timeout=60,
+    )
+    world.start_new_pods()
+    wait_for("tenant-b on 3 replicas", lambda: world.states().get("tenant-b") == ("Loaded", 3), timeout=120)
+    wait_for("3 ready replicas", lambda: world.adep()["status"]["readyReplicas"] == 3)
+    assert all(world.served(node) == {"tenant-b"} for node in world.nodes)
+
+
+def test_an_engine_restarted_empty_gets_its_adapters_back(world: World) -> None:
+    node = world.nodes[1]
+    node.kill("engine")
+    node.start_container("engine")
+    node.wait_healthy("engine")
+    assert world.served(node) == set(), "a restarted engine starts empty"
+    wait_for("tenant-b back on the restarted engine", lambda: world.served(node) == {"tenant-b"}, timeout=60)
+    wait_for("Ready", lambda: world.condition("Ready") == "True", timeout=60)
+
+
+def test_a_finetunejob_with_deploy_lands_its_adapter(world: World) -> None:
+    job = {
+        "apiVersion": "peft.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "tenant-c-v1", "namespace": world.namespace},
+        "spec": {
+            "baseModel": {"uri": BASE_URI},
+            "dataset": {"uri": "pvc://team-data/c.jsonl", "format": "instruction"},
+            "method": {"type": "lora", "lora": {"r": 4}},
+            "resources": {"gpus": 0},
+            "output": {"uri": "pvc://team-adapters/tenant-c"},
+            "deploy": {"adapterDeployment": "shared", "adapterName": "tenant-c"},
+        },
+    }
+    world.custom.create_namespaced_custom_object(GROUP, VERSION, world.namespace, "finetunejobs", job)
+    pod = wait_for(
+        "the trainer pod", lambda: kubelet.pods_of(world.admin, world.namespace, "peft.dev/finetunejob=tenant-c-v1")
+    )[0]
+    adapter = world.adapters["tenant-c"]
+    record = AdapterRecord(
+        uri="pvc://team-adapters/tenant-c",
+        sha256=adapter.sha256,
+        size_bytes=1,
+        base_model=BASE_URI,
+        method="lora",
+        rank=4,
+    )
+    final = CompletedEvent(adapter=record, progress=Progress(step=10, total_steps=10))
+    kubelet.set_terminated(world.admin, pod, 0, "Completed", final.model_dump_json(by_alias=True))
+    wait_for("tenant-c Loaded on 3 replicas", lambda: world.states().get("tenant-c") == ("Loaded", 3), timeout=120)
+    spec_adapters = {a["name"]: a["source"] for a in world.adep()["spec"]["adapters"]}
+    assert spec_adapters["tenant-c"] == {"fineTuneJobRef": {"name": "tenant-c-v1"}}
+    assert all(world.served(node) == {"tenant-b", "tenant-c"} for node in world.nodes)
+    assert world.nodes[0].complete("tenant-c")["model"] == "tenant-c"
+
+
+def test_the_admin_token_is_a_generated_secret_not_in_the_spec(world: World) -> None:
+    secret = CoreV1Api(world.admin).read_namespaced_secret("shared-admin-token", world.namespace)
+    token = base64.b64decode(secret.data["token"]).decode()
+    assert len(token) >= 32 and token not in str(world.adep())
