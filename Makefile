@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # The integration tests need the control plane built from Go modules; without Go they skip (outside CI).
-CONTROLPLANE_IF_GO := $(if $(shell command -v go),controlplane,)
+CONTROLPLANE_IF_GO := $(if $(shell command -v go || ls /usr/local/go/bin/go 2>/dev/null),controlplane,)
 
 .PHONY: install test test-unit test-slow crds lint demo bench clean
 

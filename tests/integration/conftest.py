@@ -25,13 +25,7 @@ from typing import Any
 
 import pytest
 
-# `tests.support` lives beside this folder, not in an installed package: make the
-# repository root importable however pytest was started (`pytest`, `python -m pytest`).
-_REPO_ROOT = str(Path(__file__).resolve().parents[2])
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
-
-from tests.support.controlplane import REPO_ROOT, BinariesMissing, ControlPlane, ControlPlaneError  # noqa: E402
+from tests.support.controlplane import REPO_ROOT, BinariesMissing, ControlPlane, ControlPlaneError
 
 CRD_DIR = REPO_ROOT / "crds"
 

@@ -320,7 +320,8 @@ class ControlPlane:
         Folder with the binaries (default ``$CONTROLPLANE_BIN`` or ``.controlplane/bin``).
     workdir:
         Where PKI, kubeconfigs, etcd data and logs go (default: a fresh temp dir,
-        removed by :meth:`stop` unless ``keep_workdir`` or ``$CONTROLPLANE_KEEP=1``).
+        removed by :meth:`stop` unless ``keep_workdir`` or ``$CONTROLPLANE_KEEP=1``;
+        after a failure only the logs, PKI and kubeconfigs are kept).
     controller_manager:
         Also start kube-controller-manager in :meth:`start` (or call
         :meth:`start_controller_manager` later).
@@ -429,9 +430,14 @@ class ControlPlane:
             proc = self._procs.pop(name, None)
             if proc is not None:
                 proc.stop()
-        if self.workdir is not None and not (self.keep_workdir or self.failed):
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
+        if self.workdir is not None and not self.keep_workdir:
+            if self.failed:
+                # keep the logs (and PKI, kubeconfigs) for a post-mortem, not etcd's 60 MB
+                for bulky in ("etcd", "kubectl-cache"):
+                    shutil.rmtree(self.workdir / bulky, ignore_errors=True)
+            else:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                self.workdir = None
 
     @property
     def running(self) -> bool:
