@@ -114,3 +114,53 @@ def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in container.get("env", [])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`helm lint --strict` and `helm template` through the Helm SDK, for `make chart-lint` / `chart-template`."""
+    import argparse
+    import sys
+
+    import helm_python
+
+    parser = argparse.ArgumentParser(prog="python -m tests.chart.rendering", description=main.__doc__)
+    parser.add_argument("command", choices=["lint", "template"])
+    parser.add_argument("-f", "--values", type=Path, action="append", default=[], help="values file (repeatable)")
+    parser.add_argument("--name", default=RELEASE, help="release name")
+    parser.add_argument("-n", "--namespace", default=NAMESPACE, help="release namespace")
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for path in args.values:
+        values = _merge(values, yaml.safe_load(path.read_text()) or {})
+
+    if args.command == "template":
+        chart = helm_python.Chart.load(CHART_DIR)
+        try:
+            print(manifest_text(chart, values, name=args.name, namespace=args.namespace))
+        finally:
+            chart.close()
+        return 0
+
+    failed = False
+    for label, scenario in ({"given values": values} if args.values else SCENARIOS).items():
+        report = helm_python.lint(CHART_DIR, scenario, strict=True, namespace=args.namespace)
+        problems = [m for m in report["messages"] if m["severity"] >= 2]
+        failed |= bool(problems or report["errors"])
+        print(f"{'FAIL' if problems or report['errors'] else 'ok  '} helm lint --strict ({label})")
+        for message in problems:
+            print(f"     {message['path']}: {message['error'].strip()}")
+    print(f"{CHART_DIR.relative_to(REPO_ROOT)}: {'lint failed' if failed else 'lint clean'}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (
+            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
+    return merged
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

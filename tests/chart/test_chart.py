@@ -466,3 +466,42 @@ def test_notes_tell_how_to_check_and_upgrade(chart: Any) -> None:
     assert f"rollout status deployment/{RELEASE}" in text
     assert "kubectl apply --server-side -f charts/peft-operator/crds/" in text
     assert f"Lease {NAMESPACE}/{RELEASE}: one reconciles, the others stand by" in text
+
+
+def _leaf_values(values: dict[str, Any], schema: dict[str, Any], path: str = "") -> list[str]:
+    """Dotted paths of the values a user sets: recursion stops at Kubernetes-typed and free-form objects."""
+    leaves = []
+    for key, value in values.items():
+        node = schema["properties"][key]
+        dotted = f"{path}{key}"
+        if (
+            isinstance(value, dict)
+            and node.get("additionalProperties") is False
+            and "matchLabels" not in node["properties"]
+        ):
+            leaves += _leaf_values(value, node, f"{dotted}.")
+        else:
+            leaves.append(dotted)
+    return leaves
+
+
+def test_install_guide_documents_every_value() -> None:
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    defaults = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    guide = (CHART_DIR.parents[1] / "docs" / "install.md").read_text()
+    documented = set(re.findall(r"`([a-zA-Z.]+)`", guide))
+    undocumented = [
+        leaf
+        for leaf in _leaf_values(defaults, schema)
+        if not any(leaf == d or leaf.startswith(f"{d}.") for d in documented)
+    ]
+    assert undocumented == []
+
+
+def test_argocd_application_example_installs_this_chart_with_valid_values(chart: Any) -> None:
+    application = yaml.safe_load((CHART_DIR.parents[1] / "docs" / "argocd-application.yaml").read_text())
+    assert (application["apiVersion"], application["kind"]) == ("argoproj.io/v1alpha1", "Application")
+    source = application["spec"]["source"]
+    assert source["path"] == "charts/peft-operator"
+    objects = render(chart, source["helm"]["valuesObject"], namespace=application["spec"]["destination"]["namespace"])
+    assert of_kind(objects, "Secret") == []  # the key comes from the Secret created by hand
