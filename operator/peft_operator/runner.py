@@ -16,7 +16,7 @@ from kubernetes.client import ApiClient
 
 from . import handlers  # noqa: F401  (registers the handlers)
 from .kube import load_api_client
-from .leader import LeaseConfig, try_acquire
+from .leader import LeaseConfig, release, try_acquire
 from .metrics import serve_metrics
 from .progress_server import progress_app
 from .resync import resync_forever
@@ -50,6 +50,7 @@ async def run_operator(settings: OperatorSettings) -> None:
     await web.TCPSite(runner, "0.0.0.0", settings.progress_port).start()
     log.info("Progress endpoint on :%d, metrics on :%d", settings.progress_port, settings.metrics_port)
     duties = []
+    lease: LeaseConfig | None = None
     if settings.leader_election_namespace:
         identity = f"{socket.gethostname()}-{os.getpid()}"
         lease = LeaseConfig(settings.leader_election_namespace, settings.lease_name, identity)
@@ -67,6 +68,8 @@ async def run_operator(settings: OperatorSettings) -> None:
     try:
         await asyncio.gather(*duties)
     finally:
+        if lease is not None:
+            await asyncio.to_thread(release, client, lease)
         await runner.cleanup()
 
 

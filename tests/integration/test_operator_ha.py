@@ -63,6 +63,15 @@ def test_only_the_lease_holder_acts_and_the_other_takes_over(
             lambda: "two-train" in {j.metadata.name for j in batch.list_namespaced_job(namespace).items},
         )
         assert {j.metadata.name for j in batch.list_namespaced_job(namespace).items} == {"one-train", "two-train"}
+
+        # A clean stop (SIGTERM, as in a rolling update) hands the Lease over at once, not after it expires.
+        third = OperatorProcess(kubeconfig, tmp_path / "third.log", **election).start()
+        try:
+            second.stop()
+            assert "Released Lease" in second.log_text()
+            wait_for("the third replica to take over", lambda: "Acquired Lease" in third.log_text(), timeout=10)
+        finally:
+            third.stop()
     finally:
         first.stop()
         second.stop()
