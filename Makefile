@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # The integration tests need the control plane built from Go modules; without Go they skip (outside CI).
 CONTROLPLANE_IF_GO := $(if $(shell command -v go || ls /usr/local/go/bin/go 2>/dev/null),controlplane,)
 
-.PHONY: install test test-unit test-slow crds lint demo bench clean
+.PHONY: install test test-unit test-slow crds lint demo clean
 
 install: $(STAMP)
 
@@ -41,3 +41,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
 include mk/*.mk
+
+## The local demo: two tenants' adapters on one SmolLM2 base model (a few minutes on 2 CPU cores).
+demo: install
+	$(BIN)/python -m peft_runtime.demo $(DEMO_ARGS)
