@@ -45,6 +45,9 @@ class BaseModelSource(ApiModel):
     token_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding a Hub token, for gated or private models."
     )
+    credentials_secret_ref: SecretRef | None = Field(
+        default=None, description="Secret with S3 credentials, for an s3:// model."
+    )
 
 
 class DatasetFormat(StrEnum):

@@ -25,6 +25,7 @@ from .plan import WORK_DIR
 PLAN_DIR = "/etc/peft/plan"
 # Secrets reach the trainer as environment from references; each source gets its own prefix so a
 # dataset bucket and an output bucket can use different credentials.
+MODEL_ENV_PREFIX = "MODEL_"
 DATASET_ENV_PREFIX = "DATASET_"
 OUTPUT_ENV_PREFIX = "OUTPUT_"
 
@@ -71,11 +72,12 @@ def _env(job: FineTuneJob, settings: OperatorSettings) -> tuple[list[dict[str, A
     token_ref = spec.base_model.token_secret_ref
     if token_ref is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_ref.name, "key": token_ref.key}}})
-    env_from = []
-    if spec.dataset.credentials_secret_ref is not None:
-        env_from.append({"prefix": DATASET_ENV_PREFIX, "secretRef": {"name": spec.dataset.credentials_secret_ref.name}})
-    if spec.output.credentials_secret_ref is not None:
-        env_from.append({"prefix": OUTPUT_ENV_PREFIX, "secretRef": {"name": spec.output.credentials_secret_ref.name}})
+    sources = (
+        (MODEL_ENV_PREFIX, spec.base_model.credentials_secret_ref),
+        (DATASET_ENV_PREFIX, spec.dataset.credentials_secret_ref),
+        (OUTPUT_ENV_PREFIX, spec.output.credentials_secret_ref),
+    )
+    env_from = [{"prefix": prefix, "secretRef": {"name": ref.name}} for prefix, ref in sources if ref is not None]
     return env, env_from
 
 
