@@ -79,7 +79,7 @@ def test_kill_9_mid_run_resumes_from_the_newest_complete_checkpoint(tiny_model_d
     assert steps == list(range(newest + 1, 401))  # nothing before the checkpoint is redone, nothing skipped
     assert f"Resuming from step-{newest}" in second.stderr
     assert "Ignoring incomplete checkpoint" in second.stderr and "step-9999" in second.stderr
-    completed = [json.loads(x) for x in second.stdout.splitlines() if '"completed"' in x][0]
+    completed = next(json.loads(x) for x in second.stdout.splitlines() if '"completed"' in x)
     assert completed["progress"]["step"] == completed["progress"]["totalSteps"] == 400
     assert (output / "manifest.json").is_file()
 

@@ -26,6 +26,7 @@ from tests.support.adapters import (
 
 TOKEN = "test-admin-token"
 BASE = "tiny-base"
+MAX_ADAPTERS = 6
 PROMPTS = ["The capital of france is", "Hello, please reset my password"]
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,6 +47,10 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "down_proj"),
         ).path,
         "tenant-dora": make_lora_adapter(tiny_model_dir, root / "dora", seed=3, use_dora=True).path,
+        "tenant-head": make_lora_adapter(tiny_model_dir, root / "head", seed=8, modules_to_save=("lm_head",)).path,
+        "tenant-embed": make_lora_adapter(
+            tiny_model_dir, root / "emb", seed=9, target_modules=("embed_tokens", "q_proj")
+        ).path,
         "rank-16": make_lora_adapter(tiny_model_dir, root / "r16", seed=4, r=16).path,
         "other-base": make_lora_adapter(tiny_model_dir, root / "other", seed=5, uri="hf://someone/else").path,
         "prompt": make_prompt_tuning_adapter(tiny_model_dir, root / "prompt").path,
@@ -73,7 +78,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> An
             model_dir=tiny_model_dir,
             served_name=BASE,
             base_model_uri=base_uri(tiny_model_dir),
-            max_adapters=4,
+            max_adapters=MAX_ADAPTERS,
             max_rank=8,
             batch_window_ms=20,
             threads=1,  # tiny matrices: one thread beats two that contend on a shared 2-core machine
@@ -148,13 +153,12 @@ def test_adapter_loads_answers_differently_and_unloads(server: Any, adapters: di
 def test_mixed_batch_gives_each_row_its_own_adapters_output(
     server: Any, adapters: dict[str, Path], tiny_model_dir: Path
 ) -> None:
-    for name in ("tenant-a", "tenant-b", "tenant-dora"):
-        assert load(server, name, adapters[name])[0] == 200
+    # LoRA, LoRA of another rank on more modules, DoRA, LoRA + a trained lm_head copy, LoRA on the embeddings
+    for name in ("tenant-a", "tenant-b", "tenant-dora", "tenant-head", "tenant-embed"):
+        assert load(server, name, adapters[name])[0] == 200, name
     models = {
         BASE: None,
-        "tenant-a": adapters["tenant-a"],
-        "tenant-b": adapters["tenant-b"],
-        "tenant-dora": adapters["tenant-dora"],
+        **{name: adapters[name] for name in ("tenant-a", "tenant-b", "tenant-dora", "tenant-head", "tenant-embed")},
     }
     jobs = [(model, prompt) for model in models for prompt in PROMPTS]
 
@@ -177,7 +181,9 @@ def test_mixed_batch_gives_each_row_its_own_adapters_output(
     expected = {m: reference_generate(tiny_model_dir, path, PROMPTS, 10) for m, path in models.items()}
     for (model, prompt), text in zip(jobs, texts, strict=True):
         assert text == expected[model][PROMPTS.index(prompt)], (model, prompt)
-    assert len({t for (m, p), t in zip(jobs, texts, strict=True) if p == PROMPTS[0]}) == 4  # all differ
+    assert len({t for (m, p), t in zip(jobs, texts, strict=True) if p == PROMPTS[0]}) == len(models)  # all differ
+    for name in ("tenant-head", "tenant-embed"):
+        assert unload(server, name)[0] == 200
 
 
 def test_admin_routes_need_the_bearer_token(server: Any, adapters: dict[str, Path]) -> None:
@@ -227,11 +233,11 @@ def test_load_refuses_unknown_paths_and_the_base_models_name(
 
 def test_max_adapters_is_enforced(server: Any, adapters: dict[str, Path]) -> None:
     loaded = {m["id"] for m in call(server, "GET", "/v1/models")[1]["data"] if m.get("parent")}
-    for i in range(4 - len(loaded)):
+    for i in range(MAX_ADAPTERS - len(loaded)):
         assert load(server, f"filler-{i}", adapters["tenant-a"])[0] == 200
     status, body = load(server, "one-too-many", adapters["tenant-b"])
     assert (status, body["error"]["reason"]) == (507, "TooManyAdapters")
-    for i in range(4 - len(loaded)):
+    for i in range(MAX_ADAPTERS - len(loaded)):
         assert unload(server, f"filler-{i}")[0] == 200
 
 

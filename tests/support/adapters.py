@@ -89,11 +89,13 @@ def make_lora_adapter(
     alpha: int = 16,
     target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
     use_dora: bool = False,
+    modules_to_save: tuple[str, ...] | None = None,
     method: str | None = None,
     uri: str | None = None,
     revision: str | None = None,
 ) -> TestAdapter:
-    """A LoRA (or DoRA) adapter with random A and B (peft's init_lora_weights=False), and its manifest."""
+    """A LoRA (or DoRA) adapter with random A and B (peft's init_lora_weights=False), and its manifest.
+    `modules_to_save` modules get a perturbed full copy, as if they had been trained."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -104,10 +106,15 @@ def make_lora_adapter(
         use_dora=use_dora,
         init_lora_weights=False,
         lora_dropout=0.0,
+        modules_to_save=list(modules_to_save) if modules_to_save else None,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = get_peft_model(_load_base(model_dir), config)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if ".modules_to_save." in name:
+                    param.add_(torch.randn_like(param) * 0.05)
     return _finish(
         model,
         out_dir,

@@ -68,6 +68,7 @@ def train_local(
     if code != 0:
         print(f"Training {plan.job.name} failed (exit code {code})", file=sys.stderr)
         raise SystemExit(code)
-    adapter = Path(job.spec.output.uri.removeprefix("file://"))
-    print(f"Adapter {plan.job.name} written to {adapter}", file=sys.stderr)
+    uri = job.spec.output.uri
+    adapter = Path(uri.removeprefix("file://")) if uri.startswith("file://") else Path(scratch, "output")
+    print(f"Adapter {plan.job.name} written to {adapter if uri.startswith('file://') else uri}", file=sys.stderr)
     return adapter

@@ -55,7 +55,7 @@ class BaseModelInfo:
     num_layers: int | None
     max_model_len: int | None
     linear_shapes: dict[str, tuple[int, int]] = field(repr=False)  # module path -> (in, out)
-    param_shapes: dict[str, tuple[int, ...]] = field(repr=False)
+    params: dict[str, torch.Tensor] = field(repr=False)  # the base model's own parameters (read only)
 
     @classmethod
     def of(cls, model: Any, *, served_name: str, root: str, uri: str | None, revision: str | None) -> BaseModelInfo:
@@ -80,7 +80,7 @@ class BaseModelInfo:
             num_layers=getattr(config, "num_hidden_layers", None),
             max_model_len=getattr(config, "max_position_embeddings", None),
             linear_shapes=shapes,
-            param_shapes={name: tuple(p.shape) for name, p in model.named_parameters()},
+            params=dict(model.named_parameters()),
         )
 
 
@@ -114,6 +114,7 @@ def prepare_adapter(name: str, path: Path, base: BaseModelInfo, *, max_rank: int
             "retrain with a smaller r or raise limits.maxRank"
         )
     weights = _read_weights(path)
+    _drop_base_copies(name, weights, base)
     _check_shapes(name, weights, base)
     weights = {key: tensor.to(device) for key, tensor in weights.items()}
     size = sum(t.numel() * t.element_size() for t in weights.values())
@@ -197,13 +198,33 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
+def _drop_base_copies(name: str, weights: dict[str, torch.Tensor], base: BaseModelInfo) -> None:
+    """peft saves the whole embedding matrix with adapters that target embeddings (`base_layer` weights).
+    Loading it would overwrite the base model every tenant shares: an unchanged copy is dropped, a changed
+    one (resized or retrained vocabulary) refused."""
+    for key in [k for k in weights if ".base_layer." in k]:
+        relative = key.removeprefix(_PEFT_PREFIX).replace(".base_layer.", ".")
+        ours, theirs = base.params.get(relative), weights.pop(key)
+        same = (
+            ours is not None
+            and tuple(ours.shape) == tuple(theirs.shape)
+            and torch.allclose(ours.detach().float().cpu(), theirs.float(), rtol=1e-2, atol=1e-3)
+        )
+        if not same:
+            raise IncompatibleBaseModel(
+                f"adapter '{name}' carries its own {relative} (a resized or retrained vocabulary?); it cannot "
+                "share a base model with other adapters: serve it merged, on its own engine"
+            )
+
+
 def _check_shapes(name: str, weights: dict[str, torch.Tensor], base: BaseModelInfo) -> None:
     """Every weight must sit on a module of the base model, with the shapes that module needs."""
     for key, tensor in weights.items():
         relative = key.removeprefix(_PEFT_PREFIX)
         shape = tuple(tensor.shape)
         if ".lora_" not in relative:  # modules_to_save / trainable tokens: a full copy of a base parameter
-            expected = base.param_shapes.get(relative)
+            param = base.params.get(relative)
+            expected = tuple(param.shape) if param is not None else None
             if expected is None:
                 raise IncompatibleBaseModel(f"adapter '{name}' has weight {relative}, which the base model lacks")
             if expected != shape:

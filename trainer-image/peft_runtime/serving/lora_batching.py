@@ -1,14 +1,18 @@
 """Many LoRA adapters in one batch, in one pass per layer.
 
-peft's mixed-batch forward (`_mixed_batch_forward`) loops over the adapters present in the batch: per layer
-and per adapter it gathers that adapter's rows and runs two small matmuls. With tens of adapters that is
-thousands of small operations per step, and the Python around them costs more than the model itself.
+Two costs of peft's mixed-batch inference (`model(..., adapter_names=[...])`) grow with the number of adapters:
+- per forward, peft walks every module twice to validate the names and to register, then remove, a hook on
+  each adapter layer: with 50 adapters a 30-layer model has ~20,000 modules, tens of milliseconds per step;
+- per layer, `_mixed_batch_forward` loops over the adapters in the batch, gathering each one's rows and
+  running two small matmuls: thousands of small operations per step.
 
-Here each LoRA Linear layer keeps its plain-LoRA adapters stacked (A as [slots, r, in], B as [slots, out, r],
-ranks padded with zeros, scaling folded into B, slot 0 all zeros for rows without an adapter). A step
-gathers every row's A and B by slot and runs two batched matmuls (`bmm`) for the whole batch. Adapters this
-path does not cover (DoRA and other variants, LoRA with a bias) keep peft's per-adapter code, on their rows
-only. The stacks are rebuilt lazily when the registry's adapter set changes (`AdapterSetVersion`).
+Here the registry sets the rows' adapter names once per forward (`RowAdapters`), and each adapter layer
+reads them there (its `forward` is replaced on the instance by `install`). Each LoRA Linear layer keeps its
+plain-LoRA adapters stacked (A as [slots, r, in], B as [slots, out, r], ranks padded with zeros, scaling
+folded into B, slot 0 all zeros for rows without an adapter): a step gathers every row's A and B by slot and
+runs two batched matmuls for the whole batch. What the stack does not cover (DoRA and other variants, LoRA
+with a bias, LoRA on Embedding/Conv layers, modules_to_save) runs peft's own per-adapter code on its rows.
+Stacks are rebuilt lazily when the registry's adapter set changes (`AdapterSetVersion`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ from typing import Any
 
 import torch
 
-_INSTALLED = "_peft_operator_grouped_lora"
+BASE_ROW = "__base__"  # peft's name for "no adapter" in a mixed batch
+_INSTALLED = "_peft_operator_rows"
+
+
+@dataclass
+class RowAdapters:
+    """The peft adapter name of every row of the forward pass in progress; None outside one."""
+
+    names: list[str] | None = None
 
 
 @dataclass
@@ -36,18 +48,73 @@ class AdapterSetVersion:
 class _Stack:
     version: int
     slots: dict[str, int] = field(default_factory=dict)  # adapter name -> slot (0: no adapter)
+    others: frozenset[str] = frozenset()  # adapters on this layer that peft's code computes
     a: torch.Tensor | None = None  # [slots, r, in]
     b: torch.Tensor | None = None  # [slots, out, r], scaling folded in
 
 
-def install(model: Any, version: AdapterSetVersion) -> None:
-    """Give every LoRA Linear layer of `model` the grouped mixed-batch forward (idempotent)."""
-    from peft.tuners.lora.layer import Linear
+def install(model: Any, version: AdapterSetVersion, rows: RowAdapters) -> None:
+    """Route `rows` into every adapter layer of `model` (idempotent: new layers only)."""
+    from peft.tuners.lora.layer import Linear, LoraLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
 
     for module in model.modules():
-        if type(module) is Linear and not hasattr(module, _INSTALLED):
+        if hasattr(module, _INSTALLED):
+            continue
+        if type(module) is Linear:
             setattr(module, _INSTALLED, _Stack(version=-1))
-            module._mixed_batch_forward = functools.partial(_grouped_forward, module, version)
+            module.forward = functools.partial(_linear_forward, module, version, rows)
+        elif isinstance(module, LoraLayer):
+            setattr(module, _INSTALLED, True)
+            module.forward = functools.partial(_lora_forward, module, rows)
+        elif isinstance(module, AuxiliaryTrainingWrapper):
+            setattr(module, _INSTALLED, True)
+            module.forward = functools.partial(_wrapper_forward, module, rows)
+
+
+def _lora_forward(layer: Any, rows: RowAdapters, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """Other LoRA layer types: peft's forward, given the rows' names as peft's own hook would."""
+    if rows.names is not None:
+        kwargs["adapter_names"] = rows.names
+    return type(layer).forward(layer, x, *args, **kwargs)
+
+
+def _wrapper_forward(wrapper: Any, rows: RowAdapters, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """modules_to_save and trainable tokens: rows of adapters without a copy of this module use the original."""
+    if rows.names is None:
+        return type(wrapper).forward(wrapper, x, *args, **kwargs)
+    names = [n if n in wrapper._adapters else BASE_ROW for n in rows.names]
+    if all(n == BASE_ROW for n in names):
+        return wrapper._forward_wrapped_passthrough(x, *args, **kwargs)
+    return wrapper._mixed_batch_forward(x, *args, adapter_names=names, **kwargs)
+
+
+def _linear_forward(
+    layer: Any, version: AdapterSetVersion, rows: RowAdapters, x: torch.Tensor, *args: Any, **kwargs: Any
+) -> torch.Tensor:
+    if rows.names is None:
+        return type(layer).forward(layer, x, *args, **kwargs)  # type: ignore[no-any-return]
+    names = rows.names
+    result: torch.Tensor = layer.base_layer(x, *args, **kwargs)
+    stack = _stack(layer, version)
+    slots = [stack.slots.get(name, 0) for name in names]
+    if stack.a is not None and stack.b is not None and any(slots):
+        index = torch.tensor(slots, device=stack.a.device)
+        batch = x.to(stack.a.dtype).reshape(len(slots), -1, x.shape[-1])  # [rows, tokens, in]
+        down = torch.bmm(batch, stack.a.index_select(0, index).transpose(1, 2))  # [rows, tokens, r]
+        up = torch.bmm(down, stack.b.index_select(0, index).transpose(1, 2))  # [rows, tokens, out]
+        result = result + up.reshape(result.shape).to(result.dtype)
+    # What the stack does not cover (DoRA and other variants, LoRA with a bias): peft's own code, per adapter.
+    for name in stack.others.intersection(names):
+        picked = [i for i, n in enumerate(names) if n == name]
+        sub = x[picked].to(layer.lora_A[name].weight.dtype)
+        if name in layer.lora_variant:
+            out = layer.lora_variant[name].forward(layer, active_adapter=name, x=sub, result=result[picked])
+            result[picked] = out.to(result.dtype)
+        else:
+            delta = layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](sub))) * layer.scaling[name]
+            result[picked] += delta.to(result.dtype)
+    return result
 
 
 def _stack(layer: Any, version: AdapterSetVersion) -> _Stack:
@@ -55,7 +122,7 @@ def _stack(layer: Any, version: AdapterSetVersion) -> _Stack:
     if stack.version == version.value:
         return stack
     names = [n for n in layer.lora_A if n not in layer.lora_variant and not layer.lora_bias.get(n, False)]
-    stack = _Stack(version=version.value)
+    stack = _Stack(version=version.value, others=frozenset(layer.lora_A.keys()) - set(names))
     if names:
         weight = layer.lora_A[names[0]].weight
         rank = max(int(layer.r[n]) for n in names)
@@ -70,33 +137,3 @@ def _stack(layer: Any, version: AdapterSetVersion) -> _Stack:
         stack.a, stack.b = a, b
     setattr(layer, _INSTALLED, stack)
     return stack
-
-
-def _grouped_forward(
-    layer: Any, version: AdapterSetVersion, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any
-) -> torch.Tensor:
-    from peft.tuners.lora.layer import VARIANT_KWARG_KEYS
-
-    variant_kwargs = {k: kwargs.pop(k, None) for k in VARIANT_KWARG_KEYS}
-    result: torch.Tensor = layer.base_layer(x, *args, **kwargs)
-    stack = _stack(layer, version)
-    slots = [stack.slots.get(name, 0) for name in adapter_names]
-    if stack.a is not None and stack.b is not None and any(slots):
-        index = torch.tensor(slots, device=stack.a.device)
-        rows = x.to(stack.a.dtype).reshape(len(slots), -1, x.shape[-1])  # [batch, tokens, in]
-        down = torch.bmm(rows, stack.a.index_select(0, index).transpose(1, 2))  # [batch, tokens, r]
-        up = torch.bmm(down, stack.b.index_select(0, index).transpose(1, 2))  # [batch, tokens, out]
-        result = result + up.reshape(result.shape).to(result.dtype)
-    # What the stack does not cover (DoRA and other variants, LoRA with a bias): peft's own code, per adapter.
-    for name in {n for n in adapter_names if n in layer.lora_A and n not in stack.slots}:
-        picked = [i for i, n in enumerate(adapter_names) if n == name]
-        sub = x[picked].to(layer.lora_A[name].weight.dtype)
-        if name in layer.lora_variant:
-            out = layer.lora_variant[name].forward(
-                layer, active_adapter=name, x=sub, result=result[picked], **variant_kwargs, **kwargs
-            )
-            result[picked] = out.to(result.dtype)
-        else:
-            delta = layer.lora_B[name](layer.lora_A[name](layer.lora_dropout[name](sub))) * layer.scaling[name]
-            result[picked] += delta.to(result.dtype)
-    return result

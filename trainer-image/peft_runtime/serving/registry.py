@@ -26,11 +26,9 @@ import torch
 
 from .adapters import BaseModelInfo, PreparedAdapter, prepare_adapter
 from .errors import AdapterCorrupt, AdapterNotFound, ModelNotFound, NameConflict, ServingError, TooManyAdapters
-from .lora_batching import AdapterSetVersion, install
+from .lora_batching import BASE_ROW, AdapterSetVersion, RowAdapters, install
 
 log = logging.getLogger(__name__)
-
-BASE_ROW = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
 @dataclass
@@ -78,6 +76,7 @@ class AdapterRegistry:
         self._retired: dict[str, LoadedAdapter] = {}
         self._ids = itertools.count(1)
         self._version = AdapterSetVersion()  # what the grouped LoRA stacks were built for
+        self._rows = RowAdapters()  # each row's adapter, read by the adapter layers during a forward
         self._on_change = on_change or (lambda: None)
 
     # ------------------------------------------------------------------------------------ queries
@@ -207,7 +206,7 @@ class AdapterRegistry:
                     raise AdapterCorrupt(f"adapter '{prepared.name}' lacks weights for {', '.join(missing[:3])}")
                 _allow_mixed_batches(self._peft, internal)
                 self._keep_an_active_adapter()
-                install(self._peft, self._version)
+                install(self._peft, self._version, self._rows)
                 self._version.bump()
                 self._peft.eval()
             except Exception as error:
@@ -235,13 +234,16 @@ class AdapterRegistry:
 
     @torch.inference_mode()
     def forward(self, rows: list[str | None], **inputs: Any) -> torch.Tensor:
-        """Logits of the last position, one row per entry of `rows` (internal adapter names, None = base)."""
+        """Logits of the last position, one row per entry of `rows` (internal adapter names, None = base).
+
+        The adapter layers read the rows' names from `_rows` (see lora_batching.py), so this calls the
+        model itself rather than PeftModel.forward and its per-call hooks."""
         with self.model_lock:
-            if self._peft is None or not self._peft.peft_config:
+            self._rows.names = [internal or BASE_ROW for internal in rows] if self._peft is not None else None
+            try:
                 output = self.model(**inputs, use_cache=True, logits_to_keep=1)
-            else:
-                names = [internal or BASE_ROW for internal in rows]
-                output = self._peft(**inputs, use_cache=True, logits_to_keep=1, adapter_names=names)
+            finally:
+                self._rows.names = None
         logits: torch.Tensor = output.logits[:, -1, :]
         return logits
 

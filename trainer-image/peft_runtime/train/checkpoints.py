@@ -145,6 +145,10 @@ def latest_checkpoint(output: OutputLocation) -> Path | None:
     return path
 
 
+def read_state(path: Path) -> TrainState:
+    return TrainState(**json.loads((path / "trainer_state.json").read_text()))
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any) -> TrainState:
     weights = load_file(str(path / "adapter_weights.safetensors"))
     parameters = dict(model.named_parameters())
@@ -156,9 +160,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, schedule
         for name, tensor in weights.items():
             parameters[name].copy_(tensor)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    extra = torch.load(path / "trainer_state.pt", weights_only=False)
+    extra = torch.load(path / "trainer_state.pt", weights_only=True)
     scheduler.load_state_dict(extra["scheduler"])
     if scaler is not None and extra["scaler"] is not None:
         scaler.load_state_dict(extra["scaler"])
     _set_rng_state(extra["rng"])
-    return TrainState(**json.loads((path / "trainer_state.json").read_text()))
+    return read_state(path)

@@ -69,7 +69,9 @@ class _Findings:
 def read_rows(files: list[Path]) -> Iterator[_Row]:
     """Every row of every file, numbered from 1 (JSON Lines: line numbers, Parquet: row numbers)."""
     for path in files:
-        if path.suffix == ".parquet" or path.read_bytes()[:4] == b"PAR1":
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+        if path.suffix == ".parquet" or magic == b"PAR1":
             yield from _parquet_rows(path)
         else:
             yield from _jsonl_rows(path)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from peft_operator.api.events import FailureReason
+from peft_operator.api.events import PERMANENT_FAILURE_EXIT_CODE, FailureReason
 
 # Exit codes, for the Job's podFailurePolicy: PERMANENT means retrying the same plan cannot help.
 EXIT_OK = 0
 EXIT_RETRYABLE = 1
-EXIT_PERMANENT = 3
+EXIT_PERMANENT = PERMANENT_FAILURE_EXIT_CODE  # the Job's podFailurePolicy fails the Job at once
 
 _PERMANENT = {FailureReason.DATASET_INVALID, FailureReason.CONFIGURATION_ERROR}
 

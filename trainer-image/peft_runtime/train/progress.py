@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Protocol
 
-from peft_operator.api.events import CompletedEvent, FailedEvent, PreflightEvent, ProgressEvent, TrainerEvent
+from peft_operator.api.events import CompletedEvent, FailedEvent, ProgressEvent, TrainerEvent
 from peft_operator.api.plan import ProgressSinkConfig
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,3 @@ class Reporter:
                 sink.close()
             except Exception as error:
                 log.warning("Progress sink %s did not close: %s", type(sink).__name__, error)
-
-
-__all__ = ["PreflightEvent", "Reporter", "format_duration"]

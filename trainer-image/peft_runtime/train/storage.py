@@ -21,7 +21,7 @@ from typing import Any
 from peft_operator.api.plan import Mounts
 from peft_operator.api.uris import Scheme, StorageUri, parse_uri
 
-from .errors import dataset_invalid, model_unavailable, storage_error
+from .errors import TrainerError, dataset_invalid, model_unavailable, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,9 @@ def dataset_files(uri: str, mounts: Mounts, work_dir: Path) -> list[Path]:
             location = _hf_snapshot(parsed, repo_type="dataset", revision=None, allow_patterns=None)
         else:
             location = local_path(parsed, mounts)
+    except TrainerError:
+        raise
     except Exception as error:
-        if getattr(error, "reason", None) is not None:
-            raise
         raise dataset_invalid(f"cannot read dataset {uri}: {error}") from error
     if location.is_file():
         return [location]
@@ -135,6 +135,8 @@ def model_dir(uri: str, revision: str | None, mounts: Mounts, work_dir: Path) ->
             location = _hf_snapshot(parsed, repo_type="model", revision=revision, allow_patterns=MODEL_FILE_PATTERNS)
         else:
             location = local_path(parsed, mounts)
+    except TrainerError as error:
+        raise model_unavailable(f"cannot fetch base model {uri}: {error.message}") from error
     except Exception as error:
         raise model_unavailable(f"cannot fetch base model {uri}: {error}") from error
     if not (location / "config.json").is_file():

@@ -22,11 +22,10 @@ import torch.nn.functional as F
 
 from peft_operator.api.events import CompletedEvent, PreflightEvent, ProgressEvent
 from peft_operator.api.finetunejob import AdapterRecord, FineTuneJobSpec, LrScheduler, Progress
-from peft_operator.api.methods import MethodType
 from peft_operator.api.plan import TrainingPlan
 
 from .batches import Batch, EpochPlanner, collate, eval_batches
-from .checkpoints import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import TrainState, latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from .data import IGNORE, Example, check_tokenizer, prepare_dataset, split_examples, why_unusable
 from .device import pick_device, placement
 from .errors import configuration_error, dataset_invalid, model_unavailable, training_error
@@ -108,13 +107,12 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
     state = TrainState(fingerprint=_fingerprint(spec))
     checkpoint = latest_checkpoint(output)
     if checkpoint is not None:
-        resumed = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
-        if resumed.fingerprint != state.fingerprint:
+        if read_state(checkpoint).fingerprint != state.fingerprint:
             raise configuration_error(
                 f"{spec.output.uri} holds checkpoints of a different job (base model, data, method or "
                 "training changed); use a new output URI or delete its checkpoints/"
             )
-        state = resumed
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
         reporter.note(f"Resuming from {checkpoint.name} (step {state.step} of {total_steps})")
 
     # 5. The loop: one optimizer step per `gradientAccumulation` micro-batches.
@@ -293,6 +291,3 @@ def _fingerprint(spec: FineTuneJobSpec) -> str:
     wire = spec.to_wire()
     relevant = {k: wire.get(k) for k in ("baseModel", "dataset", "method", "training")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
-
-
-__all__ = ["MethodType", "train"]

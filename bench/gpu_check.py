@@ -1,0 +1,133 @@
+"""GPU check: bf16 LoRA and QLoRA on SmolLM2-135M through `peft-runtime train`: tokens/s and peak memory.
+
+    .venv/bin/python bench/gpu_check.py [--steps 40] [--batch-size 16]
+
+For a machine with an NVIDIA GPU (on CPU it exits at once and says so). Each variant runs in its own
+process with precision auto (bf16 where the GPU supports it) and reports the trainer's real tokens/s and
+torch.cuda.max_memory_allocated; the run's final loss shows that it trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = {
+    "lora-bf16": {
+        "type": "lora",
+        "lora": {"r": 16, "alpha": 32, "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    },
+    "qlora-nf4": {
+        "type": "qlora",
+        "qlora": {
+            "r": 16,
+            "alpha": 32,
+            "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+            "quantization": {"bits": 4, "type": "nf4", "doubleQuant": True},
+        },
+    },
+}
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    from peft_operator.api.plan import TrainingPlan
+    from peft_runtime.train.run import run_plan
+
+    scratch = Path(args.scratch)
+    events = scratch / f"{args.variant}.jsonl"
+    plan = TrainingPlan.model_validate(
+        {
+            "job": {"name": "gpu-check"},
+            "spec": {
+                "baseModel": {"uri": Path(args.model_dir).as_uri()},
+                "dataset": {"uri": Path(args.data).as_uri(), "format": "chat", "validationSplit": 0.0},
+                "method": VARIANTS[args.variant],
+                "training": {
+                    "maxSteps": args.steps,
+                    "learningRate": "2e-4",
+                    "batchSize": args.batch_size,
+                    "maxSeqLength": 1024,
+                    "checkpointEvery": 1_000_000,
+                    "precision": "auto",
+                },
+                "output": {"uri": (scratch / args.variant).as_uri()},
+            },
+            "progress": {"file": str(events)},
+            "workDir": str(scratch / f"work-{args.variant}"),
+        }
+    )
+    code = run_plan(plan, stdout=False)
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    progress = [e["progress"] for e in lines if e["event"] == "progress"]
+    result = {
+        "exit_code": code,
+        "tokens_per_second": progress[-1]["tokensPerSecond"] if progress else None,
+        "first_loss": progress[0]["loss"] if progress else None,
+        "last_loss": progress[-1]["loss"] if progress else None,
+        "peak_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+        "bf16": torch.cuda.is_bf16_supported(),
+        "gpu": torch.cuda.get_device_name(0),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        child(args)
+        return
+
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA GPU is visible here (torch.cuda.is_available() is False); run it on a GPU machine")
+
+    from bench.trainer_throughput import chat_rows
+    from peft_runtime.models import ensure_smollm2
+
+    model_dir = ensure_smollm2()
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        data = Path(tmp) / "chat.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(2000)))
+        print(f"SmolLM2-135M, {args.steps} steps x batch {args.batch_size}, variable-length chat rows")
+        for variant in VARIANTS:
+            command = [
+                sys.executable,
+                __file__,
+                f"--variant={variant}",
+                f"--scratch={tmp}",
+                f"--model-dir={model_dir}",
+                f"--data={data}",
+                f"--steps={args.steps}",
+                f"--batch-size={args.batch_size}",
+            ]
+            out = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                print(f"{variant}: FAILED\n{out.stderr[-3000:]}")
+                continue
+            r = json.loads(line.removeprefix("RESULT "))
+            print(
+                f"{variant:>10}: {r['tokens_per_second']:>10.1f} tokens/s  peak {r['peak_memory_mib']:>8.1f} MiB  "
+                f"loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  exit {r['exit_code']}  ({r['gpu']}, bf16 {r['bf16']})"
+            )
+
+
+if __name__ == "__main__":
+    main()

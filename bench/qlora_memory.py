@@ -1,0 +1,169 @@
+"""QLoRA memory: peak memory of QLoRA (4-bit nf4 base) against LoRA on an fp32 base, SmolLM2-135M on CPU.
+
+    .venv/bin/python bench/qlora_memory.py                 # SmolLM2-135M
+    .venv/bin/python bench/qlora_memory.py --model tiny    # the tiny test Llama (plumbing check only)
+
+Each variant runs in its own process and builds the model exactly as `peft-runtime train` does
+(`load_base_model` + `attach_adapter`: for qlora bitsandbytes nf4 with double quantization, fp32 compute
+on CPU, prepare_model_for_kbit_training with gradient checkpointing; for lora an fp32 base), then trains
+`--steps` AdamW steps on the same batches. Measured, per process (Linux /proc/self/status):
+- RSS after the imports (the floor: Python, torch, transformers, peft);
+- peak RSS while loading the model (VmHWM);
+- peak RSS while training, after resetting the peak (/proc/self/clear_refs), and its increase over the floor;
+- bytes held by the model's parameters and buffers (packed 4-bit weights count as stored).
+Goal: QLoRA <= 0.35x LoRA (training peak over the floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METHODS = {
+    "lora": {"type": "lora", "lora": {"r": 16, "alpha": 32, "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
+    "qlora": {
+        "type": "qlora",
+        "qlora": {
+            "r": 16,
+            "alpha": 32,
+            "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+            "quantization": {"bits": 4, "type": "nf4", "doubleQuant": True},
+        },
+    },
+}
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def _mib(kib: int) -> float:
+    return round(kib / 1024, 1)
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+    import transformers  # noqa: F401
+    from peft import get_peft_model  # noqa: F401
+
+    if args.variant == "qlora":
+        import bitsandbytes  # noqa: F401
+
+    from peft_operator.api.methods import Method
+    from peft_runtime.train.batches import collate
+    from peft_runtime.train.data import Example
+    from peft_runtime.train.methods import MethodContext, attach_adapter, load_base_model, method_setup
+    from peft_runtime.train.trainer import _loss_sum
+
+    torch.manual_seed(0)
+    floor = _status_kib("VmRSS")
+    _reset_peak()
+    cpu = torch.device("cpu")
+    setup = method_setup(Method.model_validate(METHODS[args.variant]), MethodContext(Path(args.model_dir), cpu))
+    model = attach_adapter(load_base_model(Path(args.model_dir), setup, torch.float32, cpu), setup)
+    loading_peak = _status_kib("VmHWM")
+    loaded = _status_kib("VmRSS")
+    model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+    vocab = model.config.vocab_size
+    generator = torch.Generator().manual_seed(1)
+    examples = []
+    for _ in range(args.batch_size):
+        ids = torch.randint(0, vocab, (args.seq_length,), generator=generator).tolist()
+        examples.append(Example(ids, [*ids[1:], -100]))
+    batch = collate(examples, [[i] for i in range(args.batch_size)], 0, packed=False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+    _reset_peak()
+    for _ in range(args.steps):
+        loss = _loss_sum(model, batch, setup) / batch.loss_tokens
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    training_peak = _status_kib("VmHWM")
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "floor_mib": _mib(floor),
+                "loading_peak_mib": _mib(loading_peak),
+                "loaded_mib": _mib(loaded),
+                "training_peak_mib": _mib(training_peak),
+                "training_over_floor_mib": _mib(training_peak - floor),
+                "model_mib": round(model_bytes / 2**20, 1),
+            }
+        ),
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-length", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        child(args)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="bench-qlora-") as tmp:
+        if args.model == "tiny":
+            from tests.support.tiny_model import build_tiny_llama
+
+            model_dir = build_tiny_llama(Path(tmp) / "tiny")
+        else:
+            from peft_runtime.models import ensure_smollm2
+
+            model_dir = ensure_smollm2()
+        results = {}
+        for variant in ("lora", "qlora"):
+            command = [
+                sys.executable,
+                __file__,
+                f"--variant={variant}",
+                f"--model-dir={model_dir}",
+                f"--batch-size={args.batch_size}",
+                f"--seq-length={args.seq_length}",
+                f"--steps={args.steps}",
+            ]
+            out = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
+            results[variant] = json.loads(line.removeprefix("RESULT "))
+
+    print(f"model {args.model}, batch {args.batch_size} x {args.seq_length} tokens, {args.steps} AdamW steps, CPU\n")
+    print(f"{'MiB':<28}{'lora (fp32)':>14}{'qlora (nf4)':>14}{'ratio':>9}")
+    for key, label in (
+        ("model_mib", "model parameters+buffers"),
+        ("floor_mib", "RSS after imports"),
+        ("loading_peak_mib", "peak RSS while loading"),
+        ("training_peak_mib", "peak RSS while training"),
+        ("training_over_floor_mib", "training peak over floor"),
+    ):
+        lora, qlora = results["lora"][key], results["qlora"][key]
+        print(f"{label:<28}{lora:>14.1f}{qlora:>14.1f}{qlora / lora:>8.2f}x")
+    ratio = results["qlora"]["training_over_floor_mib"] / results["lora"]["training_over_floor_mib"]
+    print(f"\nqlora / lora (training peak over the floor): {ratio:.2f}x   (goal <= 0.35x)")
+
+
+if __name__ == "__main__":
+    main()
