@@ -19,7 +19,8 @@ class OperatorSettings:
     watch_namespaces: tuple[str, ...] = field(default_factory=tuple)
     progress_port: int = 8080
     metrics_port: int = 9090
-    trainer_run_as_user: int = 1000
+    # The runtime image's user (trainer-image/Dockerfile); pods run as it, never as root.
+    trainer_run_as_user: int = 10001
     # Namespace of the Lease that elects one acting replica; empty runs without election (one replica).
     leader_election_namespace: str = ""
     lease_name: str = "peft-operator"
