@@ -44,6 +44,11 @@ class VllmDouble:
     async def load(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.calls.append(("load", body["lora_name"]))
+        if body["lora_name"] == "too-big":  # what vLLM says when an adapter exceeds --max-lora-rank
+            message = "LoRA rank 64 is greater than max_lora_rank 16."
+            return web.json_response(
+                {"object": "error", "message": message, "type": "BadRequestError", "code": 400}, status=400
+            )
         if body["lora_name"] in self.loras:
             message = f"The lora adapter '{body['lora_name']}' has already been loaded."
             return web.json_response(
@@ -82,10 +87,11 @@ def agent(vllm: Any, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
 
     token_file = tmp_path_factory.mktemp("secrets") / "token"
     token_file.write_text(TOKEN)
+    volume = tmp_path_factory.mktemp("volume")
     args = argparse.Namespace(
         engine_url=vllm.url,
         engine="auto",
-        adapter_root=tmp_path_factory.mktemp("volume"),
+        adapter_root=volume,
         pvc_root=tmp_path_factory.mktemp("pvc"),
         token_file=token_file,
         engine_token_file=None,
@@ -97,6 +103,7 @@ def agent(vllm: Any, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
         engine_timeout=30.0,
     )
     server = BackgroundServer(lambda: create_app(build_agent(args), TokenSource(token_file))).start()
+    server.volume = volume  # type: ignore[attr-defined]
     yield server
     server.stop()
 
@@ -147,3 +154,16 @@ def test_dora_is_refused_before_vllm_is_asked(vllm: Any, agent: Any, adapters: d
 def test_deleting_what_vllm_does_not_hold_succeeds(agent: Any) -> None:
     status, body = call(agent, "DELETE", "/v1/adapters/never-loaded")
     assert (status, body["unloaded"]) == (200, False)
+
+
+def test_an_engine_refusal_keeps_vllms_message_and_leaves_no_files(
+    agent: Any, adapters: dict[str, TestAdapter]
+) -> None:
+    v1 = adapters["v1"]
+    status, body = call(agent, "PUT", "/v1/adapters/too-big", {"uri": v1.path.as_uri(), "sha256": v1.sha256})
+    assert (status, body["error"]["reason"]) == (422, "EngineRejected"), body
+    assert "max_lora_rank" in body["error"]["message"]
+    assert not (agent.volume / "too-big" / v1.sha256).exists()
+    status, listing = call(agent, "GET", "/v1/adapters")
+    failed = {a["name"]: a for a in listing["adapters"]}["too-big"]
+    assert (failed["state"], failed["reason"]) == ("Failed", "EngineRejected")

@@ -33,14 +33,14 @@ def _progress_steps(stdout: str) -> list[int]:
 
 
 def test_kill_9_mid_run_resumes_from_the_newest_complete_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
-    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(400))
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(240))
     output = tmp_path / "out"
     plan = make_plan(
         model_dir=tiny_model_dir,
         dataset_uri=data.as_uri(),
         output_uri=output.as_uri(),
         work_dir=tmp_path / "work",
-        training={"maxSteps": 400, "batchSize": 4, "checkpointEvery": 25},
+        training={"maxSteps": 240, "batchSize": 4, "checkpointEvery": 25},
         validation_split=0.0,
     )
     plan_path = tmp_path / "plan.json"
@@ -61,7 +61,7 @@ def test_kill_9_mid_run_resumes_from_the_newest_complete_checkpoint(tiny_model_d
         assert time.monotonic() < deadline, "the first run did not reach step 60 in time"
     first.wait(timeout=30)
     assert first.returncode == -signal.SIGKILL, "the run ended before it could be killed; make it longer"
-    assert seen[-1] < 400
+    assert seen[-1] < 240
     newest = max(_complete_steps(output))
     assert newest >= 50
 
@@ -76,11 +76,11 @@ def test_kill_9_mid_run_resumes_from_the_newest_complete_checkpoint(tiny_model_d
     assert second.returncode == 0, second.stderr[-2000:]
     steps = _progress_steps(second.stdout)
     assert steps[0] == newest + 1, f"resumed at {steps[0]}, the newest complete checkpoint is step {newest}"
-    assert steps == list(range(newest + 1, 401))  # nothing before the checkpoint is redone, nothing skipped
+    assert steps == list(range(newest + 1, 241))  # nothing before the checkpoint is redone, nothing skipped
     assert f"Resuming from step-{newest}" in second.stderr
     assert "Ignoring incomplete checkpoint" in second.stderr and "step-9999" in second.stderr
     completed = next(json.loads(x) for x in second.stdout.splitlines() if '"completed"' in x)
-    assert completed["progress"]["step"] == completed["progress"]["totalSteps"] == 400
+    assert completed["progress"]["step"] == completed["progress"]["totalSteps"] == 240
     assert (output / "manifest.json").is_file()
 
 

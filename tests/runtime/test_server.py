@@ -47,6 +47,7 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "down_proj"),
         ).path,
         "tenant-dora": make_lora_adapter(tiny_model_dir, root / "dora", seed=3, use_dora=True).path,
+        "tenant-a2": make_lora_adapter(tiny_model_dir, root / "a2", seed=10).path,
         "tenant-head": make_lora_adapter(tiny_model_dir, root / "head", seed=8, modules_to_save=("lm_head",)).path,
         "tenant-embed": make_lora_adapter(
             tiny_model_dir, root / "emb", seed=9, target_modules=("embed_tokens", "q_proj")
@@ -85,6 +86,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> An
         )
     ).start()
     http = BackgroundServer(lambda: create_app(engine, TokenSource(token_file))).start()
+    http.engine = engine  # type: ignore[attr-defined]
     yield http
     http.stop()
     engine.stop()
@@ -377,6 +379,41 @@ def test_loading_an_adapter_does_not_wait_for_running_generation(server: Any, ad
     assert answer
     assert finished["load"] < finished["answer"] < finished["generation"]
     assert unload(server, "late-arrival")[0] == 200
+
+
+def test_a_load_onto_already_wrapped_layers_does_not_need_the_model_lock(
+    server: Any, adapters: dict[str, Path]
+) -> None:
+    assert load(server, "tenant-a", adapters["tenant-a"])[0] == 200  # q_proj and v_proj are LoRA layers now
+    unload(server, "lock-free")
+    registry = server.engine.registry
+    held, release = threading.Event(), threading.Event()
+
+    def long_forward_step() -> None:  # what the generation thread does while it computes a step
+        with registry.model_lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=long_forward_step)
+    holder.start()
+    held.wait(5)
+    try:
+        status, body = asyncio.run(
+            asyncio.wait_for(
+                _request(
+                    "POST",
+                    server.url + "/v1/load_lora_adapter",
+                    {"lora_name": "lock-free", "lora_path": str(adapters["tenant-a2"])},
+                ),
+                timeout=20,
+            )
+        )
+    finally:
+        release.set()
+        holder.join()
+    assert (status, body["status"]) == (200, "loaded"), body
+    assert complete(server, "lock-free", PROMPTS[0]) != complete(server, "tenant-a", PROMPTS[0])
+    assert unload(server, "lock-free")[0] == 200
 
 
 # --------------------------------------------------------------------------------------------- helpers

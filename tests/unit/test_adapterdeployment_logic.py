@@ -46,6 +46,8 @@ def test_builtin_engine_runs_server_and_agent_sharing_the_adapter_volume() -> No
     assert "--max-adapters=64" in containers["engine"]["command"]
     assert containers["adapter-agent"]["command"][:2] == ["peft-runtime", "agent"]
     assert "--max-rank=64" in containers["adapter-agent"]["command"]
+    assert "--max-adapters=64" in containers["adapter-agent"]["command"]
+    assert "--served-model-name=HuggingFaceTB/SmolLM2-135M-Instruct" in containers["engine"]["command"]
     for container in containers.values():
         assert {"name": "adapters", "mountPath": "/adapters"} in container["volumeMounts"]
         token = next(e for e in container["env"] if e["name"] == "PEFT_ADMIN_TOKEN")

@@ -34,7 +34,9 @@ class AgentRefusal(Exception):
 
 
 class AgentClient:
-    def __init__(self, pod_ip: str, token: str, port: int = AGENT_PORT, timeout: float = 120.0):
+    """PUT is synchronous (fetch, verify, load): the timeout covers a large adapter on slow storage."""
+
+    def __init__(self, pod_ip: str, token: str, port: int = AGENT_PORT, timeout: float = 600.0):
         self.base = f"http://{pod_ip}:{port}"
         self.token = token
         self.timeout = timeout

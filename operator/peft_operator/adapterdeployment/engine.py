@@ -38,6 +38,14 @@ def _token_env(adep: AdapterDeployment) -> dict[str, Any]:
     return {"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
 
 
+def served_model_name(uri: str) -> str:
+    """What clients send as `model` for the base: org/name for hf://, else the model folder's name."""
+    parsed = parse_uri(uri)
+    if parsed.scheme is Scheme.HF:
+        return f"{parsed.authority}/{parsed.path}"
+    return parsed.path.rsplit("/", 1)[-1] if parsed.path else parsed.authority
+
+
 def _model_location(adep: AdapterDeployment) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """Where the engine finds the base model, and the volume that puts it there (pvc://) if any."""
     parsed = parse_uri(adep.spec.base_model.uri)
@@ -68,6 +76,7 @@ def _agent_container(adep: AdapterDeployment, settings: OperatorSettings, engine
         f"--port={AGENT_PORT}",
         f"--base-model-uri={spec.base_model.uri}",
         f"--max-rank={spec.limits.max_rank}",
+        f"--max-adapters={spec.limits.max_adapters}",
         f"--pvc-root={PVC_MOUNT_ROOT}",
     ]
     if spec.base_model.revision:
@@ -120,6 +129,7 @@ def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model
             f"--max-loras={min(spec.limits.max_adapters, 16)}",
             f"--max-cpu-loras={spec.limits.max_adapters}",
             f"--max-lora-rank={spec.limits.max_rank}",
+            f"--served-model-name={served_model_name(spec.base_model.uri)}",
         ]
         if spec.base_model.revision:
             command.append(f"--revision={spec.base_model.revision}")
@@ -134,6 +144,8 @@ def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model
             f"--port={ENGINE_PORT}",
             f"--max-adapters={spec.limits.max_adapters}",
             f"--max-rank={spec.limits.max_rank}",
+            f"--served-model-name={served_model_name(spec.base_model.uri)}",
+            f"--pvc-root={PVC_MOUNT_ROOT}",
         ]
         if spec.base_model.revision:
             command.append(f"--revision={spec.base_model.revision}")

@@ -54,7 +54,8 @@ class EngineClient:
                     )
                 return response.status, payload
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise EngineUnavailable(f"the engine at {self.url} did not answer {method} {path}: {error!r}") from error
+            detail = str(error) or type(error).__name__  # a timeout has no message of its own
+            raise EngineUnavailable(f"the engine at {self.url} did not answer {method} {path}: {detail}") from error
 
     async def view(self) -> EngineView:
         status, payload = await self._call("GET", "/v1/models")

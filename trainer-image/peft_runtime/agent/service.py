@@ -63,6 +63,8 @@ class AdapterAgent:
                     await self.engine.unload(name)  # vLLM refuses a second load under the same name
                 await self.engine.load(name, str(path))
             except ServingError as error:
+                if view.adapters.get(name) != str(target):  # the engine did not take it: no files left behind
+                    await asyncio.to_thread(shutil.rmtree, target, True)
                 self._attempts[name] = AdapterReport(
                     name=name,
                     state=AdapterState.FAILED,

@@ -12,7 +12,8 @@ plain-LoRA adapters stacked (A as [slots, r, in], B as [slots, out, r], ranks pa
 folded into B, slot 0 all zeros for rows without an adapter): a step gathers every row's A and B by slot and
 runs two batched matmuls for the whole batch. What the stack does not cover (DoRA and other variants, LoRA
 with a bias, LoRA on Embedding/Conv layers, modules_to_save) runs peft's own per-adapter code on its rows.
-Stacks are rebuilt lazily when the registry's adapter set changes (`AdapterSetVersion`).
+The registry rebuilds the stacks (`refresh`) on its own thread when its adapter set changes, and swaps them
+in layer by layer: a forward pass never waits for a rebuild.
 """
 
 from __future__ import annotations
@@ -34,27 +35,16 @@ class RowAdapters:
     names: list[str] | None = None
 
 
-@dataclass
-class AdapterSetVersion:
-    """Bumped by the registry on every attach and detach; stacks older than it are rebuilt."""
-
-    value: int = 0
-
-    def bump(self) -> None:
-        self.value += 1
-
-
-@dataclass
+@dataclass(frozen=True)
 class _Stack:
-    version: int
     slots: dict[str, int] = field(default_factory=dict)  # adapter name -> slot (0: no adapter)
     others: frozenset[str] = frozenset()  # adapters on this layer that peft's code computes
     a: torch.Tensor | None = None  # [slots, r, in]
     b: torch.Tensor | None = None  # [slots, out, r], scaling folded in
 
 
-def install(model: Any, version: AdapterSetVersion, rows: RowAdapters) -> None:
-    """Route `rows` into every adapter layer of `model` (idempotent: new layers only)."""
+def install(model: Any, rows: RowAdapters) -> None:
+    """Route `rows` into every adapter layer of `model` (idempotent: new layers only). Call `refresh` next."""
     from peft.tuners.lora.layer import Linear, LoraLayer
     from peft.utils.other import AuxiliaryTrainingWrapper
 
@@ -62,14 +52,17 @@ def install(model: Any, version: AdapterSetVersion, rows: RowAdapters) -> None:
         if hasattr(module, _INSTALLED):
             continue
         if type(module) is Linear:
-            setattr(module, _INSTALLED, _Stack(version=-1))
-            module.forward = functools.partial(_linear_forward, module, version, rows)
+            _route(module, _linear_forward, rows, _Stack())
         elif isinstance(module, LoraLayer):
-            setattr(module, _INSTALLED, True)
-            module.forward = functools.partial(_lora_forward, module, rows)
+            _route(module, _lora_forward, rows, True)
         elif isinstance(module, AuxiliaryTrainingWrapper):
-            setattr(module, _INSTALLED, True)
-            module.forward = functools.partial(_wrapper_forward, module, rows)
+            _route(module, _wrapper_forward, rows, True)
+
+
+def _route(module: Any, forward: Any, rows: RowAdapters, state: object) -> None:
+    """Replace `forward` on this instance only (nn.Module calls `self.forward`); the class stays peft's."""
+    setattr(module, _INSTALLED, state)
+    module.forward = functools.partial(forward, module, rows)
 
 
 def _lora_forward(layer: Any, rows: RowAdapters, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -89,14 +82,19 @@ def _wrapper_forward(wrapper: Any, rows: RowAdapters, x: torch.Tensor, *args: An
     return wrapper._mixed_batch_forward(x, *args, adapter_names=names, **kwargs)
 
 
-def _linear_forward(
-    layer: Any, version: AdapterSetVersion, rows: RowAdapters, x: torch.Tensor, *args: Any, **kwargs: Any
-) -> torch.Tensor:
+def refresh(model: Any, adapters: frozenset[str]) -> None:
+    """Rebuild every LoRA Linear layer's stack for `adapters` (the internal names rows may use)."""
+    for module in model.modules():
+        if isinstance(getattr(module, _INSTALLED, None), _Stack):
+            setattr(module, _INSTALLED, _build(module, adapters))
+
+
+def _linear_forward(layer: Any, rows: RowAdapters, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     if rows.names is None:
         return type(layer).forward(layer, x, *args, **kwargs)  # type: ignore[no-any-return]
     names = rows.names
     result: torch.Tensor = layer.base_layer(x, *args, **kwargs)
-    stack = _stack(layer, version)
+    stack: _Stack = getattr(layer, _INSTALLED)
     slots = [stack.slots.get(name, 0) for name in names]
     if stack.a is not None and stack.b is not None and any(slots):
         index = torch.tensor(slots, device=stack.a.device)
@@ -117,23 +115,20 @@ def _linear_forward(
     return result
 
 
-def _stack(layer: Any, version: AdapterSetVersion) -> _Stack:
-    stack: _Stack = getattr(layer, _INSTALLED)
-    if stack.version == version.value:
-        return stack
-    names = [n for n in layer.lora_A if n not in layer.lora_variant and not layer.lora_bias.get(n, False)]
-    stack = _Stack(version=version.value, others=frozenset(layer.lora_A.keys()) - set(names))
-    if names:
-        weight = layer.lora_A[names[0]].weight
-        rank = max(int(layer.r[n]) for n in names)
-        a = torch.zeros(len(names) + 1, rank, layer.in_features, dtype=weight.dtype, device=weight.device)
-        b = torch.zeros(len(names) + 1, layer.out_features, rank, dtype=weight.dtype, device=weight.device)
-        with torch.no_grad():
-            for slot, name in enumerate(names, start=1):
-                r = int(layer.r[name])
-                a[slot, :r] = layer.lora_A[name].weight
-                b[slot, :, :r] = layer.lora_B[name].weight * layer.scaling[name]
-        stack.slots = {name: slot for slot, name in enumerate(names, start=1)}
-        stack.a, stack.b = a, b
-    setattr(layer, _INSTALLED, stack)
-    return stack
+def _build(layer: Any, adapters: frozenset[str]) -> _Stack:
+    """The layer's stack for `adapters`. Reads only those adapters' modules (a load may be adding another)."""
+    present = sorted(n for n in adapters if n in layer.lora_A)
+    names = [n for n in present if n not in layer.lora_variant and not layer.lora_bias.get(n, False)]
+    others = frozenset(present) - set(names)
+    if not names:
+        return _Stack(others=others)
+    weight = layer.lora_A[names[0]].weight
+    rank = max(int(layer.r[n]) for n in names)
+    a = torch.zeros(len(names) + 1, rank, layer.in_features, dtype=weight.dtype, device=weight.device)
+    b = torch.zeros(len(names) + 1, layer.out_features, rank, dtype=weight.dtype, device=weight.device)
+    with torch.no_grad():
+        for slot, name in enumerate(names, start=1):
+            r = int(layer.r[name])
+            a[slot, :r] = layer.lora_A[name].weight
+            b[slot, :, :r] = layer.lora_B[name].weight * layer.scaling[name]
+    return _Stack(slots={name: slot for slot, name in enumerate(names, start=1)}, others=others, a=a, b=b)

@@ -1,9 +1,15 @@
 """The one object that owns the model and the adapters loaded into it.
 
 Locks, from outermost to innermost (never taken the other way round):
-- `_admin` serializes loads and unloads (reading and checking files happens here, without the model lock);
-- `model_lock` guards the model: one forward step, or attaching/detaching one adapter (milliseconds);
+- `_admin` serializes every change to the adapter set: loads, unloads, and dropping retired weights;
+- `model_lock` guards the model's structure: one forward step, or a change that adds or removes layers;
 - `_state` guards the name tables; it is never held across model work, so the event loop never waits on it.
+
+A load does not stop generation. Reading and checking the files needs no lock. Attaching the weights needs
+the model lock only when the adapter targets modules that no loaded adapter has wrapped yet (peft then
+replaces modules in the tree); otherwise peft merely adds entries for the new adapter to existing layers,
+which a concurrent forward pass never reads: rows can only name an adapter once its load has finished and
+the layers' stacks (lora_batching.py) have been rebuilt, off the decoding thread, and swapped in.
 
 Each load gets a fresh internal peft adapter name. Replacing or unloading an adapter takes its public name
 away at once (new requests see the new version, or a 404), while rows already generating with the old weights
@@ -12,12 +18,14 @@ finish with them; the old weights are dropped when their last row releases them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +34,7 @@ import torch
 
 from .adapters import BaseModelInfo, PreparedAdapter, prepare_adapter
 from .errors import AdapterCorrupt, AdapterNotFound, ModelNotFound, NameConflict, ServingError, TooManyAdapters
-from .lora_batching import BASE_ROW, AdapterSetVersion, RowAdapters, install
+from .lora_batching import BASE_ROW, RowAdapters, install, refresh
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +83,8 @@ class AdapterRegistry:
         self._by_name: dict[str, LoadedAdapter] = {}
         self._retired: dict[str, LoadedAdapter] = {}
         self._ids = itertools.count(1)
-        self._version = AdapterSetVersion()  # what the grouped LoRA stacks were built for
+        self._committed: frozenset[str] = frozenset()  # internal names the layers' stacks include
+        self._dropper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-drop")
         self._rows = RowAdapters()  # each row's adapter, read by the adapter layers during a forward
         self._on_change = on_change or (lambda: None)
 
@@ -125,7 +134,11 @@ class AdapterRegistry:
             drop = adapter.retired and adapter.users == 0
             if drop:
                 del self._retired[internal]
-        if drop:
+        if drop:  # not on the generation thread: dropping waits for the admin lock and rebuilds stacks
+            self._dropper.submit(self._drop_retired, internal)
+
+    def _drop_retired(self, internal: str) -> None:
+        with self._admin:
             self._detach(internal)
 
     # ------------------------------------------------------------------------------------ changes
@@ -187,10 +200,12 @@ class AdapterRegistry:
             self._detach(adapter.internal)
 
     def _attach(self, internal: str, prepared: PreparedAdapter) -> None:
+        """Add the adapter's weights to the model (caller holds `_admin`)."""
         from peft import get_peft_model
         from peft.utils import set_peft_model_state_dict
 
-        with self.model_lock:
+        lock = self.model_lock if self._adds_layers(prepared) else contextlib.nullcontext()
+        with lock:
             try:
                 if self._peft is None:
                     self._peft = get_peft_model(
@@ -205,27 +220,54 @@ class AdapterRegistry:
                 if missing:
                     raise AdapterCorrupt(f"adapter '{prepared.name}' lacks weights for {', '.join(missing[:3])}")
                 _allow_mixed_batches(self._peft, internal)
+                install(self._peft, self._rows)
                 self._keep_an_active_adapter()
-                install(self._peft, self._version, self._rows)
-                self._version.bump()
                 self._peft.eval()
             except Exception as error:
                 self._detach(internal)
+                if self._peft is not None:
+                    install(self._peft, self._rows)  # layers peft created before it failed: route them too
                 if isinstance(error, ServingError):
                     raise
                 raise AdapterCorrupt(f"cannot load adapter '{prepared.name}' into the model: {error}") from error
+        refresh(self._peft, self._committed | {internal})
+        self._committed |= {internal}
+
+    def _adds_layers(self, prepared: PreparedAdapter) -> bool:
+        """True when peft would have to wrap a module that no loaded adapter has wrapped yet."""
+        from peft.tuners.lora import LoraLayer
+        from peft.tuners.tuners_utils import check_target_module_exists
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        if self._peft is None or prepared.config.target_modules is None:
+            return True
+        config = prepared.config
+        saved = set(config.modules_to_save or []) | set((config.trainable_token_indices or {}).keys())
+        inside_a_wrapper = (".base_layer", "lora_", "original_module", "modules_to_save", "token_adapter")
+        for name, module in self.model.named_modules():
+            if not name or isinstance(module, (LoraLayer, AuxiliaryTrainingWrapper)):
+                continue
+            if any(part in name for part in inside_a_wrapper):
+                continue
+            if check_target_module_exists(config, name) or name.rsplit(".", 1)[-1] in saved:
+                return True
+        return False
 
     def _detach(self, internal: str) -> None:
+        """Remove the adapter's weights (caller holds `_admin`; no row uses them any more)."""
+        if self._peft is None:
+            return
+        refresh(self._peft, self._committed - {internal})  # rows no longer use it: forget it first
+        self._committed -= {internal}
         with self.model_lock, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # peft warns when the deleted adapter was the active one
-            if self._peft is not None and internal in self._peft.peft_config:
+            if internal in self._peft.peft_config:
                 self._peft.delete_adapter(internal)
                 self._keep_an_active_adapter()
-                self._version.bump()
 
     def _keep_an_active_adapter(self) -> None:
-        """PeftModel.forward consults its active adapter's config even when rows name their adapters: keep it
-        pointing at a loaded one (which one does not matter, `adapter_names` decides per row)."""
+        """Keep peft's notion of an active adapter pointing at a loaded one: add_adapter fails without one
+        once modules_to_save wrappers exist (rows always name their adapters, so which one does not matter)."""
         config = self._peft.peft_config
         if config and self._peft.active_adapter not in config:
             self._peft.set_adapter(next(iter(config)), inference_mode=True)
@@ -254,7 +296,7 @@ def _allow_mixed_batches(peft_model: Any, internal: str) -> None:
     peft 0.21 refuses `adapter_names` as soon as one adapter in the batch uses DoRA (LoraLayer._check_forward_args
     reads `use_dora`), although its mixed-batch path applies the DoRA variant (`lora_variant`) to that adapter's
     rows exactly as its single-adapter path does. Clearing the flag lifts only that check; the variant still
-    does the work. tests/runtime/test_server_batching.py compares DoRA rows in mixed batches with peft's own
+    does the work. tests/runtime/test_server.py compares DoRA rows in mixed batches with peft's own
     single-adapter generate, so a peft change that breaks this shows up there.
     """
     from peft.tuners.lora import LoraLayer
