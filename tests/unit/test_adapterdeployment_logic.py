@@ -121,7 +121,10 @@ def test_finetunejob_sources_resolve_only_once_the_job_succeeded() -> None:
     desired = resolve_adapters(_adep(), jobs.get)
     assert desired[0].waiting is not None and "Running" in desired[0].waiting
     assert desired[1] == DesiredAdapter(
-        "legal-summarizer", uri="s3://tenant-b-adapters/legal/v3", sha256=desired[1].sha256
+        "legal-summarizer",
+        uri="s3://tenant-b-adapters/legal/v3",
+        sha256=desired[1].sha256,
+        credentials_secret="tenant-b-s3",
     )
     jobs["support-bot-v1"] = {
         "status": {
@@ -205,3 +208,8 @@ def test_unreachable_agent_is_degraded_and_its_pod_not_ready() -> None:
     status = compute_status(AdapterDeploymentStatus(), DESIRED, [lost], 1, 1, None, NOW)
     assert _condition(status, "Degraded") == ("True", "AgentUnreachable")
     assert status.ready_replicas == 0
+
+
+def test_each_adapter_credentials_secret_gets_its_own_env_prefix() -> None:
+    agent = _containers(render_engine_deployment(_adep(), SETTINGS))["adapter-agent"]
+    assert agent["envFrom"] == [{"prefix": "ADAPTER_TENANT_B_S3_", "secretRef": {"name": "tenant-b-s3"}}]

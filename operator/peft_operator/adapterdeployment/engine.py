@@ -5,11 +5,12 @@ sidecar, volume and flags are patched into the user's Deployment once (`render_t
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..api import AdapterDeployment, Scheme, parse_uri
 from ..api.adapterdeployment import Engine
-from ..api.plan import PVC_MOUNT_ROOT
+from ..api.plan import MODEL_CREDENTIALS_PREFIX, PVC_MOUNT_ROOT
 from ..naming import (
     ADAPTERS_READY_GATE,
     AGENT_CONTAINER,
@@ -56,6 +57,12 @@ def _model_location(adep: AdapterDeployment) -> tuple[str, list[dict[str, Any]],
     return adep.spec.base_model.uri, [], []
 
 
+def adapter_credentials_prefix(secret: str) -> str:
+    """Each adapter credentials Secret reaches the agent under its own prefix, so tenants' buckets may
+    use different credentials (adding a Secret changes the pod template: one rolling update)."""
+    return "ADAPTER_" + re.sub(r"[^A-Z0-9]", "_", secret.upper()) + "_"
+
+
 def claim_volumes(claims: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Read-only volumes for the claims that pvc:// adapters live on, mounted where the agent looks."""
     volumes, mounts = [], []
@@ -82,11 +89,9 @@ def _agent_container(adep: AdapterDeployment, settings: OperatorSettings, engine
     if spec.base_model.revision:
         args.append(f"--base-model-revision={spec.base_model.revision}")
     env = [_token_env(adep), {"name": "HOME", "value": "/tmp"}]
-    env_from = [
-        {"secretRef": {"name": a.source.credentials_secret_ref.name}}
-        for a in spec.adapters
-        if a.source.credentials_secret_ref is not None
-    ]
+    # One entry per credentials Secret, however many adapters share it.
+    secrets = sorted({a.source.credentials_secret_ref.name for a in spec.adapters if a.source.credentials_secret_ref})
+    env_from = [{"prefix": adapter_credentials_prefix(name), "secretRef": {"name": name}} for name in secrets]
     container: dict[str, Any] = {
         "name": AGENT_CONTAINER,
         "image": settings.runtime_image,
@@ -100,8 +105,7 @@ def _agent_container(adep: AdapterDeployment, settings: OperatorSettings, engine
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
     }
     if env_from:
-        # Deduplicated: several adapters may share one credentials Secret.
-        container["envFrom"] = list({e["secretRef"]["name"]: e for e in env_from}.values())
+        container["envFrom"] = env_from
     return container
 
 
@@ -117,6 +121,11 @@ def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model
     if spec.base_model.token_secret_ref is not None:
         ref = spec.base_model.token_secret_ref
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    env_from = []
+    if spec.base_model.credentials_secret_ref is not None:
+        env_from.append(
+            {"prefix": MODEL_CREDENTIALS_PREFIX, "secretRef": {"name": spec.base_model.credentials_secret_ref.name}}
+        )
     if runtime.engine is Engine.VLLM:
         image = runtime.image or VLLM_IMAGE
         model_arg = model.removeprefix("hf://")
@@ -158,7 +167,7 @@ def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model
     if runtime.resources.memory:
         limits["memory"] = runtime.resources.memory
     requests = {k: v for k, v in limits.items() if k in ("cpu", "memory")}
-    return {
+    container: dict[str, Any] = {
         "name": ENGINE_CONTAINER,
         "image": image,
         "imagePullPolicy": settings.image_pull_policy,
@@ -170,6 +179,9 @@ def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "adapters", "mountPath": ADAPTER_ROOT}, {"name": "engine-tmp", "mountPath": "/tmp"}],
     }
+    if env_from:
+        container["envFrom"] = env_from
+    return container
 
 
 def render_engine_deployment(

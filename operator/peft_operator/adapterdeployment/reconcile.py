@@ -23,6 +23,7 @@ from ..naming import ADAPTERS_READY_GATE, LABEL_ADAPTERDEPLOYMENT, PATCHED_ANNOT
 from ..settings import OperatorSettings
 from .agent_client import AgentClient, AgentRefusal, AgentUnreachableError
 from .engine import (
+    adapter_credentials_prefix,
     endpoint,
     render_admin_token_secret,
     render_engine_deployment,
@@ -57,7 +58,10 @@ def sync_pod(agent: AgentClient, pod_name: str, desired: list[DesiredAdapter], h
                 continue
             try:
                 with metrics.ADAPTER_LOAD_SECONDS.time():
-                    loaded = agent.load(adapter.name, adapter.uri, adapter.sha256)
+                    prefix = (
+                        adapter_credentials_prefix(adapter.credentials_secret) if adapter.credentials_secret else None
+                    )
+                    loaded = agent.load(adapter.name, adapter.uri, adapter.sha256, prefix)
                 report.loaded[adapter.name] = loaded.digest or adapter.sha256
                 log.info("Loaded adapter %s (%s) on pod %s", adapter.name, adapter.sha256[:12], pod_name)
             except AgentRefusal as refusal:

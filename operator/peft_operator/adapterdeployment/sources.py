@@ -19,6 +19,7 @@ class DesiredAdapter:
     name: str
     uri: str | None = None
     sha256: str | None = None
+    credentials_secret: str | None = None  # the Secret with S3 credentials for `uri`, if any
     waiting: str | None = None  # not loadable yet (FineTuneJob still running): Pending
     refused: str | None = None  # will not become loadable without a change: Failed
 
@@ -32,7 +33,10 @@ def resolve_adapters(adep: AdapterDeployment, lookup: FineTuneJobLookup) -> list
     for adapter in adep.spec.adapters:
         source = adapter.source
         if source.uri is not None:
-            desired.append(DesiredAdapter(adapter.name, uri=source.uri, sha256=source.sha256))
+            secret = source.credentials_secret_ref.name if source.credentials_secret_ref else None
+            desired.append(
+                DesiredAdapter(adapter.name, uri=source.uri, sha256=source.sha256, credentials_secret=secret)
+            )
             continue
         assert source.fine_tune_job_ref is not None
         job_name = source.fine_tune_job_ref.name

@@ -13,6 +13,11 @@ from .finetunejob import FineTuneJobSpec
 PLAN_FILE_NAME = "plan.json"
 # Where the Job's volumes appear in the trainer pod; local mode leaves them unset.
 PVC_MOUNT_ROOT = "/mnt/pvc"
+# Each credentials Secret reaches the pod under its own prefix (envFrom prefix), so a model bucket, a
+# dataset bucket and an output bucket may use different credentials: e.g. DATASET_AWS_ACCESS_KEY_ID.
+MODEL_CREDENTIALS_PREFIX = "MODEL_"
+DATASET_CREDENTIALS_PREFIX = "DATASET_"
+OUTPUT_CREDENTIALS_PREFIX = "OUTPUT_"
 CONFIGMAP_MOUNT_ROOT = "/mnt/configmap"
 
 

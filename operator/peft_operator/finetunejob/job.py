@@ -7,7 +7,14 @@ from typing import Any
 from ..api import FineTuneJob, Scheme, parse_uri
 from ..api.events import PERMANENT_FAILURE_EXIT_CODE
 from ..api.finetunejob import duration_seconds
-from ..api.plan import CONFIGMAP_MOUNT_ROOT, PLAN_FILE_NAME, PVC_MOUNT_ROOT
+from ..api.plan import (
+    CONFIGMAP_MOUNT_ROOT,
+    DATASET_CREDENTIALS_PREFIX,
+    MODEL_CREDENTIALS_PREFIX,
+    OUTPUT_CREDENTIALS_PREFIX,
+    PLAN_FILE_NAME,
+    PVC_MOUNT_ROOT,
+)
 from ..naming import (
     KUEUE_PRIORITY_LABEL,
     KUEUE_QUEUE_LABEL,
@@ -23,11 +30,6 @@ from ..settings import OperatorSettings
 from .plan import WORK_DIR
 
 PLAN_DIR = "/etc/peft/plan"
-# Secrets reach the trainer as environment from references; each source gets its own prefix so a
-# dataset bucket and an output bucket can use different credentials.
-MODEL_ENV_PREFIX = "MODEL_"
-DATASET_ENV_PREFIX = "DATASET_"
-OUTPUT_ENV_PREFIX = "OUTPUT_"
 
 
 def _volume_name(kind: str, name: str) -> str:
@@ -73,9 +75,9 @@ def _env(job: FineTuneJob, settings: OperatorSettings) -> tuple[list[dict[str, A
     if token_ref is not None:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_ref.name, "key": token_ref.key}}})
     sources = (
-        (MODEL_ENV_PREFIX, spec.base_model.credentials_secret_ref),
-        (DATASET_ENV_PREFIX, spec.dataset.credentials_secret_ref),
-        (OUTPUT_ENV_PREFIX, spec.output.credentials_secret_ref),
+        (MODEL_CREDENTIALS_PREFIX, spec.base_model.credentials_secret_ref),
+        (DATASET_CREDENTIALS_PREFIX, spec.dataset.credentials_secret_ref),
+        (OUTPUT_CREDENTIALS_PREFIX, spec.output.credentials_secret_ref),
     )
     env_from = [{"prefix": prefix, "secretRef": {"name": ref.name}} for prefix, ref in sources if ref is not None]
     return env, env_from

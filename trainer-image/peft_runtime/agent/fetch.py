@@ -21,10 +21,10 @@ from peft_runtime.serving.errors import AdapterCorrupt
 from .errors import InsufficientStorage, SourceNotFound, SourceUnavailable
 
 
-def fetch(uri: StorageUri, dest: Path, *, pvc_root: Path) -> None:
+def fetch(uri: StorageUri, dest: Path, *, pvc_root: Path, credentials_env_prefix: str = "") -> None:
     try:
         if uri.scheme is Scheme.S3:
-            _fetch_s3(uri, dest)
+            _fetch_s3(uri, dest, credentials_env_prefix)
         elif uri.scheme is Scheme.PVC:
             _copy_tree(pvc_root / uri.authority / uri.path, dest, uri)
         elif uri.scheme is Scheme.FILE:
@@ -63,13 +63,13 @@ def _copy_tree(source: Path, dest: Path, uri: StorageUri) -> None:
         raise SourceNotFound(f"{uri} is an empty directory")
 
 
-def _fetch_s3(uri: StorageUri, dest: Path) -> None:
+def _fetch_s3(uri: StorageUri, dest: Path, credentials_env_prefix: str) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from peft_runtime.train.storage import s3_client
 
     prefix = f"{uri.path}/" if uri.path else ""
-    client = s3_client()
+    client = s3_client(credentials_env_prefix)
     try:
         keys: list[str] = []
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=uri.authority, Prefix=prefix):

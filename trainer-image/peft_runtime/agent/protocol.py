@@ -68,6 +68,12 @@ class LoadAdapterRequest(ApiModel):
 
     uri: AdapterUri = Field(description="s3://, pvc://, file:// or hf:// adapter directory.")
     sha256: Sha256 = Field(description="sha256 of the adapter's manifest.json; every file is checked against it.")
+    credentials_env_prefix: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Z0-9_]+$",
+        description="Read S3 credentials from <prefix>AWS_* (the pod's env from this adapter's Secret).",
+    )
 
 
 class AdapterReport(ApiModel):

@@ -91,7 +91,12 @@ class AdapterAgent:
                 shutil.rmtree(target, ignore_errors=True)
         staging = self.store.staging_dir(name)
         try:
-            fetch(parse_uri(request.uri), staging, pvc_root=self.pvc_root)
+            fetch(
+                parse_uri(request.uri),
+                staging,
+                pvc_root=self.pvc_root,
+                credentials_env_prefix=request.credentials_env_prefix or "",
+            )
             try:
                 manifest = verify_adapter_dir(staging, request.sha256)
             except DigestMismatchError as error:

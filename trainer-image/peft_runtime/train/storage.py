@@ -18,7 +18,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from peft_operator.api.plan import Mounts
+from peft_operator.api.plan import (
+    DATASET_CREDENTIALS_PREFIX,
+    MODEL_CREDENTIALS_PREFIX,
+    OUTPUT_CREDENTIALS_PREFIX,
+    Mounts,
+)
 from peft_operator.api.uris import Scheme, StorageUri, parse_uri
 
 from .errors import TrainerError, dataset_invalid, model_unavailable, storage_error
@@ -50,17 +55,33 @@ def local_path(uri: StorageUri, mounts: Mounts) -> Path:
 # ---------------------------------------------------------------------------------------------- S3
 
 
-def s3_client() -> Any:
-    """A boto3 S3 client configured from the environment; path-style addressing for custom endpoints."""
+def s3_client(env_prefix: str = "") -> Any:
+    """A boto3 S3 client configured from the environment; path-style addressing for custom endpoints.
+
+    With `env_prefix` (the operator gives each credentials Secret its own, e.g. DATASET_), the
+    `<prefix>AWS_*` variables win; whatever they leave unset comes from the standard AWS chain."""
     import boto3
     from botocore.config import Config
 
-    custom_endpoint = bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    def prefixed(name: str) -> str | None:
+        return os.environ.get(env_prefix + name) if env_prefix else None
+
+    endpoint = (
+        prefixed("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    )
     config = Config(
         retries={"max_attempts": 5, "mode": "standard"},
-        s3={"addressing_style": "path" if custom_endpoint else "auto"},
+        s3={"addressing_style": "path" if endpoint else "auto"},
     )
-    return boto3.client("s3", config=config)
+    return boto3.client(
+        "s3",
+        config=config,
+        endpoint_url=prefixed("AWS_ENDPOINT_URL"),
+        region_name=prefixed("AWS_REGION"),
+        aws_access_key_id=prefixed("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=prefixed("AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=prefixed("AWS_SESSION_TOKEN"),
+    )
 
 
 def _s3_keys(client: Any, bucket: str, prefix: str) -> list[str]:
@@ -70,9 +91,9 @@ def _s3_keys(client: Any, bucket: str, prefix: str) -> list[str]:
     return keys
 
 
-def download_s3(uri: StorageUri, dest: Path) -> Path:
+def download_s3(uri: StorageUri, dest: Path, env_prefix: str = "") -> Path:
     """Download an object (returns its local file) or every object under a prefix (returns the folder)."""
-    client = s3_client()
+    client = s3_client(env_prefix)
     try:
         if uri.path and not uri.path.endswith("/"):
             keys = _s3_keys(client, uri.authority, uri.path)
@@ -102,7 +123,7 @@ def dataset_files(uri: str, mounts: Mounts, work_dir: Path) -> list[Path]:
     parsed = parse_uri(uri)
     try:
         if parsed.scheme is Scheme.S3:
-            location = download_s3(parsed, work_dir / "dataset")
+            location = download_s3(parsed, work_dir / "dataset", DATASET_CREDENTIALS_PREFIX)
         elif parsed.scheme is Scheme.HF:
             location = _hf_snapshot(parsed, repo_type="dataset", revision=None, allow_patterns=None)
         else:
@@ -130,7 +151,7 @@ def model_dir(uri: str, revision: str | None, mounts: Mounts, work_dir: Path) ->
     parsed = parse_uri(uri)
     try:
         if parsed.scheme is Scheme.S3:
-            location = download_s3(parsed, work_dir / "model")
+            location = download_s3(parsed, work_dir / "model", MODEL_CREDENTIALS_PREFIX)
         elif parsed.scheme is Scheme.HF:
             location = _hf_snapshot(parsed, repo_type="model", revision=revision, allow_patterns=MODEL_FILE_PATTERNS)
         else:
@@ -194,7 +215,7 @@ class S3Output(OutputLocation):
         super().__init__(uri, local_dir)
         self.bucket = parsed.authority
         self.prefix = parsed.path
-        self.client = s3_client()
+        self.client = s3_client(OUTPUT_CREDENTIALS_PREFIX)
 
     def _key(self, relative_path: str) -> str:
         return "/".join(p for p in (self.prefix, relative_path) if p)
@@ -233,7 +254,11 @@ class S3Output(OutputLocation):
             return False
 
     def fetch(self, relative_dir: str) -> None:
-        download_s3(StorageUri(Scheme.S3, self.bucket, self._key(relative_dir)), self.local_dir / relative_dir)
+        download_s3(
+            StorageUri(Scheme.S3, self.bucket, self._key(relative_dir)),
+            self.local_dir / relative_dir,
+            OUTPUT_CREDENTIALS_PREFIX,
+        )
 
     def delete(self, relative_dir: str, marker: str | None = None) -> None:
         super().delete(relative_dir, marker)
