@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -304,11 +305,23 @@ def test_names_and_paths_cannot_leave_their_directory(
     status, body = put(agent, "fine", adapters["v1"].path.as_uri(), "not-a-digest")
     assert status == 400
 
+    # Objects beside the adapter, hostile names included, are never fetched: only what manifest.json lists.
     client = s3_server.client()
     upload_dir(client, s3_bucket, "evil", adapters["v1"].path)
     client.put_object(Bucket=s3_bucket, Key="evil/../../escaped", Body=b"x")
     client.put_object(Bucket=s3_bucket, Key="evil//double", Body=b"x")
     status, body = put(agent, "fine", f"s3://{s3_bucket}/evil", sha)
+    assert status == 200, body
+    assert sorted(p.name for p in Path(body["path"]).iterdir()) == sorted(
+        [*adapters["v1"].manifest.files, "manifest.json"]
+    )
+
+    # A manifest that lists a name leaving the directory is refused before anything is written outside it.
+    manifest = json.loads((adapters["v1"].path / "manifest.json").read_text())
+    manifest["files"]["../../escaped"] = "0" * 64
+    evil_manifest = json.dumps(manifest).encode()
+    client.put_object(Bucket=s3_bucket, Key="evil2/manifest.json", Body=evil_manifest)
+    status, body = put(agent, "worse", f"s3://{s3_bucket}/evil2", hashlib.sha256(evil_manifest).hexdigest())
     assert status == 422 and body["error"]["reason"] == "AdapterCorrupt", body
 
 

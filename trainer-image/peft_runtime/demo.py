@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,8 +45,11 @@ def _call(url: str, body: dict[str, Any] | None = None, token: str | None = None
         headers["Authorization"] = f"Bearer {token}"
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers=headers, method=method)
-    with urllib.request.urlopen(request, timeout=600) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise SystemExit(f"{method} {url} failed with {error.code}: {error.read().decode(errors='replace')}") from None
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, what: str) -> None:

@@ -1,20 +1,26 @@
-"""Copy an adapter directory from its storage URI into a local (staging) directory. Blocking: run in a thread.
+"""Copy an adapter from its storage URI into a local (staging) directory. Blocking: run in a thread.
 
-- `s3://bucket/prefix`: every object under `prefix/`, from any S3-compatible store; credentials, region and
-  endpoint come from the agent's environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL).
+The adapter is exactly manifest.json and the files it lists: checkpoints or anything else beside them
+in the same folder are never copied (a training output keeps its checkpoints next to the adapter).
+
+- `s3://bucket/prefix`: objects under `prefix/`, from any S3-compatible store; credentials, region and
+  endpoint come from the agent's environment (AWS_*, or <prefix>AWS_* for the adapter's own Secret).
 - `pvc://claim/path`: `<pvc-root>/<claim>/<path>`, a volume mounted into the agent's container.
 - `file:///path`: a local directory (local mode).
-- `hf://org/name`: a Hugging Face Hub repository (HF_TOKEN from the environment), where the Hub is reachable.
+- `hf://org/name[/subfolder]`: a Hugging Face Hub repository (HF_TOKEN from the environment), where reachable.
 
-Object keys and file names become paths only after a check that they stay inside the destination.
+Names from the manifest become paths only after a check that they stay inside the destination.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from peft_operator.api.manifest import MANIFEST_FILE_NAME
 from peft_operator.api.uris import Scheme, StorageUri
 from peft_runtime.serving.errors import AdapterCorrupt
 
@@ -24,19 +30,35 @@ from .errors import InsufficientStorage, SourceNotFound, SourceUnavailable
 def fetch(uri: StorageUri, dest: Path, *, pvc_root: Path, credentials_env_prefix: str = "") -> None:
     try:
         if uri.scheme is Scheme.S3:
-            _fetch_s3(uri, dest, credentials_env_prefix)
+            get = _s3_getter(uri, credentials_env_prefix)
         elif uri.scheme is Scheme.PVC:
-            _copy_tree(pvc_root / uri.authority / uri.path, dest, uri)
+            get = _local_getter(pvc_root / uri.authority / uri.path, uri)
         elif uri.scheme is Scheme.FILE:
-            _copy_tree(Path("/" + uri.path), dest, uri)
+            get = _local_getter(Path("/" + uri.path), uri)
         elif uri.scheme is Scheme.HF:
-            _fetch_hf(uri, dest)
+            get = _hub_getter(uri)
         else:
             raise SourceNotFound(f"{uri}: adapters cannot come from {uri.scheme.value}:// URIs")
+        dest.mkdir(parents=True, exist_ok=True)
+        get(MANIFEST_FILE_NAME, dest / MANIFEST_FILE_NAME)
+        for name in _listed_files(dest / MANIFEST_FILE_NAME, uri):
+            target = dest.joinpath(safe_relative(name, uri))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            get(name, target)
     except OSError as error:
         if error.errno == errno.ENOSPC:
             raise InsufficientStorage(f"the adapter volume is full while copying {uri}: {error}") from error
         raise SourceUnavailable(f"cannot copy {uri}: {error}") from error
+
+
+def _listed_files(manifest: Path, uri: StorageUri) -> list[str]:
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        if not isinstance(files, dict):
+            raise TypeError("files is not a mapping")
+    except (ValueError, KeyError, TypeError) as error:
+        raise AdapterCorrupt(f"{uri}: manifest.json does not list the adapter's files: {error}") from error
+    return sorted(files)
 
 
 def safe_relative(name: str, uri: StorageUri) -> PurePosixPath:
@@ -47,60 +69,55 @@ def safe_relative(name: str, uri: StorageUri) -> PurePosixPath:
     return path
 
 
-def _copy_tree(source: Path, dest: Path, uri: StorageUri) -> None:
+def _local_getter(source: Path, uri: StorageUri) -> Callable[[str, Path], None]:
     if not source.is_dir():
         raise SourceNotFound(f"{uri} is not a directory (looked at {source}); check the URI and the volume mount")
-    copied = 0
-    for path in sorted(source.rglob("*")):
-        if path.is_symlink() or not path.is_file():
-            continue  # links could point anywhere: only regular files are part of an adapter
-        relative = safe_relative(path.relative_to(source).as_posix(), uri)
-        target = dest.joinpath(relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
+
+    def get(name: str, target: Path) -> None:
+        path = source.joinpath(name)
+        if path.is_symlink() or not path.is_file():  # links could point anywhere: only regular files count
+            raise SourceNotFound(f"{uri} has no regular file {name}")
         shutil.copyfile(path, target)
-        copied += 1
-    if not copied:
-        raise SourceNotFound(f"{uri} is an empty directory")
+
+    return get
 
 
-def _fetch_s3(uri: StorageUri, dest: Path, credentials_env_prefix: str) -> None:
+def _s3_getter(uri: StorageUri, credentials_env_prefix: str) -> Callable[[str, Path], None]:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from peft_runtime.train.storage import s3_client
 
     prefix = f"{uri.path}/" if uri.path else ""
     client = s3_client(credentials_env_prefix)
-    try:
-        keys: list[str] = []
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=uri.authority, Prefix=prefix):
-            keys.extend(item["Key"] for item in page.get("Contents", []) if not item["Key"].endswith("/"))
-        if not keys:
-            raise SourceNotFound(f"{uri} holds no objects; check the bucket, the prefix and the credentials' access")
-        for key in keys:
-            target = dest.joinpath(safe_relative(key[len(prefix) :], uri))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(uri.authority, key, str(target))
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchBucket", "404", "NoSuchKey"):
-            raise SourceNotFound(f"{uri}: {code}; check the bucket and the prefix") from error
-        raise SourceUnavailable(f"cannot read {uri}: {error}; check the credentials and AWS_ENDPOINT_URL") from error
-    except BotoCoreError as error:
-        raise SourceUnavailable(f"cannot reach the object store for {uri}: {error}") from error
+
+    def get(name: str, target: Path) -> None:
+        try:
+            client.download_file(uri.authority, prefix + name, str(target))
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchBucket", "404", "NoSuchKey"):
+                raise SourceNotFound(f"{uri}/{name}: {code}; check the bucket and the prefix") from error
+            raise SourceUnavailable(
+                f"cannot read {uri}: {error}; check the credentials and AWS_ENDPOINT_URL"
+            ) from error
+        except BotoCoreError as error:
+            raise SourceUnavailable(f"cannot reach the object store for {uri}: {error}") from error
+
+    return get
 
 
-def _fetch_hf(uri: StorageUri, dest: Path) -> None:
-    from huggingface_hub import snapshot_download
+def _hub_getter(uri: StorageUri) -> Callable[[str, Path], None]:
+    from huggingface_hub import hf_hub_download
 
     parts = uri.path.split("/", 1)
     repo_id = f"{uri.authority}/{parts[0]}"
-    try:
-        snapshot_download(repo_id, local_dir=dest, allow_patterns=[f"{parts[1]}/*"] if len(parts) > 1 else None)
-    except Exception as error:  # the Hub client raises many types; all mean "cannot read"
-        raise SourceUnavailable(f"cannot download {uri} from the Hugging Face Hub: {error}") from error
-    if len(parts) > 1:  # a subfolder of the repository is the adapter
-        sub = dest / parts[1]
-        for item in sub.iterdir():
-            item.rename(dest / item.name)
-        shutil.rmtree(dest / parts[1].split("/")[0], ignore_errors=True)
-    shutil.rmtree(dest / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping, not adapter files
+    subfolder = parts[1] if len(parts) > 1 else None
+
+    def get(name: str, target: Path) -> None:
+        try:
+            downloaded = hf_hub_download(repo_id, name, subfolder=subfolder)
+        except Exception as error:  # the Hub client raises many types; all mean "cannot read"
+            raise SourceUnavailable(f"cannot download {name} of {uri} from the Hugging Face Hub: {error}") from error
+        shutil.copyfile(downloaded, target)
+
+    return get
