@@ -1,8 +1,24 @@
 # Benchmarks: each prints ratios against a baseline measured in the same run (never timed unit tests).
-.PHONY: bench bench-operator bench-trainer bench-serving
+.PHONY: bench bench-operator bench-trainer bench-qlora bench-serving bench-hotload
 
-bench: bench-operator bench-trainer bench-serving
+bench: bench-operator bench-trainer bench-qlora bench-serving bench-hotload
 
 ## FineTuneJob controller at 50 and 500 jobs against the real apiserver.
 bench-operator: install controlplane
 	$(BIN)/python -m bench.operator_scale
+
+## Non-pad tokens/s of our trainer vs transformers.Trainer with dynamic padding, on SmolLM2.
+bench-trainer: install
+	$(BIN)/python bench/trainer_throughput.py --model=smollm2
+
+## QLoRA vs fp32 LoRA peak memory on SmolLM2.
+bench-qlora: install
+	$(BIN)/python bench/qlora_memory.py
+
+## Mixed-batch throughput with 1, 16 and 50 adapters vs the base alone and vs per-request set_adapter.
+bench-serving: install
+	$(BIN)/python bench/serving_throughput.py --model smollm2 --threads 1
+
+## Hot-load latency through the agent vs restarting the server with the adapter.
+bench-hotload: install
+	$(BIN)/python bench/hotload_latency.py --model smollm2 --threads 1

@@ -23,7 +23,7 @@ def _local_train(args: argparse.Namespace) -> None:
     # The runtime package brings torch; only local mode needs it on this side.
     from peft_runtime.local import train_local
 
-    train_local(args.file, work_dir=args.work_dir)
+    train_local(args.file, work_dir=args.work_dir, merge=args.merge)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -44,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     train = local.add_parser("train", help="train the adapter a FineTuneJob describes, on this machine")
     train.add_argument("-f", "--file", type=Path, required=True, help="FineTuneJob YAML (file:// or plain paths)")
     train.add_argument("--work-dir", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    train.add_argument("--merge", action="store_true", help="also write a merged full model to <output>/merged")
     train.set_defaults(run=_local_train)
 
     args = parser.parse_args(argv)

@@ -103,7 +103,17 @@ def main(argv: list[str] | None = None) -> None:
     engine_port, agent_port = _free_port(), _free_port()
     engine_url, agent_url = f"http://127.0.0.1:{engine_port}", f"http://127.0.0.1:{agent_port}"
     processes = [
-        _start(["serve", f"--model={model}", "--host=127.0.0.1", f"--port={engine_port}"], env, work / "engine.log"),
+        _start(
+            [
+                "serve",
+                f"--model={model}",
+                "--served-model-name=SmolLM2-135M-Instruct",
+                "--host=127.0.0.1",
+                f"--port={engine_port}",
+            ],
+            env,
+            work / "engine.log",
+        ),
         _start(
             [
                 "agent",
@@ -121,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         started = time.monotonic()
         _wait_healthy(f"{engine_url}/health", processes[0], work / "engine.log", "the server")
         _wait_healthy(f"{agent_url}/health", processes[1], work / "agent.log", "the agent")
-        print(f"  serving {model.name} at {engine_url} ({time.monotonic() - started:.0f} s to start)")
+        print(f"  serving SmolLM2-135M-Instruct at {engine_url} ({time.monotonic() - started:.0f} s to start)")
 
         print("4. Hot-load both adapters through the agent (no restart)")
         for tenant, directory in adapters.items():
