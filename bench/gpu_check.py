@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.child_result import report, run_child  # noqa: E402  (after the path set-up)
 
 VARIANTS = {
     "lora-bf16": {
@@ -77,7 +78,7 @@ def child(args: argparse.Namespace) -> None:
         "bf16": torch.cuda.is_bf16_supported(),
         "gpu": torch.cuda.get_device_name(0),
     }
-    print("RESULT " + json.dumps(result), flush=True)
+    report(result)
 
 
 def main() -> None:
@@ -117,12 +118,10 @@ def main() -> None:
                 f"--steps={args.steps}",
                 f"--batch-size={args.batch_size}",
             ]
-            out = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
-            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                print(f"{variant}: FAILED\n{out.stderr[-3000:]}")
+            r, failure = run_child(command, ROOT)
+            if r is None:
+                print(f"{variant}: FAILED ({failure}")
                 continue
-            r = json.loads(line.removeprefix("RESULT "))
             print(
                 f"{variant:>10}: {r['tokens_per_second']:>10.1f} tokens/s  peak {r['peak_memory_mib']:>8.1f} MiB  "
                 f"loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  exit {r['exit_code']}  ({r['gpu']}, bf16 {r['bf16']})"

@@ -19,14 +19,14 @@ Goal: QLoRA <= 0.35x LoRA (anonymous training peak over the floor).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.child_result import report, run_child  # noqa: E402  (after the path set-up)
 
 METHODS = {
     "lora": {"type": "lora", "lora": {"r": 16, "alpha": 32, "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
@@ -122,20 +122,16 @@ def child(args: argparse.Namespace) -> None:
         optimizer.zero_grad(set_to_none=True)
     training_peak = _status_kib("VmHWM")
     anonymous_peak = anonymous.stop()
-    print(
-        "RESULT "
-        + json.dumps(
-            {
-                "floor_mib": _mib(floor),
-                "loading_peak_mib": _mib(loading_peak),
-                "loaded_mib": _mib(loaded),
-                "training_peak_mib": _mib(training_peak),
-                "training_over_floor_mib": _mib(training_peak - floor),
-                "model_mib": round(model_bytes / 2**20, 1),
-                "anonymous_over_floor_mib": _mib(anonymous_peak - floor_anon),
-            }
-        ),
-        flush=True,
+    report(
+        {
+            "floor_mib": _mib(floor),
+            "loading_peak_mib": _mib(loading_peak),
+            "loaded_mib": _mib(loaded),
+            "training_peak_mib": _mib(training_peak),
+            "training_over_floor_mib": _mib(training_peak - floor),
+            "model_mib": round(model_bytes / 2**20, 1),
+            "anonymous_over_floor_mib": _mib(anonymous_peak - floor_anon),
+        }
     )
 
 
@@ -172,11 +168,10 @@ def main() -> None:
                 f"--seq-length={args.seq_length}",
                 f"--steps={args.steps}",
             ]
-            out = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
-            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
-            results[variant] = json.loads(line.removeprefix("RESULT "))
+            result, failure = run_child(command, ROOT)
+            if result is None:
+                sys.exit(f"{variant} failed ({failure}")
+            results[variant] = result
 
     print(f"model {args.model}, batch {args.batch_size} x {args.seq_length} tokens, {args.steps} AdamW steps, CPU\n")
     print(f"{'MiB':<28}{'lora (fp32)':>14}{'qlora (nf4)':>14}{'ratio':>9}")

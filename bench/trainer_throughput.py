@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.child_result import report, run_child  # noqa: E402  (after the path set-up)
 
 _WORDS = [
     "the",
@@ -225,7 +226,7 @@ def child(args: argparse.Namespace) -> None:
         result = run_ours(args, model, data, scratch)
     else:
         result = run_hf(args, model, data, scratch, padding=args.variant.removeprefix("hf-"))
-    print("RESULT " + json.dumps(result), flush=True)
+    report(result)
 
 
 def main() -> None:
@@ -284,11 +285,10 @@ def run_variant(args: argparse.Namespace, variant: str, scratch: Path, model: Pa
         f"--model-dir={model}",
         f"--data={data}",
     ]
-    out = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
-    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if line is None:
-        sys.exit(f"{variant} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
-    return json.loads(line.removeprefix("RESULT "))
+    result, failure = run_child(command, ROOT)
+    if result is None:
+        sys.exit(f"{variant} failed ({failure}")
+    return result
 
 
 if __name__ == "__main__":

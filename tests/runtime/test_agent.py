@@ -4,14 +4,12 @@ with a tiny Llama, real peft adapters with manifests."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from tests.support.adapters import (
@@ -22,6 +20,7 @@ from tests.support.adapters import (
     retarget,
     upload_dir,
 )
+from tests.support.http import call_json
 
 TOKEN = "agent-token"
 BASE = "tiny-base"
@@ -136,18 +135,8 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 # --------------------------------------------------------------------------------------------- HTTP
 
 
-async def _request(method: str, url: str, body: Any = None, token: str | None = TOKEN) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as session, session.request(method, url, json=body, headers=headers) as r:
-        text = await r.text()
-        try:
-            return r.status, json.loads(text)
-        except ValueError:
-            return r.status, text
-
-
 def call(server: Any, method: str, path: str, body: Any = None, token: str | None = TOKEN) -> tuple[int, Any]:
-    return asyncio.run(_request(method, server.url + path, body, token))
+    return call_json(server.url + path, method, body, token)
 
 
 def put(agent: Any, name: str, uri: str, sha256: str) -> tuple[int, Any]:

@@ -6,16 +6,14 @@ exactly as vLLM's OpenAIServingModels does (vllm/entrypoints/openai/serving_mode
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from tests.support.adapters import TestAdapter, base_uri, make_lora_adapter
+from tests.support.http import call_json
 
 TOKEN = "vllm-agent-token"
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -119,12 +117,7 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def call(server: Any, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    async def go() -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with aiohttp.ClientSession() as s, s.request(method, server.url + path, json=body, headers=headers) as r:
-            return r.status, json.loads(await r.text())
-
-    return asyncio.run(go())
+    return call_json(server.url + path, method, body, TOKEN)
 
 
 def test_replacing_an_adapter_on_vllm_unloads_the_old_one_first(

@@ -23,6 +23,7 @@ from tests.support.adapters import (
     make_prompt_tuning_adapter,
     reference_generate,
 )
+from tests.support.http import call_json
 
 TOKEN = "test-admin-token"
 BASE = "tiny-base"
@@ -96,18 +97,8 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> An
 # --------------------------------------------------------------------------------------------- HTTP
 
 
-async def _request(method: str, url: str, body: Any = None, token: str | None = TOKEN) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as session, session.request(method, url, json=body, headers=headers) as r:
-        text = await r.text()
-        try:
-            return r.status, json.loads(text)
-        except ValueError:
-            return r.status, text
-
-
 def call(server: Any, method: str, path: str, body: Any = None, token: str | None = TOKEN) -> tuple[int, Any]:
-    return asyncio.run(_request(method, server.url + path, body, token))
+    return call_json(server.url + path, method, body, token)
 
 
 def load(server: Any, name: str, path: Path, token: str | None = TOKEN) -> tuple[int, Any]:
@@ -398,15 +389,12 @@ def test_a_load_onto_already_wrapped_layers_does_not_need_the_model_lock(
     holder.start()
     held.wait(5)
     try:
-        status, body = asyncio.run(
-            asyncio.wait_for(
-                _request(
-                    "POST",
-                    server.url + "/v1/load_lora_adapter",
-                    {"lora_name": "lock-free", "lora_path": str(adapters["tenant-a2"])},
-                ),
-                timeout=20,
-            )
+        status, body = call_json(
+            server.url + "/v1/load_lora_adapter",
+            "POST",
+            {"lora_name": "lock-free", "lora_path": str(adapters["tenant-a2"])},
+            TOKEN,
+            timeout=20,
         )
     finally:
         release.set()
