@@ -3,7 +3,6 @@ with a tiny Llama, real peft adapters with manifests."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -20,6 +19,7 @@ from tests.support.adapters import (
     retarget,
     upload_dir,
 )
+from tests.support.agent import start_agent
 from tests.support.http import call_json
 
 TOKEN = "agent-token"
@@ -88,25 +88,17 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _start_agent(engine_url: str, token_file: Path, adapter_root: Path, pvc_root: Path, model_dir: Path) -> Any:
-    from peft_runtime.agent.app import create_app
-    from peft_runtime.agent.cli import build_agent
-    from peft_runtime.serving.http_edge import BackgroundServer, TokenSource
-
-    args = argparse.Namespace(
-        engine_url=engine_url,
-        engine="auto",
-        adapter_root=adapter_root,
-        pvc_root=pvc_root,
-        token_file=token_file,
-        engine_token_file=None,
-        base_model_uri=base_uri(model_dir),
-        base_model_revision=None,
-        base_model_dir=model_dir,
-        max_adapters=8,
-        max_rank=8,
-        engine_timeout=60.0,
+    return start_agent(
+        token_file,
+        f"--engine-url={engine_url}",
+        f"--adapter-root={adapter_root}",
+        f"--pvc-root={pvc_root}",
+        f"--base-model-uri={base_uri(model_dir)}",
+        f"--base-model-dir={model_dir}",
+        "--max-adapters=8",
+        "--max-rank=8",
+        "--engine-timeout=60",
     )
-    return BackgroundServer(lambda: create_app(build_agent(args), TokenSource(token_file))).start()
 
 
 @pytest.fixture(scope="module")

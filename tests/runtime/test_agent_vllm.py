@@ -5,7 +5,6 @@ exactly as vLLM's OpenAIServingModels does (vllm/entrypoints/openai/serving_mode
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from tests.support.adapters import TestAdapter, base_uri, make_lora_adapter
+from tests.support.agent import start_agent
 from tests.support.http import call_json
 
 TOKEN = "vllm-agent-token"
@@ -79,28 +79,19 @@ def vllm() -> Any:
 
 @pytest.fixture(scope="module")
 def agent(vllm: Any, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from peft_runtime.agent.app import create_app
-    from peft_runtime.agent.cli import build_agent
-    from peft_runtime.serving.http_edge import BackgroundServer, TokenSource
-
     token_file = tmp_path_factory.mktemp("secrets") / "token"
     token_file.write_text(TOKEN)
     volume = tmp_path_factory.mktemp("volume")
-    args = argparse.Namespace(
-        engine_url=vllm.url,
-        engine="auto",
-        adapter_root=volume,
-        pvc_root=tmp_path_factory.mktemp("pvc"),
-        token_file=token_file,
-        engine_token_file=None,
-        base_model_uri=base_uri(tiny_model_dir),
-        base_model_revision=None,
-        base_model_dir=None,
-        max_adapters=8,
-        max_rank=64,
-        engine_timeout=30.0,
+    server = start_agent(
+        token_file,
+        f"--engine-url={vllm.url}",
+        f"--adapter-root={volume}",
+        f"--pvc-root={tmp_path_factory.mktemp('pvc')}",
+        f"--base-model-uri={base_uri(tiny_model_dir)}",
+        "--max-adapters=8",
+        "--max-rank=64",
+        "--engine-timeout=30",
     )
-    server = BackgroundServer(lambda: create_app(build_agent(args), TokenSource(token_file))).start()
     server.volume = volume  # type: ignore[attr-defined]
     yield server
     server.stop()
