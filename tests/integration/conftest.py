@@ -91,7 +91,7 @@ def crds_installed(controlplane: ControlPlane) -> list[str]:
 
 
 @pytest.fixture
-def api_client(controlplane: ControlPlane) -> Iterator[Any]:
+def admin(controlplane: ControlPlane) -> Iterator[Any]:
     """An admin ``kubernetes.client.ApiClient``."""
     api = controlplane.api_client()
     try:

@@ -74,10 +74,10 @@ def _eventually(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.
 
 
 @pytest.fixture
-def custom(api_client: Any) -> Any:
+def custom(admin: Any) -> Any:
     from kubernetes import client
 
-    return client.CustomObjectsApi(api_client)
+    return client.CustomObjectsApi(admin)
 
 
 @pytest.fixture

@@ -41,13 +41,6 @@ def operator(
     print(f"\n--- operator log tail ---\n{process.log_tail(40)}")
 
 
-@pytest.fixture
-def admin(controlplane: ControlPlane) -> Iterator[ApiClient]:
-    client = controlplane.api_client()
-    yield client
-    client.close()
-
-
 def _example(name: str, namespace: str, **spec_changes: Any) -> dict[str, Any]:
     body = yaml.safe_load((EXAMPLES / name).read_text())
     body["metadata"]["namespace"] = namespace

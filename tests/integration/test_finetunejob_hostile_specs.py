@@ -145,13 +145,6 @@ def operator(
     process.stop()
 
 
-@pytest.fixture
-def admin(controlplane: ControlPlane) -> Iterator[ApiClient]:
-    client = controlplane.api_client()
-    yield client
-    client.close()
-
-
 def _create(admin: ApiClient, namespace: str, body: dict[str, Any]) -> None:
     body["metadata"]["namespace"] = namespace
     CustomObjectsApi(admin).create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,6 @@ from tests.support.tiny_model import build_tiny_llama
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION = "peft.dev", "v1alpha1"
-
-
-@pytest.fixture
-def admin(controlplane: ControlPlane) -> Iterator[ApiClient]:
-    client = controlplane.api_client()
-    yield client
-    client.close()
 
 
 def _dataset(path: Path) -> None:

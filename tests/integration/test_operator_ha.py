@@ -4,7 +4,6 @@ dies the other takes over."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,6 @@ from tests.support.operator_process import OperatorProcess, chart_rules, operato
 
 pytestmark = pytest.mark.integration
 LEASE_RULES = yaml.safe_load((REPO_ROOT / "charts/peft-operator/files/leader-election-rules.yaml").read_text())
-
-
-@pytest.fixture
-def admin(controlplane: ControlPlane) -> Iterator[ApiClient]:
-    client = controlplane.api_client()
-    yield client
-    client.close()
 
 
 def _finetunejob(namespace: str, name: str) -> dict:  # type: ignore[type-arg]

@@ -9,7 +9,6 @@ import json
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,13 +24,6 @@ from tests.support.operator_process import OperatorProcess, operator_kubeconfig
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION = "peft.dev", "v1alpha1"
-
-
-@pytest.fixture
-def admin(controlplane: ControlPlane) -> Iterator[ApiClient]:
-    client = controlplane.api_client()
-    yield client
-    client.close()
 
 
 def _secret(name: str, namespace: str, data: dict[str, str]) -> dict[str, object]:
