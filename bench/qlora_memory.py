@@ -90,9 +90,11 @@ def child(args: argparse.Namespace) -> None:
     from peft_operator.api.methods import Method
     from peft_runtime.train.batches import collate
     from peft_runtime.train.data import Example
+    from peft_runtime.train.loss import AnswerLoss
+    from peft_runtime.train.memory import map_large_blocks
     from peft_runtime.train.methods import MethodContext, attach_adapter, load_base_model, method_setup
-    from peft_runtime.train.trainer import _loss_sum
 
+    map_large_blocks()  # as `peft-runtime train` does on CPU
     torch.manual_seed(0)
     floor = _status_kib("VmRSS")
     floor_anon = _status_kib("RssAnon")
@@ -112,11 +114,12 @@ def child(args: argparse.Namespace) -> None:
         examples.append(Example(ids, [*ids[1:], -100]))
     batch = collate(examples, [[i] for i in range(args.batch_size)], 0, packed=False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    loss_of = AnswerLoss(model, setup)
     model.train()
     _reset_peak()
     anonymous = AnonymousPeak()
     for _ in range(args.steps):
-        loss = _loss_sum(model, batch, setup) / batch.loss_tokens
+        loss = loss_of(batch) / batch.loss_tokens
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

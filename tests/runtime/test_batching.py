@@ -39,11 +39,11 @@ def model_and_setup(tiny_model_dir: Path) -> tuple[Any, Any]:
 def _loss(model_and_setup: tuple[Any, Any], batch: Any) -> float:
     import torch
 
-    from peft_runtime.train.trainer import _loss_sum
+    from peft_runtime.train.loss import AnswerLoss
 
     model, setup = model_and_setup
     with torch.no_grad():
-        return float(_loss_sum(model, batch, setup))
+        return float(AnswerLoss(model, setup)(batch))
 
 
 def test_packed_and_padded_batches_give_the_same_loss_as_rows_alone(

@@ -5,9 +5,6 @@ Adding a method means adding one mapping function to MAPPINGS; the trainer never
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +27,7 @@ from peft_operator.api.methods import (
 
 from ..bottleneck import BottleneckConfig, BottleneckModel
 from .errors import configuration_error
+from .memory import release_freed_memory
 
 PROMPT_LEARNING = frozenset({MethodType.PREFIX, MethodType.PROMPT})
 MERGEABLE = frozenset({MethodType.LORA, MethodType.DORA, MethodType.QLORA, MethodType.IA3})
@@ -208,12 +206,5 @@ def load_base_model(model_dir: Path, setup: MethodSetup, dtype: torch.dtype, dev
     if setup.quantization is None:
         model.to(device)
     model.config.use_cache = False
-    _release_loading_memory()
+    release_freed_memory()  # e.g. the full-precision weights qlora quantized
     return model
-
-
-def _release_loading_memory() -> None:
-    """Hand the loader's freed buffers (e.g. the full-precision weights qlora quantized) back to the OS."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -1,7 +1,7 @@
 """The training run, top to bottom: setup, data, model, resume, loop (step, log, eval, checkpoint), finish.
 
 Everything comes from the TrainingPlan, read once. No transformers.Trainer: one forward per micro-batch,
-a loss summed over the answer tokens only (logits are computed only where there is a target), gradient
+a loss summed over the answer tokens only (logits only where there is a target, a chunk at a time), gradient
 accumulation normalised by the step's answer tokens, AdamW, warmup then cosine/linear/constant decay.
 """
 
@@ -18,22 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from peft_operator.api.events import CompletedEvent, PreflightEvent, ProgressEvent
 from peft_operator.api.finetunejob import AdapterRecord, FineTuneJobSpec, LrScheduler, Progress
 from peft_operator.api.plan import TrainingPlan
 
-from .batches import Batch, EpochPlanner, collate, eval_batches
+from .batches import EpochPlanner, collate, eval_batches
 from .checkpoints import TrainState, latest_checkpoint, load_checkpoint, read_state, save_checkpoint
-from .data import IGNORE, Example, check_tokenizer, prepare_dataset, split_examples, why_unusable
+from .data import Example, check_tokenizer, prepare_dataset, split_examples, why_unusable
 from .device import pick_device, placement
 from .errors import configuration_error, dataset_invalid, model_unavailable, training_error
+from .loss import AnswerLoss
+from .memory import map_large_blocks
 from .methods import (
     MERGEABLE,
     PROMPT_LEARNING,
     MethodContext,
-    MethodSetup,
     attach_adapter,
     load_base_model,
     method_setup,
@@ -57,6 +57,8 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
     # 1. Setup that can fail fast, before any data or model is loaded.
     device = pick_device()
     place = placement(hp.precision, device)
+    if device.type == "cpu":
+        map_large_blocks()  # CPU tensors live in malloc's heap: do not let freed ones stay resident
     if hp.packing and spec.method.type in PROMPT_LEARNING:
         raise configuration_error(
             f"packing does not work with method {spec.method.type.value} (peft ignores position ids for it); "
@@ -95,6 +97,7 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
     except Exception as error:
         raise model_unavailable(f"cannot load base model {spec.base_model.uri}: {error}") from error
     model = attach_adapter(base, setup)
+    loss_of = AnswerLoss(model, setup)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=hp.learning_rate_value, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(hp.lr_scheduler, hp.warmup_steps, total_steps))
@@ -128,7 +131,7 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
         loss_sum = 0.0
         for batch in batches:
             with autocast():
-                loss = _loss_sum(model, batch, setup) / max(step_loss_tokens, 1)
+                loss = loss_of(batch) / max(step_loss_tokens, 1)
             (scaler.scale(loss) if scaler else loss).backward()
             loss_sum += float(loss.detach()) * max(step_loss_tokens, 1)
         if scaler:
@@ -162,7 +165,7 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
 
         final = state.step == total_steps
         if eval_set and (state.step % eval_every == 0 or final):
-            state.eval_loss = _evaluate(model, eval_set, hp.batch_size, pad_id, setup, device, autocast)
+            state.eval_loss = _evaluate(model, loss_of, eval_set, hp.batch_size, pad_id, device, autocast)
         progress = _progress(
             state, total_steps, len(micro_batches), session_tokens, step_seconds, session_steps, loop_start
         )
@@ -172,7 +175,7 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
 
     # 6. Finish: the adapter and its manifest, the merged model if asked, the completed event.
     if eval_set and state.eval_loss is None:
-        state.eval_loss = _evaluate(model, eval_set, hp.batch_size, pad_id, setup, device, autocast)
+        state.eval_loss = _evaluate(model, loss_of, eval_set, hp.batch_size, pad_id, device, autocast)
     progress = _progress(
         state, total_steps, len(micro_batches), session_tokens, step_seconds, session_steps, loop_start
     )
@@ -218,32 +221,16 @@ def _load_tokenizer(base_dir: Path) -> Any:
         raise model_unavailable(f"cannot load the tokenizer in {base_dir}: {error}") from error
 
 
-def _loss_sum(model: Any, batch: Batch, setup: MethodSetup) -> torch.Tensor:
-    """Summed cross-entropy over the positions that have a target; logits only there (saves the LM head)."""
-    keep = batch.targets != IGNORE
-    keep_logits = keep
-    if setup.virtual_tokens_in_input:  # prompt tuning puts its soft tokens in front of the input
-        keep_logits = torch.cat([keep.new_zeros(keep.shape[0], setup.virtual_tokens_in_input), keep], dim=1)
-    output = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-        logits_to_keep=keep_logits,
-    )
-    return F.cross_entropy(output.logits.float(), batch.targets[keep], reduction="sum")
-
-
 @torch.no_grad()
 def _evaluate(
-    model: Any, examples: list[Example], batch_size: int, pad_id: int, setup: MethodSetup, device: Any, autocast: Any
+    model: Any, loss_of: AnswerLoss, examples: list[Example], batch_size: int, pad_id: int, device: Any, autocast: Any
 ) -> float:
     model.eval()
     total, tokens = 0.0, 0
     for micro_batch in eval_batches([len(e) for e in examples], batch_size):
         batch = collate(examples, micro_batch, pad_id, packed=False).to(device)
         with autocast():
-            total += float(_loss_sum(model, batch, setup))
+            total += float(loss_of(batch))
         tokens += batch.loss_tokens
     model.train()
     return round(total / max(tokens, 1), 6)
