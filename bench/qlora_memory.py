@@ -12,7 +12,9 @@ on CPU, prepare_model_for_kbit_training with gradient checkpointing; for lora an
 - peak RSS while training, after resetting the peak (/proc/self/clear_refs), and its increase over the floor;
 - the peak of anonymous memory (RssAnon, sampled every 5 ms: what the process allocated, without file
   pages such as the mmapped checkpoint, which the kernel can drop) while training, over its floor;
-- bytes held by the model's parameters and buffers (packed 4-bit weights count as stored).
+- bytes held by the model's parameters and buffers (packed 4-bit weights count as stored);
+- seconds per training step (a shared machine: a rough figure, not the point of this benchmark).
+`--glibc-defaults` runs both without the trainer's fixed mmap threshold (train/memory.py), to show its effect.
 Goal: QLoRA <= 0.35x LoRA (anonymous training peak over the floor).
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +97,8 @@ def child(args: argparse.Namespace) -> None:
     from peft_runtime.train.memory import map_large_blocks
     from peft_runtime.train.methods import MethodContext, attach_adapter, load_base_model, method_setup
 
-    map_large_blocks()  # as `peft-runtime train` does on CPU
+    if not args.glibc_defaults:
+        map_large_blocks()  # as `peft-runtime train` does on CPU
     torch.manual_seed(0)
     floor = _status_kib("VmRSS")
     floor_anon = _status_kib("RssAnon")
@@ -118,11 +122,13 @@ def child(args: argparse.Namespace) -> None:
     model.train()
     _reset_peak()
     anonymous = AnonymousPeak()
+    started = time.monotonic()
     for _ in range(args.steps):
         loss = loss_of(batch) / batch.loss_tokens
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    seconds_per_step = (time.monotonic() - started) / args.steps
     training_peak = _status_kib("VmHWM")
     anonymous_peak = anonymous.stop()
     report(
@@ -134,6 +140,7 @@ def child(args: argparse.Namespace) -> None:
             "training_over_floor_mib": _mib(training_peak - floor),
             "model_mib": round(model_bytes / 2**20, 1),
             "anonymous_over_floor_mib": _mib(anonymous_peak - floor_anon),
+            "seconds_per_step": round(seconds_per_step, 2),
         }
     )
 
@@ -144,6 +151,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-length", type=int, default=256)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="keep glibc's dynamic mmap threshold (the trainer fixes it at 2 MiB on CPU): shows what it costs",
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -170,13 +182,18 @@ def main() -> None:
                 f"--batch-size={args.batch_size}",
                 f"--seq-length={args.seq_length}",
                 f"--steps={args.steps}",
+                *(["--glibc-defaults"] if args.glibc_defaults else []),
             ]
             result, failure = run_child(command, ROOT)
             if result is None:
                 sys.exit(f"{variant} failed ({failure}")
             results[variant] = result
 
-    print(f"model {args.model}, batch {args.batch_size} x {args.seq_length} tokens, {args.steps} AdamW steps, CPU\n")
+    allocator = "glibc defaults" if args.glibc_defaults else "2 MiB mmap threshold, as the trainer"
+    print(
+        f"model {args.model}, batch {args.batch_size} x {args.seq_length} tokens, {args.steps} AdamW steps, "
+        f"CPU, {allocator}\n"
+    )
     print(f"{'MiB':<28}{'lora (fp32)':>14}{'qlora (nf4)':>14}{'ratio':>9}")
     for key, label in (
         ("model_mib", "model parameters+buffers"),
@@ -185,6 +202,7 @@ def main() -> None:
         ("training_peak_mib", "peak RSS while training"),
         ("training_over_floor_mib", "training peak over floor"),
         ("anonymous_over_floor_mib", "anon. training peak - floor"),
+        ("seconds_per_step", "seconds per step"),
     ):
         lora, qlora = results["lora"][key], results["qlora"][key]
         print(f"{label:<28}{lora:>14.1f}{qlora:>14.1f}{qlora / lora:>8.2f}x")

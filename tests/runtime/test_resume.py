@@ -84,6 +84,51 @@ def test_kill_9_mid_run_resumes_from_the_newest_complete_checkpoint(tiny_model_d
     assert (output / "manifest.json").is_file()
 
 
+def test_sigterm_checkpoints_the_current_step_and_the_restart_continues_from_it(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """What a pod sees on deletion, Kueue preemption or a node drain: SIGTERM, then a new pod."""
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(240))
+    output = tmp_path / "out"
+    plan = make_plan(
+        model_dir=tiny_model_dir,
+        dataset_uri=data.as_uri(),
+        output_uri=output.as_uri(),
+        work_dir=tmp_path / "work",
+        training={"maxSteps": 120, "batchSize": 4, "checkpointEvery": 100},
+        validation_split=0.0,
+    )
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(plan.model_dump_json(by_alias=True))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    first = subprocess.Popen(
+        _train_command(plan_path), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert first.stdout is not None and first.stderr is not None
+    seen: list[int] = []
+    for line in first.stdout:
+        seen += _progress_steps(line)
+        if seen and seen[-1] >= 30:
+            first.send_signal(signal.SIGTERM)
+            break
+    rest, stderr = first.communicate(timeout=60)
+    seen += _progress_steps(rest)
+    assert first.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    stopped_at = seen[-1]
+    assert 30 <= stopped_at < 100, "stopped before the first periodic checkpoint (step 100)"
+    assert _complete_steps(output) == [stopped_at]
+    assert f"stopped by SIGTERM at step {stopped_at} of 120; checkpoint step-{stopped_at} holds it" in stderr
+    assert '"failed"' not in rest, "a stop on request is not a failure"
+
+    second = subprocess.run(
+        _train_command(plan_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert _progress_steps(second.stdout) == list(range(stopped_at + 1, 121))
+    assert (output / "manifest.json").is_file()
+
+
 def test_resumed_run_ends_with_the_same_adapter_as_an_uninterrupted_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

@@ -78,6 +78,11 @@ def test_pod_failure_policy_fails_fast_on_bad_data_and_ignores_preemption() -> N
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
 
 
+def test_trainer_pod_has_time_to_checkpoint_after_sigterm() -> None:
+    pod = render_training_job(_job("finetunejob-lora.yaml"), SETTINGS)["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 120  # the 30 s default cuts a slow step's checkpoint short
+
+
 def test_secrets_are_referenced_never_copied() -> None:
     body = yaml.safe_load((EXAMPLES / "finetunejob-quickstart.yaml").read_text())
     body["spec"]["baseModel"]["tokenSecretRef"] = {"name": "hub-token", "key": "hf"}

@@ -30,6 +30,9 @@ from ..settings import OperatorSettings
 from .plan import WORK_DIR
 
 PLAN_DIR = "/etc/peft/plan"
+# On SIGTERM the trainer finishes (or drops) its step and writes a checkpoint before it exits; the
+# default 30 s can end a slow GPU step or an S3 upload early, which costs the work since the last one.
+TERMINATION_GRACE_SECONDS = 120
 
 
 def _volume_name(kind: str, name: str) -> str:
@@ -155,6 +158,7 @@ def render_training_job(job: FineTuneJob, settings: OperatorSettings) -> dict[st
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pod_security_context(settings.trainer_run_as_user),

@@ -1,7 +1,8 @@
 """One run of the trainer as a process: plan in, events out, exit code.
 
 Exit codes: 0 succeeded; 1 failed in a way a retry may fix (storage, model download, crash);
-3 failed in a way no retry fixes (DatasetInvalid, ConfigurationError): for the Job's podFailurePolicy.
+3 failed in a way no retry fixes (DatasetInvalid, ConfigurationError): for the Job's podFailurePolicy;
+128 + N stopped by signal N (SIGTERM 143, SIGINT 130) after a checkpoint: a restart resumes the run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from peft_operator.api.validation import problems_of
 
 from .errors import EXIT_OK, EXIT_PERMANENT, EXIT_RETRYABLE, TrainerError
 from .progress import Reporter
+from .stopping import Interrupted
 
 log = logging.getLogger("peft_runtime")
 
@@ -61,6 +63,9 @@ def run_plan(plan: TrainingPlan, *, merge: bool = False, progress_bar: bool = Fa
         completed = train(plan, reporter, merge=merge)
         reporter.emit(completed)
         return EXIT_OK
+    except Interrupted as stopped:  # not a failure: no failed event, the Job's next pod carries on
+        log.warning("Training %s", stopped.message)
+        return stopped.exit_code
     except TrainerError as error:
         log.error("Training failed (%s): %s", error.reason.value, error.message)
         reporter.emit(FailedEvent(reason=error.reason, message=error.message[:2048]))

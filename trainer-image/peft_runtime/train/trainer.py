@@ -41,6 +41,7 @@ from .methods import (
 )
 from .output import export_merged, write_adapter
 from .progress import Reporter, format_duration
+from .stopping import Interrupted, stop_on_signal
 from .storage import dataset_files, model_dir, output_location
 
 log = logging.getLogger(__name__)
@@ -123,55 +124,69 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
     micro_batches = planner.epoch(state.epoch)
     session_tokens, session_steps, step_seconds, loop_start = 0, 0, 0.0, time.monotonic()
     model.train()
-    while state.step < total_steps:
-        started = time.monotonic()
-        group = micro_batches[state.next_batch : state.next_batch + hp.gradient_accumulation]
-        batches = [collate(train_set, mb, pad_id, hp.packing).to(device) for mb in group]
-        step_loss_tokens = sum(b.loss_tokens for b in batches)
-        loss_sum = 0.0
-        for batch in batches:
-            with autocast():
-                loss = loss_of(batch) / max(step_loss_tokens, 1)
-            (scaler.scale(loss) if scaler else loss).backward()
-            loss_sum += float(loss.detach()) * max(step_loss_tokens, 1)
-        if scaler:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    saved_step = state.step
+    with stop_on_signal() as stop:
+        while state.step < total_steps and not stop.requested:
+            started = time.monotonic()
+            group = micro_batches[state.next_batch : state.next_batch + hp.gradient_accumulation]
+            batches = [collate(train_set, mb, pad_id, hp.packing).to(device) for mb in group]
+            step_loss_tokens = sum(b.loss_tokens for b in batches)
+            loss_sum = 0.0
+            for batch in batches:
+                if stop.requested:
+                    break
+                with autocast():
+                    loss = loss_of(batch) / max(step_loss_tokens, 1)
+                (scaler.scale(loss) if scaler else loss).backward()
+                loss_sum += float(loss.detach()) * max(step_loss_tokens, 1)
+            if stop.requested:  # drop the unfinished step: its micro-batches run again after the resume
+                optimizer.zero_grad(set_to_none=True)
+                break
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
 
-        step_loss = loss_sum / max(step_loss_tokens, 1)
-        if not math.isfinite(step_loss):
-            raise training_error(
-                f"the training loss became {step_loss} at step {state.step + 1}; lower learningRate "
-                "or use precision fp32/bf16"
+            step_loss = loss_sum / max(step_loss_tokens, 1)
+            if not math.isfinite(step_loss):
+                raise training_error(
+                    f"the training loss became {step_loss} at step {state.step + 1}; lower learningRate "
+                    "or use precision fp32/bf16"
+                )
+            state.step += 1
+            state.next_batch += len(group)
+            state.tokens_seen += sum(b.tokens for b in batches)
+            state.recent_losses = [*state.recent_losses, step_loss][-LOSS_WINDOW:]
+            if state.next_batch >= len(micro_batches):  # epoch done: the next one has its own seeded order
+                state.epoch, state.next_batch = state.epoch + 1, 0
+                micro_batches = planner.epoch(state.epoch)
+            session_tokens += sum(b.tokens for b in batches)
+            session_steps += 1
+            step_seconds += time.monotonic() - started
+
+            final = state.step == total_steps
+            if eval_set and (state.step % eval_every == 0 or final):
+                state.eval_loss = _evaluate(model, loss_of, eval_set, hp.batch_size, pad_id, device, autocast)
+            progress = _progress(
+                state, total_steps, len(micro_batches), session_tokens, step_seconds, session_steps, loop_start
             )
-        state.step += 1
-        state.next_batch += len(group)
-        state.tokens_seen += sum(b.tokens for b in batches)
-        state.recent_losses = [*state.recent_losses, step_loss][-LOSS_WINDOW:]
-        if state.next_batch >= len(micro_batches):  # epoch done: the next one has its own seeded order
-            state.epoch, state.next_batch = state.epoch + 1, 0
-            micro_batches = planner.epoch(state.epoch)
-        session_tokens += sum(b.tokens for b in batches)
-        session_steps += 1
-        step_seconds += time.monotonic() - started
-
-        final = state.step == total_steps
-        if eval_set and (state.step % eval_every == 0 or final):
-            state.eval_loss = _evaluate(model, loss_of, eval_set, hp.batch_size, pad_id, device, autocast)
-        progress = _progress(
-            state, total_steps, len(micro_batches), session_tokens, step_seconds, session_steps, loop_start
-        )
-        reporter.emit(ProgressEvent(progress=progress, lr=lr))
-        if state.step % hp.checkpoint_every == 0 or final:
+            reporter.emit(ProgressEvent(progress=progress, lr=lr))
+            if state.step % hp.checkpoint_every == 0 or final:
+                save_checkpoint(output, state, model, optimizer, scheduler, scaler)
+                saved_step = state.step
+    if stop.requested and state.step < total_steps:
+        if state.step > saved_step:
             save_checkpoint(output, state, model, optimizer, scheduler, scaler)
+        assert stop.signal is not None
+        kept = f"checkpoint step-{state.step} holds it" if state.step else "no step had finished yet"
+        raise Interrupted(stop.signal, f"stopped by {stop.signal.name} at step {state.step} of {total_steps}; {kept}")
 
     # 6. Finish: the adapter and its manifest, the merged model if asked, the completed event.
     if eval_set and state.eval_loss is None:
