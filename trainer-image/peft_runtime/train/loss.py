@@ -44,24 +44,21 @@ class AnswerLoss:
         keep = batch.targets != IGNORE
         targets = batch.targets[keep]
         if not self.chunked:
-            return F.cross_entropy(self._forward(batch.input_ids, batch, keep).float(), targets, reduction="sum")
+            return F.cross_entropy(self._forward(batch, keep).float(), targets, reduction="sum")
         with self._hidden_states_out() as output_layer:
-            hidden = self._forward(batch.input_ids, batch, keep)
+            hidden = self._forward(batch, keep)
         return chunked_cross_entropy(output_layer, hidden, targets, self.rows_per_chunk)
 
-    def _forward(self, input_ids: torch.Tensor, batch: Batch | None, keep: torch.Tensor | None) -> torch.Tensor:
-        """The model's output at the kept positions only (the LM head never sees the others)."""
-        logits_to_keep: Any = 0  # 0: every position
-        if keep is not None:
-            logits_to_keep = keep
-            if self.virtual_tokens:  # prompt tuning puts its soft tokens in front of the input
-                logits_to_keep = torch.cat([keep.new_zeros(keep.shape[0], self.virtual_tokens), keep], dim=1)
+    def _forward(self, batch: Batch, keep: torch.Tensor) -> torch.Tensor:
+        """The model's output at the kept positions only (the output layer never sees the others)."""
+        if self.virtual_tokens:  # prompt tuning puts its soft tokens in front of the input
+            keep = torch.cat([keep.new_zeros(keep.shape[0], self.virtual_tokens), keep], dim=1)
         output = self.model(
-            input_ids=input_ids,
-            attention_mask=batch.attention_mask if batch else None,
-            position_ids=batch.position_ids if batch else None,
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
             use_cache=False,
-            logits_to_keep=logits_to_keep,
+            logits_to_keep=keep,
         )
         return output.logits  # type: ignore[no-any-return]
 
@@ -84,9 +81,9 @@ class AnswerLoss:
         try:
             device = next(p for p in self.model.parameters()).device
             probe = torch.arange(1, 9, device=device).unsqueeze(0) % int(self.causal_lm.config.vocab_size)
-            logits = self._forward(probe, None, None)
+            logits = self.model(input_ids=probe, use_cache=False).logits
             with self._hidden_states_out():
-                hidden = self._forward(probe, None, None)
+                hidden = self.model(input_ids=probe, use_cache=False).logits
             recomputed = output_layer(hidden)
             return recomputed.shape == logits.shape and torch.allclose(
                 recomputed.float(), logits.float(), rtol=1e-3, atol=1e-3
