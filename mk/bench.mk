@@ -9,7 +9,7 @@ bench-operator: install controlplane
 
 ## Non-pad tokens/s of our trainer vs transformers.Trainer with dynamic padding, on SmolLM2.
 bench-trainer: install
-	$(BIN)/python bench/trainer_throughput.py --model=smollm2
+	$(BIN)/python bench/trainer_throughput.py --model=smollm2 --rounds=2
 
 ## QLoRA vs fp32 LoRA peak memory on SmolLM2.
 bench-qlora: install

@@ -32,23 +32,36 @@ def _progress_steps(stdout: str) -> list[int]:
     return [e["progress"]["step"] for e in events if e["event"] == "progress"]
 
 
-def test_kill_9_mid_run_resumes_from_the_newest_complete_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
+UNBUFFERED = {**os.environ, "PYTHONUNBUFFERED": "1"}  # progress lines arrive as the steps end
+
+
+def _write_plan(model_dir: Path, tmp_path: Path, *, max_steps: int, checkpoint_every: int) -> tuple[Path, Path]:
+    """A plan file for a long run on 240 chat rows, and its output folder."""
     data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(240))
     output = tmp_path / "out"
     plan = make_plan(
-        model_dir=tiny_model_dir,
+        model_dir=model_dir,
         dataset_uri=data.as_uri(),
         output_uri=output.as_uri(),
         work_dir=tmp_path / "work",
-        training={"maxSteps": 240, "batchSize": 4, "checkpointEvery": 25},
+        training={"maxSteps": max_steps, "batchSize": 4, "checkpointEvery": checkpoint_every},
         validation_split=0.0,
     )
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(plan.model_dump_json(by_alias=True))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return plan_path, output
+
+
+def test_kill_9_mid_run_resumes_from_the_newest_complete_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
+    plan_path, output = _write_plan(tiny_model_dir, tmp_path, max_steps=240, checkpoint_every=25)
 
     first = subprocess.Popen(
-        _train_command(plan_path), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        _train_command(plan_path),
+        cwd=ROOT,
+        env=UNBUFFERED,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     seen: list[int] = []
     assert first.stdout is not None
@@ -71,7 +84,7 @@ def test_kill_9_mid_run_resumes_from_the_newest_complete_checkpoint(tiny_model_d
     (partial / "adapter_weights.safetensors").write_bytes(b"half-written")
 
     second = subprocess.run(
-        _train_command(plan_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+        _train_command(plan_path), cwd=ROOT, env=UNBUFFERED, capture_output=True, text=True, timeout=300, check=False
     )
     assert second.returncode == 0, second.stderr[-2000:]
     steps = _progress_steps(second.stdout)
@@ -88,22 +101,10 @@ def test_sigterm_checkpoints_the_current_step_and_the_restart_continues_from_it(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """What a pod sees on deletion, Kueue preemption or a node drain: SIGTERM, then a new pod."""
-    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(240))
-    output = tmp_path / "out"
-    plan = make_plan(
-        model_dir=tiny_model_dir,
-        dataset_uri=data.as_uri(),
-        output_uri=output.as_uri(),
-        work_dir=tmp_path / "work",
-        training={"maxSteps": 120, "batchSize": 4, "checkpointEvery": 100},
-        validation_split=0.0,
-    )
-    plan_path = tmp_path / "plan.json"
-    plan_path.write_text(plan.model_dump_json(by_alias=True))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    plan_path, output = _write_plan(tiny_model_dir, tmp_path, max_steps=120, checkpoint_every=100)
 
     first = subprocess.Popen(
-        _train_command(plan_path), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _train_command(plan_path), cwd=ROOT, env=UNBUFFERED, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert first.stdout is not None and first.stderr is not None
     seen: list[int] = []
@@ -122,7 +123,7 @@ def test_sigterm_checkpoints_the_current_step_and_the_restart_continues_from_it(
     assert '"failed"' not in rest, "a stop on request is not a failure"
 
     second = subprocess.run(
-        _train_command(plan_path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+        _train_command(plan_path), cwd=ROOT, env=UNBUFFERED, capture_output=True, text=True, timeout=300, check=False
     )
     assert second.returncode == 0, second.stderr[-2000:]
     assert _progress_steps(second.stdout) == list(range(stopped_at + 1, 121))
