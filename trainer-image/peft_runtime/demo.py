@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -70,6 +71,7 @@ def _train(tenant: str, retrain: bool) -> Path:
     if (adapter / "manifest.json").is_file() and not retrain:
         print(f"  {tenant}: reusing {adapter} (make demo DEMO_ARGS=--retrain to train again)")
         return adapter
+    shutil.rmtree(adapter, ignore_errors=True)  # its checkpoints would otherwise resume the finished run
     started = time.monotonic()
     trained = train_local(DEMO / f"{tenant}.yaml", work_dir=REPO / ".demo" / "work" / tenant)
     print(f"  {tenant}: trained in {time.monotonic() - started:.0f} s -> {trained}")
