@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from peft_operator.api.events import STOPPED_BY_SIGNAL_EXIT_CODES
 from tests.runtime.builders import chat_rows, make_plan, run_training, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,6 +117,7 @@ def test_sigterm_checkpoints_the_current_step_and_the_restart_continues_from_it(
     rest, stderr = first.communicate(timeout=60)
     seen += _progress_steps(rest)
     assert first.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert STOPPED_BY_SIGNAL_EXIT_CODES[first.returncode] == "SIGTERM"  # what the operator reads as Resuming
     stopped_at = seen[-1]
     assert 30 <= stopped_at < 100, "stopped before the first periodic checkpoint (step 100)"
     assert _complete_steps(output) == [stopped_at]

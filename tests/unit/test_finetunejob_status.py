@@ -77,6 +77,30 @@ def test_running_pod_makes_the_job_running_and_keeps_reported_progress() -> None
     assert [e.reason for e in events] == ["Training"]
 
 
+def test_a_trainer_stopped_by_sigterm_shows_resuming_until_the_next_pod_runs() -> None:
+    running = FineTuneJobStatus(phase=Phase.RUNNING)
+    running.conditions = _status(Observation(generation=1, job=_job(active=1), pods=[_pod()]))[0].conditions
+    stopped = _pod("Failed", _terminated("", exit_code=143, reason="Error"))
+    replacement = _pod("Pending", {"waiting": {"reason": "ContainerCreating"}}, created="2026-11-28T11:30:00Z")
+
+    status, events = _status(Observation(generation=1, job=_job(active=1), pods=[stopped, replacement]), running)
+    assert status.phase is Phase.RUNNING
+    assert _condition(status, "Running") == ("True", "Resuming")
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Resuming")]
+    assert "SIGTERM" in events[0].message and "checkpoint" in events[0].message
+
+    resumed = _pod(created="2026-11-28T11:30:00Z")
+    status, events = _status(Observation(generation=1, job=_job(active=1), pods=[stopped, resumed]), status)
+    assert _condition(status, "Running") == ("True", "Training") and events == []
+
+
+def test_only_the_newest_finished_pod_decides_whether_the_trainer_is_resuming() -> None:
+    stopped = _pod("Failed", _terminated("", exit_code=143, reason="Error"))
+    crashed = _pod("Failed", _terminated("", exit_code=1, reason="Error"), created="2026-11-28T11:30:00Z")
+    status, _ = _status(Observation(generation=1, job=_job(active=1, failed=1), pods=[stopped, crashed]))
+    assert _condition(status, "Running")[1] != "Resuming"
+
+
 def test_image_pull_error_is_shown_as_a_warning_while_pending() -> None:
     pod = _pod("Pending", {"waiting": {"reason": "ImagePullBackOff", "message": "pull access denied for x/y"}})
     status, events = _status(Observation(generation=1, job=_job(active=1), pods=[pod]))

@@ -49,3 +49,7 @@ TrainerEvent = PreflightEvent | ProgressEvent | CompletedEvent | FailedEvent
 # The trainer exits with this code when a retry cannot help (invalid data or configuration); the Job's
 # pod failure policy then fails at once instead of burning the backoff limit.
 PERMANENT_FAILURE_EXIT_CODE = 3
+
+# 128 + the signal: the trainer stopped on request (SIGTERM: pod deletion, preemption, drain; SIGINT:
+# Ctrl-C in local mode), after checkpointing the step it reached; the Job's next pod resumes from there.
+STOPPED_BY_SIGNAL_EXIT_CODES = {143: "SIGTERM", 130: "SIGINT"}

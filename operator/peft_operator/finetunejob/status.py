@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from ..api import FineTuneJobStatus, Phase
-from ..api.events import CompletedEvent, FailedEvent, TrainerEvent
+from ..api.events import STOPPED_BY_SIGNAL_EXIT_CODES, CompletedEvent, FailedEvent, TrainerEvent
 from ..conditions import set_condition
 from ..naming import TRAINER_CONTAINER
 
@@ -114,6 +114,15 @@ def _pending_reason(pods: list[dict[str, Any]]) -> Verdict | None:
     return None
 
 
+def _stopped_by_signal(pods: list[dict[str, Any]]) -> str | None:
+    """The signal that stopped the newest finished trainer, when it stopped on one."""
+    finished = [p for p in pods if _trainer_state(p).get("terminated")]
+    if not finished:
+        return None
+    newest = max(finished, key=_pod_started)
+    return STOPPED_BY_SIGNAL_EXIT_CODES.get(_trainer_state(newest)["terminated"].get("exitCode"))
+
+
 def _oom_killed(pods: list[dict[str, Any]]) -> bool:
     newest = sorted(pods, key=_pod_started, reverse=True)[:1]
     return any((_trainer_state(p).get("terminated") or {}).get("reason") == "OOMKilled" for p in newest)
@@ -168,6 +177,13 @@ def decide(obs: Observation) -> Verdict:
         return blocked
     if any((p.get("status") or {}).get("phase") == "Running" for p in obs.pods):
         return Verdict(Phase.RUNNING, "Training", "The trainer is running.")
+    if (stopped_by := _stopped_by_signal(obs.pods)) is not None:
+        return Verdict(
+            Phase.RUNNING,
+            "Resuming",
+            f"The trainer was stopped by {stopped_by} (preemption, eviction, a node drain or a deleted pod) "
+            "and checkpointed first; the Job's next pod resumes from its newest checkpoint.",
+        )
     return Verdict(Phase.PENDING, "Starting", "Waiting for the trainer pod to start.")
 
 
@@ -226,6 +242,7 @@ def compute_status(
 
 
 _WARNING_REASONS = frozenset({"ImagePullError", "ConfigError", "Unschedulable"})
+_ANNOUNCED_REASONS = _WARNING_REASONS | {"Resuming"}  # an Event even when the phase stays the same
 
 
 def _condition_for(phase: Phase) -> str | None:
@@ -244,7 +261,7 @@ def _inactive_reason(type_: str, phase: Phase) -> str:
 def _reason_changed(current: FineTuneJobStatus, verdict: Verdict) -> bool:
     """A new reason within the same phase (e.g. Pending: Starting -> ImagePullError) is worth an Event."""
     running = next((c for c in current.conditions if c.type == "Running"), None)
-    return verdict.reason in _WARNING_REASONS and (running is None or running.reason != verdict.reason)
+    return verdict.reason in _ANNOUNCED_REASONS and (running is None or running.reason != verdict.reason)
 
 
 def _timestamp(value: str | None) -> datetime | None:
