@@ -197,6 +197,43 @@ def test_bad_dataset_fails_at_once_with_the_trainers_reason(
     assert ("Warning", "DatasetInvalid") in [(t, r) for t, r, _ in _events(admin, namespace, "smollm2-ia3")]
 
 
+def test_a_trainer_stopped_by_sigterm_is_resuming_until_the_jobs_next_pod_runs(
+    operator: OperatorProcess, admin: ApiClient, namespace: str
+) -> None:
+    _create(admin, _example("finetunejob-adapter.yaml", namespace))
+    first = _pod(admin, namespace, "smollm2-adapter")
+    kubelet.set_running(admin, first)
+    _wait_phase(admin, namespace, "smollm2-adapter", "Running")
+
+    kubelet.set_terminated(admin, first, 143, "Error")  # preempted: the trainer checkpointed and exited
+    resuming = wait_for(
+        "the job to be Resuming",
+        lambda: (
+            (obj := _get(admin, namespace, "smollm2-adapter"))
+            and _condition(obj, "Running")["reason"] == "Resuming"
+            and obj
+        ),
+    )
+    assert resuming["status"]["phase"] == "Running"
+    assert "SIGTERM" in _condition(resuming, "Running")["message"]
+    assert ("Normal", "Resuming") in [(t, r) for t, r, _ in _events(admin, namespace, "smollm2-adapter")]
+
+    replacement = wait_for(  # the real Job controller retries the pod (after its backoff)
+        "the Job's next pod",
+        lambda: [
+            p
+            for p in kubelet.pods_of(admin, namespace, "peft.dev/finetunejob=smollm2-adapter")
+            if p.metadata.uid != first.metadata.uid
+        ],
+        timeout=90,
+    )[0]
+    kubelet.set_running(admin, replacement)
+    wait_for(
+        "the job to be Training again",
+        lambda: _condition(_get(admin, namespace, "smollm2-adapter"), "Running")["reason"] == "Training",
+    )
+
+
 def test_oom_killed_trainer_is_reported_as_oom(operator: OperatorProcess, admin: ApiClient, namespace: str) -> None:
     _create(admin, _example("finetunejob-prompt.yaml", namespace, runPolicy={"backoffLimit": 0}))
     kubelet.set_terminated(admin, _pod(admin, namespace, "smollm2-prompt"), 137, "OOMKilled")
