@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +74,29 @@ def test_local_mode_trains_a_finetunejob_yaml_with_relative_paths(
     captured = capsys.readouterr()
     assert f"Adapter colors-v1 written to {adapter}" in captured.err
     assert '"event":"completed"' in captured.out  # not a terminal: JSON lines instead of a bar
+
+
+def test_ctrl_c_in_local_mode_checkpoints_and_says_how_to_resume(tiny_model_dir: Path, tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "data" / "chat.jsonl", chat_rows(40))
+    training = {"maxSteps": 400, "learningRate": "1e-2", "maxSeqLength": 64, "checkpointEvery": 1000}
+    job = _job_yaml(tmp_path, str(tiny_model_dir), training=training)
+    command = [sys.executable, "-m", "peft_operator.cli", "local", "train", "-f", str(job)]
+    command += ["--work-dir", str(tmp_path / "work")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert first.stdout is not None
+    for line in first.stdout:
+        if '"event":"progress"' in line and json.loads(line)["progress"]["step"] >= 5:
+            first.send_signal(signal.SIGINT)
+            break
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 130, stderr[-2000:]
+    assert "stopped by SIGINT at step" in stderr
+    assert "Training colors-v1 stopped; the same command resumes it from its checkpoint" in stderr
+    assert "failed" not in stderr
+    step = int(stderr.split("stopped by SIGINT at step ")[1].split()[0])
+    checkpoints = tmp_path / "adapters" / "colors-v1" / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir() if (p / "COMPLETE").is_file()] == [f"step-{step}"]
 
 
 def test_local_mode_refuses_an_invalid_job_with_the_field_and_the_fix(tmp_path: Path, capsys: Any) -> None:

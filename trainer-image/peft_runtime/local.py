@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from peft_operator.api.events import STOPPED_BY_SIGNAL_EXIT_CODES
 from peft_operator.api.finetunejob import FineTuneJob
 from peft_operator.api.plan import JobIdentity, ProgressSinkConfig, TrainingPlan
 from peft_operator.api.validation import SpecError, parse_object
@@ -65,6 +66,9 @@ def train_local(
     )
     # With a bar on the terminal, the JSON lines would only scroll it away.
     code = run_plan(plan, merge=merge, progress_bar=bar, stdout=not bar)
+    if code in STOPPED_BY_SIGNAL_EXIT_CODES:
+        print(f"Training {plan.job.name} stopped; the same command resumes it from its checkpoint", file=sys.stderr)
+        raise SystemExit(code)
     if code != 0:
         print(f"Training {plan.job.name} failed (exit code {code})", file=sys.stderr)
         raise SystemExit(code)
