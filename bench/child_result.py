@@ -1,23 +1,34 @@
 """Benchmarks run each variant in a fresh process (clean memory peaks, nothing cached between variants).
-The child prints one `RESULT <json>` line; the parent reads it back."""
+The child is the benchmark script itself, given `--variant=...` and friends; it prints one
+`RESULT <json>` line, and the parent reads it back."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 PREFIX = "RESULT "
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def report(result: dict[str, Any]) -> None:
     print(PREFIX + json.dumps(result), flush=True)
 
 
-def run_child(command: list[str], cwd: Path) -> tuple[dict[str, Any] | None, str]:
-    """The child's result, or None with the tail of what it wrote to stderr."""
-    out = subprocess.run(command, capture_output=True, text=True, check=False, cwd=cwd)
+def run_child(script: str, options: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """Run `script` with `--name=value` per option (True: a bare flag; False: left out), from the repository
+    root. The child's result, or None with the tail of what it wrote to stderr."""
+    command = [sys.executable, script]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            command.append(flag)
+        elif value is not False:
+            command.append(f"{flag}={value}")
+    out = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
     line = next((x for x in out.stdout.splitlines() if x.startswith(PREFIX)), None)
     if line is None:
         return None, f"exit {out.returncode}:\n{out.stderr[-3000:]}"

@@ -108,17 +108,15 @@ def main() -> None:
         data.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(2000)))
         print(f"SmolLM2-135M, {args.steps} steps x batch {args.batch_size}, variable-length chat rows")
         for variant in VARIANTS:
-            command = [
-                sys.executable,
-                __file__,
-                f"--variant={variant}",
-                f"--scratch={tmp}",
-                f"--model-dir={model_dir}",
-                f"--data={data}",
-                f"--steps={args.steps}",
-                f"--batch-size={args.batch_size}",
-            ]
-            r, failure = run_child(command, ROOT)
+            options = {
+                "variant": variant,
+                "scratch": tmp,
+                "model_dir": model_dir,
+                "data": data,
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+            }
+            r, failure = run_child(__file__, options)
             if r is None:
                 print(f"{variant}: FAILED ({failure}")
                 continue

@@ -174,17 +174,15 @@ def main() -> None:
             model_dir = ensure_smollm2()
         results = {}
         for variant in ("lora", "qlora"):
-            command = [
-                sys.executable,
-                __file__,
-                f"--variant={variant}",
-                f"--model-dir={model_dir}",
-                f"--batch-size={args.batch_size}",
-                f"--seq-length={args.seq_length}",
-                f"--steps={args.steps}",
-                *(["--glibc-defaults"] if args.glibc_defaults else []),
-            ]
-            result, failure = run_child(command, ROOT)
+            options = {
+                "variant": variant,
+                "model_dir": model_dir,
+                "batch_size": args.batch_size,
+                "seq_length": args.seq_length,
+                "steps": args.steps,
+                "glibc_defaults": args.glibc_defaults,
+            }
+            result, failure = run_child(__file__, options)
             if result is None:
                 sys.exit(f"{variant} failed ({failure}")
             results[variant] = result

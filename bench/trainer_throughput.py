@@ -273,19 +273,17 @@ def main() -> None:
 
 
 def run_variant(args: argparse.Namespace, variant: str, scratch: Path, model: Path, data: Path) -> dict:
-    command = [
-        sys.executable,
-        __file__,
-        f"--model={args.model}",
-        f"--rows={args.rows}",
-        f"--batch-size={args.batch_size}",
-        f"--max-seq-length={args.max_seq_length}",
-        f"--variant={variant}",
-        f"--scratch={scratch}",
-        f"--model-dir={model}",
-        f"--data={data}",
-    ]
-    result, failure = run_child(command, ROOT)
+    options = {
+        "model": args.model,
+        "rows": args.rows,
+        "batch_size": args.batch_size,
+        "max_seq_length": args.max_seq_length,
+        "variant": variant,
+        "scratch": scratch,
+        "model_dir": model,
+        "data": data,
+    }
+    result, failure = run_child(__file__, options)
     if result is None:
         sys.exit(f"{variant} failed ({failure}")
     return result
