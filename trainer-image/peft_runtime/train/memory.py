@@ -2,9 +2,10 @@
 
 glibc raises its mmap threshold every time a large block is freed (up to 32 MiB); after that, blocks of a
 few MiB (QLoRA's dequantized weights, made anew in every forward on CPU; activations) come from the heap,
-where freed space fragments and is never returned. Training SmolLM2 on CPU, that kept 0.9 GB (QLoRA) to
-1.2 GB (LoRA) of freed memory resident at the peak. A fixed 2 MiB threshold maps such blocks and unmaps
-them when freed: the peak is what tensors really use, for ~20% more time per CPU step (page faults).
+where freed space fragments and is never returned. Training SmolLM2 on CPU, that kept 0.6 to 1.2 GB of
+freed memory resident at the peak, a different amount every run. A fixed 2 MiB threshold maps such blocks
+and unmaps them when freed: the peak is what tensors really use, for 20-30% more time per CPU step (page
+faults). Figures: docs/trainer.md, *Memory*.
 """
 
 from __future__ import annotations
