@@ -9,8 +9,11 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import core_schema
 
 from .api import GROUP, VERSION, AdapterDeployment, FineTuneJob
+from .api import adapterdeployment as adapterdeployment_api
 from .api.finetunejob import MAX_NAME_LENGTH
 
 JsonSchema = dict[str, Any]
@@ -74,8 +77,21 @@ def structural_schema(schema: JsonSchema, defs: dict[str, JsonSchema], keep_defa
     return out
 
 
+class _FactoryDefaults(GenerateJsonSchema):
+    """Fields with a default_factory (an optional block such as `limits`) get a structural default too:
+    `{}` for a model, whose own fields the apiserver then defaults, else the factory's value. Without it
+    an omitted block stays absent and every CEL rule that reads it fails on the missing key."""
+
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+        factory = schema.get("default_factory")
+        if factory is None or schema.get("default_factory_takes_data"):
+            return super().get_default_value(schema)
+        value = factory()  # type: ignore[call-arg]
+        return {} if isinstance(value, BaseModel) else value
+
+
 def _model_schema(model: type[BaseModel], keep_defaults: bool) -> JsonSchema:
-    full = model.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
+    full = model.model_json_schema(by_alias=True, ref_template="#/$defs/{model}", schema_generator=_FactoryDefaults)
     return structural_schema(full, full.get("$defs", {}), keep_defaults)
 
 
@@ -183,7 +199,13 @@ def adapterdeployment_crd() -> dict[str, Any]:
             _column("Engine", ".spec.runtime.engine", "string", "builtin or vllm.", priority=1),
             _AGE,
         ],
-        rules=[],
+        rules=[
+            {
+                "rule": f"self.metadata.name.size() <= {adapterdeployment_api.MAX_NAME_LENGTH} && "
+                f"self.metadata.name.matches('{adapterdeployment_api.NAME_PATTERN}')",
+                "message": adapterdeployment_api.NAME_RULE_MESSAGE,
+            }
+        ],
     )
 
 

@@ -38,8 +38,6 @@ def _run(reconcile: Any, memo: Any, namespace: str | None, name: str) -> None:
         reconcile(memo.api_client, memo.settings, namespace, name)
     except reconcilers.RetryLater as error:
         raise kopf.TemporaryError(f"{error}; retrying", delay=2) from error
-    except reconcilers.CannotProceed as error:
-        raise kopf.PermanentError(str(error)) from error
 
 
 def _run_for_event(reconcile: Any, memo: Any, namespace: str | None, name: str) -> None:

@@ -5,9 +5,12 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +25,44 @@ FIELD_MANAGER = "peft-operator"
 
 class OwnershipConflictError(RuntimeError):
     """An object with the name the operator needs exists but belongs to someone else."""
+
+
+class ChildNotCreatedError(RuntimeError):
+    """A child object the operator needs cannot be made: `reason` (CamelCase) and a sentence for the status."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# Refusals that repeating the same request cannot fix; 409, 429 and 5xx heal by themselves.
+_FINAL_STATUSES = frozenset({400, 403, 404, 422})
+
+
+def refusal_message(error: ApiException) -> str | None:
+    """The apiserver's own sentence for a final refusal (e.g. a 422 naming the invalid field), else None."""
+    if error.status not in _FINAL_STATUSES:
+        return None
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except ValueError:
+        message = None
+    return str(message or f"{error.status} {error.reason}")
+
+
+@contextmanager
+def creating_children() -> Iterator[None]:
+    """Around creating children: a name someone else holds, or a final refusal, becomes ChildNotCreatedError
+    (which the reconcilers put into a condition and a Warning Event instead of retrying in silence)."""
+    try:
+        yield
+    except OwnershipConflictError as error:
+        raise ChildNotCreatedError("NameTaken", str(error)) from error
+    except ApiException as error:
+        message = refusal_message(error)
+        if message is None:
+            raise
+        raise ChildNotCreatedError("CreateRejected", f"The API server refused a child object: {message}") from error
 
 
 def load_api_client() -> ApiClient:
@@ -126,10 +167,13 @@ def patch_status(
     return api.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body)  # type: ignore[no-any-return]
 
 
-def server_side_apply(client: ApiClient, body: dict[str, Any], field_manager: str) -> dict[str, Any]:
-    """Server-side apply with our own field manager: fields other managers own are left alone."""
+def server_side_apply(
+    client: ApiClient, body: dict[str, Any], field_manager: str, force: bool = True
+) -> dict[str, Any]:
+    """Server-side apply with our own field manager: fields other managers own are left alone. Without
+    `force`, a field another manager set to a different value is a 409 conflict instead of a takeover."""
     meta, kind = body["metadata"], body["kind"]
-    apply = {"field_manager": field_manager, "force": True, "_content_type": "application/apply-patch+yaml"}
+    apply = {"field_manager": field_manager, "force": force, "_content_type": "application/apply-patch+yaml"}
     if kind == "Deployment":
         result = kubernetes.client.AppsV1Api(client).patch_namespaced_deployment(
             meta["name"], meta["namespace"], body, **apply
@@ -149,6 +193,17 @@ def patch_pod_condition(client: ApiClient, namespace: str, name: str, condition:
         {"status": {"conditions": [condition]}},
         _content_type="application/strategic-merge-patch+json",
     )
+
+
+def secret_keys(client: ApiClient, namespace: str, name: str) -> frozenset[str] | None:
+    """The keys a Secret holds, or None when it does not exist."""
+    try:
+        secret = CoreV1Api(client).read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return frozenset(secret.data or {})
 
 
 def read_secret_key(client: ApiClient, namespace: str, name: str, key: str) -> str | None:

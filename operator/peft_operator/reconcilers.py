@@ -9,11 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client import ApiClient, ApiException
+from urllib3.exceptions import HTTPError
 
 from . import metrics
 from .adapterdeployment.reconcile import reconcile_adapterdeployment
 from .finetunejob.reconcile import reconcile_finetunejob
-from .kube import OwnershipConflictError
 from .settings import OperatorSettings
 
 # Events of several objects (a job, its pods) and the resync loop may name the same object at once.
@@ -21,11 +21,8 @@ _locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threadin
 
 
 class RetryLater(Exception):
-    """The API server was busy or the object moved on meanwhile (409, 429, 5xx): try again shortly."""
-
-
-class CannotProceed(Exception):
-    """Something only a person can fix (e.g. a name already taken by another object)."""
+    """The API server was busy, unreachable, or the object moved on meanwhile (409, 429, 5xx, connection
+    refused): try again shortly. Expected during an outage, so it is one log line, never a traceback."""
 
 
 def _guarded(kind: str, work: Callable[[], Any], namespace: str, name: str) -> Any:
@@ -33,14 +30,14 @@ def _guarded(kind: str, work: Callable[[], Any], namespace: str, name: str) -> A
     try:
         with _locks[(kind, namespace, name)]:
             return work()
-    except OwnershipConflictError as error:
-        metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
-        raise CannotProceed(str(error)) from error
     except ApiException as error:
         metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
         if error.status in (409, 429) or error.status >= 500:
             raise RetryLater(f"API {error.status} {error.reason}") from error
         raise
+    except HTTPError as error:  # connection refused or reset, timeouts: the API server is away
+        metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
+        raise RetryLater(f"API server unreachable ({type(error).__name__})") from error
     except Exception:
         metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
         raise

@@ -132,10 +132,48 @@ def test_finetunejob_sources_resolve_only_once_the_job_succeeded() -> None:
             "adapter": {"uri": "s3://a/b", "sha256": A, "sizeBytes": 1, "baseModel": "hf://o/m", "method": "lora"},
         }
     }
-    assert resolve_adapters(_adep(), jobs.get)[0] == DesiredAdapter("support-bot", uri="s3://a/b", sha256=A)
+    assert resolve_adapters(_adep(), jobs.get)[0] == DesiredAdapter(
+        "support-bot", uri="s3://a/b", sha256=A, fine_tune_job="support-bot-v1"
+    )
     jobs["support-bot-v1"] = {"status": {"phase": "Failed"}}
     assert "Failed" in (resolve_adapters(_adep(), jobs.get)[0].refused or "")
     assert "does not exist" in (resolve_adapters(_adep(), {}.get)[0].waiting or "")
+
+
+def test_a_deleted_jobs_adapter_stays_served_from_the_status_record() -> None:
+    record = AdapterStatus(
+        name="support-bot", state=AdapterState.LOADED, digest=A, uri="s3://a/b", fine_tune_job="support-bot-v1"
+    )
+    (kept, _) = resolve_adapters(_adep(), {}.get, {"support-bot": record})
+    assert (kept.uri, kept.sha256, kept.loadable) == ("s3://a/b", A, True)
+    assert kept.source_gone is not None and "support-bot-v1 was deleted" in kept.source_gone
+    status = compute_status(
+        AdapterDeploymentStatus(), [kept], [PodReport("p1", loaded={"support-bot": A})], 1, 1, None, NOW
+    )
+    assert _state(status, "support-bot").state is AdapterState.LOADED
+    assert _state(status, "support-bot").uri == "s3://a/b"  # the record survives the next pass, and restarts
+    # A record from another job is not reused: a renamed source waits for its own job.
+    other = record.model_copy(update={"fine_tune_job": "someone-else"})
+    assert resolve_adapters(_adep(), {}.get, {"support-bot": other})[0].waiting is not None
+
+
+def test_file_uris_are_never_sent_to_agents() -> None:
+    adep = _adep()
+    adep.spec.adapters[1].source.uri = "file:///etc"
+    assert "file:// works only in local mode" in (resolve_adapters(adep, {}.get)[1].refused or "")
+    job = {
+        "status": {
+            "phase": "Succeeded",
+            "adapter": {
+                "uri": "file:///etc/shadow",
+                "sha256": A,
+                "sizeBytes": 1,
+                "baseModel": "hf://o/m",
+                "method": "lora",
+            },
+        }
+    }
+    assert resolve_adapters(adep, {"support-bot-v1": job}.get)[0].loadable is False
 
 
 DESIRED = [DesiredAdapter("tenant-a", uri="s3://x/a", sha256=A), DesiredAdapter("tenant-b", uri="s3://x/b", sha256=B)]

@@ -182,3 +182,45 @@ def test_condition_transition_time_moves_only_when_status_changes() -> None:
     second, events = compute_status(first, Observation(generation=1, job=_job(active=1), pods=[_pod()]), later)
     assert events == []
     assert [c.last_transition_time for c in second.conditions] == [c.last_transition_time for c in first.conditions]
+
+
+def _quickstart_job() -> Any:
+    from pathlib import Path
+
+    import yaml
+
+    from peft_operator.api import FineTuneJob
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "finetunejob-quickstart.yaml"
+    body = yaml.safe_load(example.read_text())
+    body["metadata"]["namespace"] = "team"
+    return FineTuneJob.model_validate(body)
+
+
+def test_a_missing_secret_or_key_keeps_the_job_pending_with_a_warning() -> None:
+    from peft_operator.finetunejob.references import missing_secret
+
+    job = _quickstart_job()
+    refs = [ref for ref in (job.spec.dataset.credentials_secret_ref, job.spec.output.credentials_secret_ref) if ref]
+    assert refs, "the quickstart names a credentials Secret"
+    verdict = missing_secret(job, lambda name: None)
+    assert verdict is not None and verdict.reason == "SecretNotFound"
+    assert f"Secret {refs[0].name} does not exist in namespace team" in verdict.message
+    assert missing_secret(job, lambda name: frozenset({"AWS_ACCESS_KEY_ID"})) is None
+    status, events = _status(Observation(generation=1, blocked=verdict))
+    assert status.phase is Phase.PENDING and _condition(status, "Running") == ("False", "SecretNotFound")
+    assert [(e.type, e.reason) for e in events] == [("Warning", "SecretNotFound")]
+
+
+def test_deploy_takes_over_only_its_own_or_its_predecessors_entry() -> None:
+    from peft_operator.finetunejob.deploy import clash
+
+    entries = [
+        {"name": "tenant-a", "source": {"fineTuneJobRef": {"name": "tenant-a-v1"}}},
+        {"name": "legal", "source": {"uri": "s3://b/legal", "sha256": "a" * 64}},
+    ]
+    assert clash(entries, "new-name", "tenant-a-v2", None) is None
+    assert clash(entries, "tenant-a", "tenant-a-v1", None) is None
+    assert clash(entries, "tenant-a", "tenant-a-v2", "tenant-a-v1") is None
+    assert clash(entries, "tenant-a", "tenant-a-v2", None) == "FineTuneJob tenant-a-v1"
+    assert clash(entries, "legal", "legal-v1", None) == "s3://b/legal"

@@ -19,6 +19,7 @@ from ..api.adapterdeployment import AdapterState
 from ..api.validation import SpecError, parse_object
 from ..conditions import set_condition
 from ..finetunejob.status import KubeEvent
+from ..local_only import local_only_problems
 from ..naming import ADAPTERS_READY_GATE, LABEL_ADAPTERDEPLOYMENT, PATCHED_ANNOTATION, admin_token_secret_name
 from ..settings import OperatorSettings
 from .agent_client import AgentClient, AgentRefusal, AgentUnreachableError
@@ -127,7 +128,11 @@ def _ensure_engine(
     if existing is None:
         return 0, f"Deployment {target.name} (targetRef) does not exist in this namespace."
     if (existing["metadata"].get("annotations") or {}).get(PATCHED_ANNOTATION) != meta.name:
-        kube.patch_deployment(client, meta.namespace, target.name, render_target_patch(adep, existing, settings))
+        try:
+            patch = render_target_patch(adep, existing, settings)
+        except ValueError as error:  # no such container
+            return 0, f"{error}; fix targetRef.container."
+        kube.patch_deployment(client, meta.namespace, target.name, patch)
         log.info("Patched Deployment %s/%s for runtime adapter loading", meta.namespace, target.name)
     return int(existing["spec"].get("replicas", 1)), None
 
@@ -146,9 +151,15 @@ def _set_gate(client: ApiClient, pod: dict[str, Any], ready: bool, now: datetime
     kube.patch_pod_condition(client, pod["metadata"]["namespace"], pod["metadata"]["name"], condition)
 
 
-def _adapter_events(before: AdapterDeploymentStatus, after: AdapterDeploymentStatus) -> list[KubeEvent]:
+def _adapter_events(
+    before: AdapterDeploymentStatus, after: AdapterDeploymentStatus, desired: list[DesiredAdapter]
+) -> list[KubeEvent]:
     previous = {a.name: a for a in before.adapters}
-    events = []
+    events = [
+        KubeEvent("Warning", "SourceJobDeleted", f"Adapter {a.name}: {a.source_gone}")
+        for a in desired
+        if a.source_gone is not None and (old := previous.get(a.name)) is not None and old.message != a.source_gone
+    ]
     for adapter in after.adapters:
         old = previous.get(adapter.name)
         changed = old is None or old.state != adapter.state or old.digest != adapter.digest
@@ -191,12 +202,22 @@ def reconcile_adapterdeployment(
     now = datetime.now(UTC)
     try:
         adep = parse_object(AdapterDeployment, body)
-        token = _admin_token(client, adep)
+        problems = local_only_problems({"spec.baseModel.uri": adep.spec.base_model.uri})
+        if problems:
+            raise SpecError("AdapterDeployment", name, problems)
+        with kube.creating_children():
+            token = _admin_token(client, adep)
+            desired = resolve_adapters(
+                adep,
+                lambda job: kube.get_custom(client, "finetunejobs", namespace, job),
+                {a.name: a for a in current.adapters},
+            )
+            replicas, blocked = _ensure_engine(client, adep, settings, desired)
     except SpecError as error:
         status, events = _refused(current, generation, "InvalidSpec", "; ".join(error.problems), now)
+    except kube.ChildNotCreatedError as error:
+        status, events = _refused(current, generation, error.reason, str(error), now)
     else:
-        desired = resolve_adapters(adep, lambda job: kube.get_custom(client, "finetunejobs", namespace, job))
-        replicas, blocked = _ensure_engine(client, adep, settings, desired)
         if blocked is not None:
             status, events = _refused(current, generation, "TargetNotFound", blocked, now)
         else:
@@ -218,10 +239,11 @@ def reconcile_adapterdeployment(
             failed = failed_adapters(status)
             for pod, report in zip(pods, reports, strict=True):
                 _set_gate(client, pod, pod_is_complete(report, desired, failed), now)
-            events = _adapter_events(current, status)
+            events = _adapter_events(current, status, desired)
             loaded_everywhere = sum(a.state is AdapterState.LOADED for a in status.adapters)
             metrics.LOADED_ADAPTERS.labels(namespace=namespace, name=name).set(loaded_everywhere)
-    if status != current:
-        kube.patch_status(client, PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion"))
+    # Events first: a kill before the status write repeats them on the next pass instead of losing them.
     for event in events:
         kube.post_event(client, body, event.type, event.reason, event.message)
+    if status != current:
+        kube.patch_status(client, PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion"))

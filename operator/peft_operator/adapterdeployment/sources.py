@@ -1,4 +1,8 @@
-"""Resolve each adapter's source to a URI and digest; fineTuneJobRef only within the same namespace."""
+"""Resolve each adapter's source to a URI and digest; fineTuneJobRef only within the same namespace.
+
+A FineTuneJob's adapter outlives the job: once served, its URI and digest are recorded in the
+AdapterDeployment's status, and that record keeps it served after the job is deleted (tidying up finished
+jobs never takes a tenant offline). Only removing the adapter from the spec unloads it."""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import AdapterDeployment, FineTuneJobStatus, Phase
+from ..api.adapterdeployment import AdapterSpec, AdapterStatus
+from ..local_only import LOCAL_ONLY, is_local_only
 
 # A FineTuneJob lookup by name in the AdapterDeployment's own namespace (None when it does not exist).
 FineTuneJobLookup = Callable[[str], dict[str, Any] | None]
@@ -20,44 +26,58 @@ class DesiredAdapter:
     uri: str | None = None
     sha256: str | None = None
     credentials_secret: str | None = None  # the Secret with S3 credentials for `uri`, if any
+    fine_tune_job: str | None = None  # the FineTuneJob the adapter came from, if any
     waiting: str | None = None  # not loadable yet (FineTuneJob still running): Pending
     refused: str | None = None  # will not become loadable without a change: Failed
+    source_gone: str | None = None  # loadable from the status record, but its FineTuneJob was deleted
 
     @property
     def loadable(self) -> bool:
         return self.uri is not None and self.sha256 is not None
 
 
-def resolve_adapters(adep: AdapterDeployment, lookup: FineTuneJobLookup) -> list[DesiredAdapter]:
+def _from_job(adapter: AdapterSpec, job: dict[str, Any] | None, served: AdapterStatus | None) -> DesiredAdapter:
+    assert adapter.source.fine_tune_job_ref is not None
+    job_name = adapter.source.fine_tune_job_ref.name
+    if job is None:
+        if served is not None and served.fine_tune_job == job_name and served.uri and served.digest:
+            gone = (
+                f"FineTuneJob {job_name} was deleted; still serving the adapter it produced ({served.uri}, sha256 "
+                f"{served.digest[:12]}). Remove {adapter.name} from spec.adapters to unload it."
+            )
+            return DesiredAdapter(
+                adapter.name, uri=served.uri, sha256=served.digest, fine_tune_job=job_name, source_gone=gone
+            )
+        return DesiredAdapter(adapter.name, waiting=f"FineTuneJob {job_name} does not exist in this namespace yet.")
+    status = FineTuneJobStatus.model_validate(job.get("status") or {})
+    if status.phase is Phase.SUCCEEDED and status.adapter is not None:
+        return DesiredAdapter(
+            adapter.name, uri=status.adapter.uri, sha256=status.adapter.sha256, fine_tune_job=job_name
+        )
+    if status.phase in (Phase.FAILED, Phase.CANCELLED):
+        return DesiredAdapter(
+            adapter.name, refused=f"FineTuneJob {job_name} is {status.phase.value}; it has no adapter."
+        )
+    phase = status.phase.value if status.phase else "Pending"
+    return DesiredAdapter(adapter.name, waiting=f"Waiting for FineTuneJob {job_name} ({phase}) to succeed.")
+
+
+def resolve_adapters(
+    adep: AdapterDeployment, lookup: FineTuneJobLookup, served: dict[str, AdapterStatus] | None = None
+) -> list[DesiredAdapter]:
+    """`served`: the status's adapter records by name, which outlive a deleted FineTuneJob."""
+    served = served or {}
     desired = []
     for adapter in adep.spec.adapters:
         source = adapter.source
         if source.uri is not None:
             secret = source.credentials_secret_ref.name if source.credentials_secret_ref else None
-            desired.append(
-                DesiredAdapter(adapter.name, uri=source.uri, sha256=source.sha256, credentials_secret=secret)
-            )
-            continue
-        assert source.fine_tune_job_ref is not None
-        job_name = source.fine_tune_job_ref.name
-        job = lookup(job_name)
-        if job is None:
-            desired.append(
-                DesiredAdapter(adapter.name, waiting=f"FineTuneJob {job_name} does not exist in this namespace yet.")
-            )
-            continue
-        status = FineTuneJobStatus.model_validate(job.get("status") or {})
-        if status.phase is Phase.SUCCEEDED and status.adapter is not None:
-            desired.append(DesiredAdapter(adapter.name, uri=status.adapter.uri, sha256=status.adapter.sha256))
-        elif status.phase in (Phase.FAILED, Phase.CANCELLED):
-            desired.append(
-                DesiredAdapter(
-                    adapter.name, refused=f"FineTuneJob {job_name} is {status.phase.value}; it has no adapter."
-                )
-            )
+            resolved = DesiredAdapter(adapter.name, uri=source.uri, sha256=source.sha256, credentials_secret=secret)
         else:
-            phase = status.phase.value if status.phase else "Pending"
-            desired.append(
-                DesiredAdapter(adapter.name, waiting=f"Waiting for FineTuneJob {job_name} ({phase}) to succeed.")
-            )
+            assert source.fine_tune_job_ref is not None
+            resolved = _from_job(adapter, lookup(source.fine_tune_job_ref.name), served.get(adapter.name))
+        if resolved.uri is not None and is_local_only(resolved.uri):
+            # Never sent to an agent: a file:// path would read the engine container's own files.
+            resolved = DesiredAdapter(adapter.name, refused=f"{resolved.uri}: {LOCAL_ONLY}")
+        desired.append(resolved)
     return desired

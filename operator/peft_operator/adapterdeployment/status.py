@@ -76,6 +76,8 @@ def _adapter_status(
             name=adapter.name,
             state=AdapterState.FAILED,
             digest=adapter.sha256,
+            uri=adapter.uri,
+            fine_tune_job=adapter.fine_tune_job,
             loaded_replicas=len(holding),
             message=f"{failure.reason}: {failure.message} (pod {pod}){give_up}",
             failed_attempts=attempts,
@@ -83,9 +85,15 @@ def _adapter_status(
         )
     reachable = [p for p in pods if p.reachable]
     state = AdapterState.LOADED if reachable and len(holding) == len(reachable) else AdapterState.LOADING
-    message = None if state is AdapterState.LOADED else f"Loaded on {len(holding)} of {len(reachable)} replicas."
+    loading = f"Loaded on {len(holding)} of {len(reachable)} replicas."
     return AdapterStatus(
-        name=adapter.name, state=state, digest=adapter.sha256, loaded_replicas=len(holding), message=message
+        name=adapter.name,
+        state=state,
+        digest=adapter.sha256,
+        uri=adapter.uri,
+        fine_tune_job=adapter.fine_tune_job,
+        loaded_replicas=len(holding),
+        message=adapter.source_gone if state is AdapterState.LOADED else loading,
     )
 
 

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import ApiModel, Condition, DnsLabel, ObjectMeta, SecretKeyRef, SecretRef, Sha256
 from .finetunejob import BaseModelSource, ComputeResources
 from .uris import AdapterUri
 
 MAX_ADAPTERS_PER_DEPLOYMENT = 512
+# The operator names a Deployment, a Service and pod labels after the AdapterDeployment: a label value holds
+# at most 63 characters, and a Service name is a DNS-1035 label (a letter first, no dots).
+MAX_NAME_LENGTH = 63
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+NAME_RULE_MESSAGE = (
+    f"metadata.name must be a DNS-1035 label of at most {MAX_NAME_LENGTH} characters: lowercase letters, "
+    "digits and '-', starting with a letter, no dots (the engine Service, Deployment and pod labels are "
+    "named after it)"
+)
 
 
 class Engine(StrEnum):
@@ -111,7 +121,8 @@ class AdapterDeploymentSpec(ApiModel):
                     "message": "set exactly one of runtime or targetRef",
                 },
                 {
-                    "rule": "!has(self.adapters) || self.adapters.size() <= self.limits.maxAdapters",
+                    # limits and adapters have structural defaults ({} and []), so both are always present.
+                    "rule": "self.adapters.size() <= self.limits.maxAdapters",
                     "message": "more adapters than limits.maxAdapters: raise the limit or split the deployment",
                 },
             ]
@@ -162,6 +173,11 @@ class AdapterStatus(ApiModel):
     name: str
     state: AdapterState
     digest: str | None = Field(default=None, description="sha256 of the manifest being served.")
+    uri: str | None = Field(
+        default=None,
+        description="Where the served adapter comes from: kept so it stays served if its FineTuneJob is deleted.",
+    )
+    fine_tune_job: str | None = Field(default=None, description="The FineTuneJob that produced the served adapter.")
     loaded_replicas: int = Field(default=0, ge=0, description="Replicas whose engine serves this digest.")
     message: str | None = Field(default=None, max_length=4096, description="Why it is not Loaded, when it is not.")
     failed_attempts: int = Field(default=0, ge=0, description="Failed loads of this digest (retries back off).")
@@ -190,3 +206,11 @@ class AdapterDeployment(ApiModel):
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: AdapterDeploymentSpec
     status: AdapterDeploymentStatus | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _name_fits_children(cls, metadata: ObjectMeta) -> ObjectMeta:
+        name = metadata.name
+        if name is not None and (len(name) > MAX_NAME_LENGTH or not re.match(NAME_PATTERN, name)):
+            raise ValueError(f"'{name}' is not usable: {NAME_RULE_MESSAGE.removeprefix('metadata.name ')}")
+        return metadata

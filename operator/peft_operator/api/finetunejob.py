@@ -229,6 +229,13 @@ class Deploy(ApiModel):
 
     adapter_deployment: DnsLabel = Field(description="Name of the AdapterDeployment.")
     adapter_name: DnsLabel | None = Field(default=None, description="Name to serve it under (the job's name if unset).")
+    replaces: DnsLabel | None = Field(
+        default=None,
+        description=(
+            "The FineTuneJob this one is a new version of. An adapter name already in the AdapterDeployment is "
+            "taken over only when its entry names this job or the one given here; any other entry is left alone."
+        ),
+    )
 
 
 class RunPolicy(ApiModel):

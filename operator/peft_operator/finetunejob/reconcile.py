@@ -7,23 +7,24 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes.client import ApiClient, ApiException
+from kubernetes.client import ApiClient
 
 from .. import kube
 from ..api import FineTuneJob, FineTuneJobStatus, Phase
 from ..api.validation import SpecError, parse_object
-from ..conditions import condition_is_true, set_condition
+from ..conditions import condition_is_true
 from ..naming import CANCEL_ANNOTATION, LABEL_FINETUNEJOB, training_job_name
 from ..settings import OperatorSettings
+from .deploy import DEPLOYED, deploy_adapter
 from .job import render_training_job
 from .plan import render_plan_configmap
+from .references import missing_secret
 from .secret import render_progress_secret
-from .status import TERMINAL_PHASES, KubeEvent, Observation, compute_status
+from .status import TERMINAL_PHASES, KubeEvent, Observation, Verdict, compute_status
 from .validation import cluster_problems
 
 log = logging.getLogger(__name__)
 PLURAL = "finetunejobs"
-DEPLOYED = "Deployed"
 
 
 def _validate(body: dict[str, Any]) -> tuple[FineTuneJob | None, str | None]:
@@ -36,15 +37,26 @@ def _validate(body: dict[str, Any]) -> tuple[FineTuneJob | None, str | None]:
 
 
 def _ensure_children(
-    client: ApiClient, job: FineTuneJob, settings: OperatorSettings
+    client: ApiClient, job: FineTuneJob, settings: OperatorSettings, announced: bool
 ) -> tuple[dict[str, Any], list[KubeEvent]]:
-    """The progress Secret, the plan ConfigMap and the Job; an Event when the Job is new."""
-    if settings.progress_url:
-        kube.ensure_namespaced(client, render_progress_secret(job, settings))
-    kube.ensure_namespaced(client, render_plan_configmap(job, settings))
-    training_job, created = kube.ensure_namespaced(client, render_training_job(job, settings))
+    """The progress Secret, the plan ConfigMap and the Job. JobCreated is derived from the status, not
+    from this call having created the Job: until the status names the Job (`announced`), every pass
+    announces it, so an operator killed between creating the Job and posting the Event posts it next time."""
+    with kube.creating_children():
+        if settings.progress_url:
+            kube.ensure_namespaced(client, render_progress_secret(job, settings))
+        kube.ensure_namespaced(client, render_plan_configmap(job, settings))
+        training_job, _ = kube.ensure_namespaced(client, render_training_job(job, settings))
     name = training_job["metadata"]["name"]
-    return training_job, [KubeEvent("Normal", "JobCreated", f"Created Job {name}")] if created else []
+    return training_job, [] if announced else [KubeEvent("Normal", "JobCreated", f"Created Job {name}")]
+
+
+def _blocked(client: ApiClient, job: FineTuneJob, current: FineTuneJobStatus) -> Verdict | None:
+    """Why no child may be created yet: a referenced Secret or key is missing (checked until the Job exists)."""
+    if current.job_name is not None:
+        return None
+    namespace = job.metadata.namespace or ""
+    return missing_secret(job, lambda secret: kube.secret_keys(client, namespace, secret))
 
 
 def reconcile_finetunejob(client: ApiClient, namespace: str, name: str, settings: OperatorSettings) -> Phase | None:
@@ -57,12 +69,16 @@ def reconcile_finetunejob(client: ApiClient, namespace: str, name: str, settings
     cancelled = (body["metadata"].get("annotations") or {}).get(CANCEL_ANNOTATION) == "true"
     job_name = training_job_name(name)
     observed_job: dict[str, Any] | None = None
+    blocked: Verdict | None = None
     events: list[KubeEvent] = []
     if current.phase not in TERMINAL_PHASES and job is not None and invalid is None:
         if cancelled:
             kube.delete_job(client, namespace, job_name)
-        else:
-            observed_job, events = _ensure_children(client, job, settings)
+        elif (blocked := _blocked(client, job, current)) is None:
+            try:
+                observed_job, events = _ensure_children(client, job, settings, current.job_name is not None)
+            except kube.ChildNotCreatedError as error:
+                blocked = Verdict(Phase.PENDING, error.reason, str(error))
     pods = kube.list_pods(client, namespace, {LABEL_FINETUNEJOB: name}) if observed_job else []
     spec = body.get("spec") or {}
     observation = Observation(
@@ -71,6 +87,7 @@ def reconcile_finetunejob(client: ApiClient, namespace: str, name: str, settings
         max_runtime=(spec.get("runPolicy") or {}).get("maxRuntime", "24h"),
         invalid=invalid,
         cancelled=cancelled,
+        blocked=blocked,
         job=observed_job,
         pods=pods,
     )
@@ -78,12 +95,16 @@ def reconcile_finetunejob(client: ApiClient, namespace: str, name: str, settings
     status, transitions = compute_status(current, observation, now)
     events += transitions
     if status.phase is Phase.SUCCEEDED and job is not None and job.spec.deploy is not None:
-        status, deploy_event = _deploy(client, job, status, now)
-        events.extend(deploy_event)
-    if status != current:
-        kube.patch_status(client, PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion"))
+        outcome = deploy_adapter(client, job, status, now)
+        status = outcome.status
+        events += outcome.events
+        for adep, event in outcome.deployment_events:
+            kube.post_event(client, adep, event.type, event.reason, event.message)
+    # Events first: a kill before the status write repeats them on the next pass instead of losing them.
     for event in events:
         kube.post_event(client, body, event.type, event.reason, event.message)
+    if status != current:
+        kube.patch_status(client, PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion"))
     return status.phase
 
 
@@ -92,38 +113,3 @@ def needs_deploy(body: dict[str, Any]) -> bool:
     status = FineTuneJobStatus.model_validate(body.get("status") or {})
     wants = bool((body.get("spec") or {}).get("deploy"))
     return wants and status.phase is Phase.SUCCEEDED and not condition_is_true(status.conditions, DEPLOYED)
-
-
-def _deploy(
-    client: ApiClient, job: FineTuneJob, status: FineTuneJobStatus, now: datetime
-) -> tuple[FineTuneJobStatus, list[KubeEvent]]:
-    """Add the adapter to the AdapterDeployment named in spec.deploy (once; server-side apply)."""
-    if condition_is_true(status.conditions, DEPLOYED):
-        return status, []
-    deploy, meta = job.spec.deploy, job.metadata
-    assert deploy is not None and meta.name is not None
-    adapter_name = deploy.adapter_name or meta.name
-    body = {
-        "apiVersion": "peft.dev/v1alpha1",
-        "kind": "AdapterDeployment",
-        "metadata": {"name": deploy.adapter_deployment, "namespace": meta.namespace},
-        "spec": {"adapters": [{"name": adapter_name, "source": {"fineTuneJobRef": {"name": meta.name}}}]},
-    }
-    target = f"AdapterDeployment {deploy.adapter_deployment}"
-    if kube.get_custom(client, "adapterdeployments", meta.namespace or "", deploy.adapter_deployment) is None:
-        ok, reason, message = False, "AdapterDeploymentNotFound", f"{target} does not exist in this namespace."
-    else:
-        try:
-            # One field manager per job: each job owns exactly its own entry of the adapters list-map.
-            kube.server_side_apply(client, body, field_manager=f"peft-operator-ftj-{meta.name}")
-            ok, reason, message = True, "AdapterAdded", f"Added adapter {adapter_name} to {target}."
-        except ApiException as error:
-            ok, reason, message = False, "DeployFailed", f"Could not add the adapter to {target}: {error.reason}"
-    previous = next((c for c in status.conditions if c.type == DEPLOYED), None)
-    updated = status.model_copy(deep=True)
-    updated.conditions = set_condition(
-        status.conditions, DEPLOYED, ok, reason, message, status.observed_generation, now
-    )
-    if previous is not None and previous.reason == reason:
-        return updated, []  # still waiting for the same thing: no repeated Event
-    return updated, [KubeEvent("Normal" if ok else "Warning", reason, message)]

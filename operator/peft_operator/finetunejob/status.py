@@ -32,6 +32,13 @@ class KubeEvent:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    phase: Phase
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Observation:
     """Everything the status is computed from."""
 
@@ -40,15 +47,9 @@ class Observation:
     max_runtime: str = "24h"
     invalid: str | None = None  # the validation message, when the spec cannot run
     cancelled: bool = False
+    blocked: Verdict | None = None  # why the children cannot be created yet (a missing Secret, a refusal)
     job: dict[str, Any] | None = None
     pods: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    phase: Phase
-    reason: str
-    message: str
 
 
 def trainer_final_event(pods: list[dict[str, Any]]) -> CompletedEvent | FailedEvent | None:
@@ -163,6 +164,8 @@ def decide(obs: Observation) -> Verdict:
         return Verdict(
             Phase.CANCELLED, "Cancelled", "Cancelled by the peft.dev/cancel annotation; the Job was deleted."
         )
+    if obs.blocked is not None:
+        return obs.blocked
     job = obs.job
     if job is None:
         return Verdict(Phase.PENDING, "Creating", "Creating the training Job.")
@@ -241,7 +244,18 @@ def compute_status(
     return status, events
 
 
-_WARNING_REASONS = frozenset({"ImagePullError", "ConfigError", "Unschedulable"})
+# Pending reasons that need someone to act (children.py and references.py name the last four).
+_WARNING_REASONS = frozenset(
+    {
+        "ImagePullError",
+        "ConfigError",
+        "Unschedulable",
+        "SecretNotFound",
+        "SecretKeyNotFound",
+        "CreateRejected",
+        "NameTaken",
+    }
+)
 _ANNOUNCED_REASONS = _WARNING_REASONS | {"Resuming"}  # an Event even when the phase stays the same
 
 

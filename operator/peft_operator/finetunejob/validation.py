@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from ..api import FineTuneJob, Scheme, parse_uri
-
-LOCAL_ONLY = "file:// works only in local mode (peft-operator local train); in a cluster use pvc:// or s3://"
+from ..api import FineTuneJob
+from ..local_only import local_only_problems
 
 
 def cluster_problems(job: FineTuneJob) -> list[str]:
     """What stops this job from running in a cluster, one 'field: message' line per problem."""
     spec = job.spec
-    uris = {
-        "spec.baseModel.uri": spec.base_model.uri,
-        "spec.dataset.uri": spec.dataset.uri,
-        "spec.output.uri": spec.output.uri,
-    }
-    problems = [f"{field}: {LOCAL_ONLY}" for field, uri in uris.items() if parse_uri(uri).scheme is Scheme.FILE]
+    problems = local_only_problems(
+        {
+            "spec.baseModel.uri": spec.base_model.uri,
+            "spec.dataset.uri": spec.dataset.uri,
+            "spec.output.uri": spec.output.uri,
+        }
+    )
     if spec.method.type.value == "qlora" and spec.resources.gpus == 0:
         problems.append("spec.resources.gpus: qlora needs a GPU in a cluster (bitsandbytes 4-bit); request gpus: 1")
     return problems
