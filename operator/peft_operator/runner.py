@@ -42,6 +42,12 @@ async def _keep(client: ApiClient, config: LeaseConfig) -> None:
             raise LeadershipLostError(f"Lost Lease {config.namespace}/{config.name}")
 
 
+def replica_identity() -> str:
+    """Who this replica is, for the Lease and for Kopf. Never from the passwd database: the image's user
+    (65532) has no entry there, and Kopf's default (`getpass.getuser()`) crashes on that."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 async def run_operator(settings: OperatorSettings) -> None:
     client = load_api_client()
     serve_metrics(settings.metrics_port)
@@ -51,8 +57,8 @@ async def run_operator(settings: OperatorSettings) -> None:
     log.info("Progress endpoint on :%d, metrics on :%d", settings.progress_port, settings.metrics_port)
     duties = []
     lease: LeaseConfig | None = None
+    identity = replica_identity()
     if settings.leader_election_namespace:
-        identity = f"{socket.gethostname()}-{os.getpid()}"
         lease = LeaseConfig(settings.leader_election_namespace, settings.lease_name, identity)
         await _acquire(client, lease)
         duties.append(_keep(client, lease))
@@ -61,6 +67,7 @@ async def run_operator(settings: OperatorSettings) -> None:
             clusterwide=not settings.watch_namespaces,
             namespaces=list(settings.watch_namespaces),
             standalone=True,  # one acting replica is the Lease's job, not Kopf peering's
+            identity=identity,  # type: ignore[arg-type]  # kopf.Identity (a NewType of str) is not exported
             memo=kopf.Memo(api_client=client, settings=settings),
         ),
         resync_forever(client, settings),

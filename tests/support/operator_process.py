@@ -55,8 +55,17 @@ def operator_kubeconfig(
 class OperatorProcess:
     """Start, kill -9 and restart `peft-operator run`; the log file survives restarts."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, progress_key: str = "test-progress-key", **env: str):
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        progress_key: str = "test-progress-key",
+        run_as: int | None = None,
+        **env: str,
+    ):
+        """`run_as`: a uid (and gid) to run as with no USER, LOGNAME or HOME, as the operator image runs."""
         self.kubeconfig = kubeconfig
+        self.run_as = run_as
         self.log_path = log_path
         self.progress_key = progress_key
         self.progress_port = free_port()
@@ -80,10 +89,16 @@ class OperatorProcess:
             **self.extra_env,
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)
+        identity: dict[str, Any] = {}
+        if self.run_as is not None:
+            for variable in ("USER", "LOGNAME", "HOME"):
+                env.pop(variable, None)
+            identity = {"user": self.run_as, "group": self.run_as, "extra_groups": []}
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "peft_operator.cli", "run", "--verbose"],
             env=env,
+            **identity,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
