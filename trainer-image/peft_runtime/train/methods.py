@@ -195,6 +195,19 @@ def target_modules(model: Any, setup: MethodSetup) -> list[str]:
     return sorted(targets) if not isinstance(targets, str) else [targets]
 
 
+def keep_4bit_layers_differentiable(model: Any) -> None:
+    """Keep bitsandbytes' 4-bit layers on their autograd path for the whole run.
+
+    On CPUs with AVX512-BF16, a 4-bit layer's first no-grad eval-mode forward (our start-up probe, every
+    eval pass) repacks its weights for an inference kernel that has no autograd: from then on no gradient
+    flows through it to earlier layers, and QLoRA 'trains' with a rising loss. Other CPUs never take that
+    path, so the flag is turned off everywhere and the run is the same on every machine.
+    """
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+
+
 def load_base_model(model_dir: Path, setup: MethodSetup, dtype: torch.dtype, device: torch.device) -> Any:
     """The frozen base model: 4-bit (bitsandbytes) for qlora, `dtype` otherwise."""
     from transformers import AutoModelForCausalLM
@@ -205,6 +218,8 @@ def load_base_model(model_dir: Path, setup: MethodSetup, dtype: torch.dtype, dev
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     if setup.quantization is None:
         model.to(device)
+    else:
+        keep_4bit_layers_differentiable(model)
     model.config.use_cache = False
     release_freed_memory()  # e.g. the full-precision weights qlora quantized
     return model

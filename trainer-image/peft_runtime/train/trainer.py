@@ -28,6 +28,7 @@ from .checkpoints import TrainState, latest_checkpoint, load_checkpoint, read_st
 from .data import Example, check_tokenizer, prepare_dataset, split_examples, why_unusable
 from .device import pick_device, placement
 from .errors import configuration_error, dataset_invalid, model_unavailable, training_error
+from .gradients import GradientCheck
 from .loss import AnswerLoss
 from .memory import map_large_blocks
 from .methods import (
@@ -124,6 +125,7 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
     micro_batches = planner.epoch(state.epoch)
     session_tokens, session_steps, step_seconds, loop_start = 0, 0, 0.0, time.monotonic()
     model.train()
+    gradient_check = GradientCheck(model, check_finite=scaler is None)
     saved_step = state.step
     with stop_on_signal() as stop:
         while state.step < total_steps and not stop.requested:
@@ -144,6 +146,7 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
                 break
             if scaler:
                 scaler.unscale_(optimizer)
+            gradient_check.observe(state.step + 1)
             torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
             if scaler:
                 scaler.step(optimizer)
