@@ -168,6 +168,7 @@ def main() -> None:
         engine="auto",
         adapter_root=scratch / "volume",
         pvc_root=scratch / "pvc",
+        file_root=None,
         token_file=None,
         engine_token_file=None,
         base_model_uri=base_uri,

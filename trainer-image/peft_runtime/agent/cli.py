@@ -15,7 +15,7 @@ def register(subcommands: Any) -> None:
         help="adapter sidecar: fetch, verify and load adapters into the engine",
         description=(
             "Serve the adapter API the operator calls (PUT/DELETE/GET /v1/adapters): fetch an adapter from "
-            "s3://, pvc://, file:// or hf:// into the shared volume, verify its sha256 digests and its "
+            "s3://, pvc://, file:// (local mode) or hf:// into the shared volume, verify its sha256 digests and its "
             "compatibility, and load it into the engine on localhost."
         ),
     )
@@ -27,6 +27,15 @@ def register(subcommands: Any) -> None:
         "--adapter-root", type=Path, default=Path("/adapters"), help="the volume shared with the engine"
     )
     parser.add_argument("--pvc-root", type=Path, default=Path("/pvc"), help="where pvc://<claim>/ volumes are mounted")
+    parser.add_argument(
+        "--file-root",
+        type=Path,
+        action="append",
+        help=(
+            "a directory file:// adapters may come from (repeatable); without one, file:// is accepted anywhere "
+            "in local mode and refused inside a cluster"
+        ),
+    )
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--token-file", type=Path, help="bearer token for this API (or PEFT_ADMIN_TOKEN)")
@@ -49,6 +58,7 @@ def build_agent(args: argparse.Namespace) -> Any:
 
     from .compat import Compatibility
     from .engine_client import EngineClient
+    from .roots import SourceRoots
     from .service import AdapterAgent
     from .store import AdapterStore
 
@@ -68,7 +78,7 @@ def build_agent(args: argparse.Namespace) -> Any:
             base_model_dir=args.base_model_dir,
         ),
         max_adapters=args.max_adapters,
-        pvc_root=args.pvc_root,
+        roots=SourceRoots.configure(args.pvc_root, args.file_root),
     )
 
 

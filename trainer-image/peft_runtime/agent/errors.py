@@ -11,6 +11,10 @@ class SourceNotFound(ServingError):
     status, reason = 404, Reason.SOURCE_NOT_FOUND
 
 
+class SourceNotAllowed(ServingError):
+    status, reason = 403, Reason.SOURCE_NOT_ALLOWED
+
+
 class SourceUnavailable(ServingError):
     status, reason = 502, Reason.SOURCE_UNAVAILABLE
 

@@ -6,7 +6,7 @@ in the same folder are never copied (a training output keeps its checkpoints nex
 - `s3://bucket/prefix`: objects under `prefix/`, from any S3-compatible store; credentials, region and
   endpoint come from the agent's environment (AWS_*, or <prefix>AWS_* for the adapter's own Secret).
 - `pvc://claim/path`: `<pvc-root>/<claim>/<path>`, a volume mounted into the agent's container.
-- `file:///path`: a local directory (local mode).
+- `file:///path`: a local directory (local mode, or below a `--file-root`; see roots.py).
 - `hf://org/name[/subfolder]`: a Hugging Face Hub repository (HF_TOKEN from the environment), where reachable.
 
 Names from the manifest become paths only after a check that they stay inside the destination.
@@ -25,16 +25,16 @@ from peft_operator.api.uris import Scheme, StorageUri
 from peft_runtime.serving.errors import AdapterCorrupt
 
 from .errors import InsufficientStorage, SourceNotFound, SourceUnavailable
+from .roots import SourceRoots
 
 
-def fetch(uri: StorageUri, dest: Path, *, pvc_root: Path, credentials_env_prefix: str = "") -> None:
+def fetch(uri: StorageUri, dest: Path, *, roots: SourceRoots, credentials_env_prefix: str = "") -> None:
     try:
-        if uri.scheme is Scheme.S3:
+        local = roots.local_dir(uri)  # pvc:// and file://, refused outside the agent's roots
+        if local is not None:
+            get = _local_getter(local, uri)
+        elif uri.scheme is Scheme.S3:
             get = _s3_getter(uri, credentials_env_prefix)
-        elif uri.scheme is Scheme.PVC:
-            get = _local_getter(pvc_root / uri.authority / uri.path, uri)
-        elif uri.scheme is Scheme.FILE:
-            get = _local_getter(Path("/" + uri.path), uri)
         elif uri.scheme is Scheme.HF:
             get = _hub_getter(uri)
         else:

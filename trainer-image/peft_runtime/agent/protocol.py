@@ -12,7 +12,8 @@ it. Every route but /health needs `Authorization: Bearer <token>`.
 Errors are `ErrorBody` JSON with a CamelCase `reason` (a `Reason` value) that the operator copies into the
 AdapterDeployment status, and a sentence in `message`:
 
-    400 BadRequest, UnsupportedMethod      401 Unauthorized       403 AdminDisabled (no token configured)
+    400 BadRequest, UnsupportedMethod      401 Unauthorized
+    403 AdminDisabled (no token configured), SourceNotAllowed (outside the agent's roots; file:// in a cluster)
     404 AdapterNotFound, SourceNotFound    409 NameConflict
     422 ChecksumMismatch, AdapterCorrupt, IncompatibleBaseModel, RankTooLarge, EngineRejected
     502 EngineUnavailable, SourceUnavailable                      507 TooManyAdapters, InsufficientStorage
@@ -48,6 +49,7 @@ class Reason(StrEnum):
     MODEL_NOT_FOUND = "ModelNotFound"  # `model` names neither the base model nor a loaded adapter
     ADAPTER_NOT_FOUND = "AdapterNotFound"  # no adapter of that name
     SOURCE_NOT_FOUND = "SourceNotFound"  # nothing at the adapter's URI
+    SOURCE_NOT_ALLOWED = "SourceNotAllowed"  # a path outside the agent's roots, or file:// in a cluster
     SOURCE_UNAVAILABLE = "SourceUnavailable"  # the storage did not answer or refused the credentials
     CHECKSUM_MISMATCH = "ChecksumMismatch"  # manifest.json or a file does not have the expected sha256
     ADAPTER_CORRUPT = "AdapterCorrupt"  # unreadable files, no adapter_config.json, missing weights

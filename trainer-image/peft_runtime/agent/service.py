@@ -22,6 +22,7 @@ from .compat import Compatibility
 from .engine_client import EngineClient
 from .fetch import fetch
 from .protocol import AdapterList, AdapterReport, EngineInfo, LoadAdapterRequest, UnloadReport
+from .roots import SourceRoots
 from .store import AdapterStore, check_name
 
 log = logging.getLogger(__name__)
@@ -35,18 +36,19 @@ class AdapterAgent:
         compatibility: Compatibility,
         *,
         max_adapters: int,
-        pvc_root: Path,
+        roots: SourceRoots,
     ) -> None:
         self.store = store
         self.engine = engine
         self.compatibility = compatibility
         self.max_adapters = max_adapters
-        self.pvc_root = pvc_root
+        self.roots = roots
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._attempts: dict[str, AdapterReport] = {}  # Loading / Failed, for names the engine does not hold
 
     async def put(self, name: str, request: LoadAdapterRequest) -> AdapterReport:
         check_name(name)
+        self.roots.local_dir(parse_uri(request.uri))  # refuses a source outside the roots before any work
         target = self.store.version_dir(name, request.sha256)
         async with self._locks[name]:
             view = await self.engine.view()
@@ -94,7 +96,7 @@ class AdapterAgent:
             fetch(
                 parse_uri(request.uri),
                 staging,
-                pvc_root=self.pvc_root,
+                roots=self.roots,
                 credentials_env_prefix=request.credentials_env_prefix or "",
             )
             try:
