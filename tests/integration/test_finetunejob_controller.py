@@ -24,6 +24,7 @@ from tests.support import kubelet
 from tests.support.controlplane import REPO_ROOT, ControlPlane
 from tests.support.kubelet import wait_for
 from tests.support.operator_process import OperatorProcess, operator_kubeconfig
+from tests.support.secrets import create_referenced_secrets
 
 pytestmark = pytest.mark.integration
 EXAMPLES = REPO_ROOT / "examples"
@@ -50,6 +51,8 @@ def _example(name: str, namespace: str, **spec_changes: Any) -> dict[str, Any]:
 
 def _create(admin: ApiClient, body: dict[str, Any]) -> dict[str, Any]:
     plural = "finetunejobs" if body["kind"] == "FineTuneJob" else "adapterdeployments"
+    if plural == "finetunejobs":
+        create_referenced_secrets(admin, body["metadata"]["namespace"], body)
     return CustomObjectsApi(admin).create_namespaced_custom_object(  # type: ignore[no-any-return]
         GROUP, VERSION, body["metadata"]["namespace"], plural, body
     )

@@ -61,7 +61,7 @@ def test_planted_secrets_never_leak_and_tokens_are_per_job(
     core.create_namespaced_secret(
         namespace,
         _secret(
-            "tenant-s3",
+            "tenant-a-s3",  # the quickstart's credentialsSecretRef: the jobs wait until it exists
             namespace,
             {"AWS_ACCESS_KEY_ID": planted["s3-key"], "AWS_SECRET_ACCESS_KEY": planted["s3-secret"]},
         ),
