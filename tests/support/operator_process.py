@@ -63,7 +63,8 @@ class OperatorProcess:
         run_as: int | None = None,
         **env: str,
     ):
-        """`run_as`: a uid (and gid) to run as with no USER, LOGNAME or HOME, as the operator image runs."""
+        """`run_as`: the uid (and gid) the process sees itself as, with no USER, LOGNAME or HOME, as in the
+        operator image. A user namespace maps it onto our own uid, so files stay readable as they are."""
         self.kubeconfig = kubeconfig
         self.run_as = run_as
         self.log_path = log_path
@@ -89,16 +90,15 @@ class OperatorProcess:
             **self.extra_env,
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)
-        identity: dict[str, Any] = {}
+        as_user: list[str] = []
         if self.run_as is not None:
             for variable in ("USER", "LOGNAME", "HOME"):
                 env.pop(variable, None)
-            identity = {"user": self.run_as, "group": self.run_as, "extra_groups": []}
+            as_user = ["unshare", "--user", f"--map-user={self.run_as}", f"--map-group={self.run_as}"]
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "peft_operator.cli", "run", "--verbose"],
+            [*as_user, sys.executable, "-m", "peft_operator.cli", "run", "--verbose"],
             env=env,
-            **identity,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
