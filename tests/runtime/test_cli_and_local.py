@@ -163,3 +163,29 @@ def test_pvc_and_configmap_uris_are_read_from_their_mounts(tmp_path: Path) -> No
         tmp_path / "pvc" / "team-data" / "chat" / "a.jsonl"
     ]
     assert dataset_files("configmap://small-set/rows", mounts, tmp_path) == [tmp_path / "cm" / "small-set" / "rows"]
+
+
+def test_a_base_model_read_from_a_local_copy_is_recorded_under_the_uri_the_job_named(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Local mode reads a shipped hf:// model from its cached copy; the manifest must still name the hf://
+    URI, or an agent configured with that URI refuses the adapter."""
+    from peft_operator.api.plan import TrainingPlan
+    from tests.runtime.builders import make_plan, run_training
+
+    named = "hf://example-org/tiny-llama"
+    wire = make_plan(
+        model_dir=tiny_model_dir,
+        dataset_uri=write_jsonl(tmp_path / "chat.jsonl", chat_rows(40)).as_uri(),
+        output_uri=(tmp_path / "out").as_uri(),
+        work_dir=tmp_path / "work",
+        training={"maxSteps": 2},
+    ).to_wire()
+    wire["spec"]["baseModel"]["uri"] = named
+    wire["mounts"] = {"localModels": {named: str(tiny_model_dir)}}
+    run = run_training(TrainingPlan.model_validate(wire))
+
+    assert run.exit_code == 0, run.events[-1]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["baseModel"]["uri"] == named
+    assert run.of("completed")[0]["adapter"]["baseModel"] == named

@@ -26,7 +26,7 @@ from typing import Any
 from .agent.protocol import LoadAdapterRequest, adapter_path
 from .digest import sha256_file
 from .local import train_local
-from .models import ensure_smollm2
+from .models import SMOLLM2_HF_URI, ensure_smollm2
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples" / "demo"
@@ -68,7 +68,7 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, what: s
 
 def _train(tenant: str, retrain: bool) -> Path:
     adapter = REPO / ".demo" / "adapters" / tenant
-    if (adapter / "manifest.json").is_file() and not retrain:
+    if _trained_on_the_hf_name(adapter) and not retrain:
         print(f"  {tenant}: reusing {adapter} (make demo DEMO_ARGS=--retrain to train again)")
         return adapter
     shutil.rmtree(adapter, ignore_errors=True)  # its checkpoints would otherwise resume the finished run
@@ -76,6 +76,13 @@ def _train(tenant: str, retrain: bool) -> Path:
     trained = train_local(DEMO / f"{tenant}.yaml", work_dir=REPO / ".demo" / "work" / tenant)
     print(f"  {tenant}: trained in {time.monotonic() - started:.0f} s -> {trained}")
     return trained
+
+
+def _trained_on_the_hf_name(adapter: Path) -> bool:
+    """Adapters trained before manifests recorded the hf:// name (they named the cache folder) train again:
+    the agent, configured with that name, would refuse them."""
+    manifest = adapter / "manifest.json"
+    return manifest.is_file() and json.loads(manifest.read_text())["baseModel"]["uri"] == SMOLLM2_HF_URI
 
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -123,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"--adapter-root={work / 'adapters'}",
                 "--host=127.0.0.1",
                 f"--port={agent_port}",
-                f"--base-model-uri={model.as_uri()}",
+                f"--base-model-uri={SMOLLM2_HF_URI}",
+                f"--base-model-dir={model}",
             ],
             env,
             work / "agent.log",

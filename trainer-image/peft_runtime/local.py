@@ -2,7 +2,8 @@
 
 The same trainer as in the cluster, with local storage: plain paths in the YAML become file:// URIs
 (relative ones relative to the YAML file's folder), and the hf:// name of a model this project ships
-(SmolLM2-135M-Instruct) maps to its converted copy in the cache, since there is no hub.
+(SmolLM2-135M-Instruct) is read from its converted copy in the cache, since there is no hub; the adapter
+still records the hf:// name, so it loads wherever that model is served.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import yaml
 
 from peft_operator.api.events import STOPPED_BY_SIGNAL_EXIT_CODES
 from peft_operator.api.finetunejob import FineTuneJob
-from peft_operator.api.plan import JobIdentity, ProgressSinkConfig, TrainingPlan
+from peft_operator.api.plan import JobIdentity, Mounts, ProgressSinkConfig, TrainingPlan
 from peft_operator.api.validation import SpecError, parse_object
 
-from .models import local_model_uri
+from .models import shipped_model_dir
 
 
 def _as_uri(value: Any, folder: Path) -> Any:
@@ -29,7 +30,7 @@ def _as_uri(value: Any, folder: Path) -> Any:
 
 
 def local_job(path: Path) -> FineTuneJob:
-    """The FineTuneJob in `path`, with local paths as file:// URIs and shipped models mapped to the cache."""
+    """The FineTuneJob in `path`, with local paths as file:// URIs."""
     path = Path(path)
     body = yaml.safe_load(path.read_text())
     folder = path.resolve().parent
@@ -38,9 +39,12 @@ def local_job(path: Path) -> FineTuneJob:
         for section in ("baseModel", "dataset", "output"):
             if isinstance(spec.get(section), dict) and "uri" in spec[section]:
                 spec[section]["uri"] = _as_uri(spec[section]["uri"], folder)
-        if isinstance(spec.get("baseModel"), dict) and isinstance(spec["baseModel"].get("uri"), str):
-            spec["baseModel"]["uri"] = local_model_uri(spec["baseModel"]["uri"])
     return parse_object(FineTuneJob, body)
+
+
+def _shipped_models(base_model_uri: str) -> Mounts:
+    folder = shipped_model_dir(base_model_uri)
+    return Mounts(local_models={base_model_uri: str(folder)} if folder is not None else {})
 
 
 def train_local(
@@ -61,6 +65,7 @@ def train_local(
     plan = TrainingPlan(
         job=JobIdentity(name=job.metadata.name or Path(path).stem),
         spec=job.spec,
+        mounts=_shipped_models(job.spec.base_model.uri),
         progress=ProgressSinkConfig(),
         work_dir=str(scratch),
     )

@@ -78,8 +78,14 @@ def _convert_smollm2(target: Path) -> None:
     os.rename(partial, target)
 
 
-def local_model_uri(uri: str) -> str:
-    """In local mode (no hub), the hf:// URI of a model this project ships maps to its cached copy."""
+def shipped_model_dir(uri: str) -> Path | None:
+    """In local mode (no hub), the folder holding the model an hf:// URI names, if this project ships it."""
     if uri.rstrip("/") == SMOLLM2_HF_URI:
-        return ensure_smollm2().as_uri()
-    return uri
+        return ensure_smollm2()
+    return None
+
+
+def local_model_uri(uri: str) -> str:
+    """The file:// URI of a shipped model's local copy; any other URI as it is."""
+    folder = shipped_model_dir(uri)
+    return folder.as_uri() if folder is not None else uri

@@ -38,6 +38,11 @@ class Mounts(ApiModel):
     configmap_root: str | None = Field(
         default=None, description="configmap://name/key is read at <configmapRoot>/name/key."
     )
+    local_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Local mode (no hub): base model URI -> folder holding that model. The URI stays what the "
+        "job named, so the adapter's manifest records it and agents configured with it accept the adapter.",
+    )
 
 
 class ProgressSinkConfig(ApiModel):

@@ -150,7 +150,9 @@ def model_dir(uri: str, revision: str | None, mounts: Mounts, work_dir: Path) ->
     """A local directory with the base model's config, weights and tokenizer."""
     parsed = parse_uri(uri)
     try:
-        if parsed.scheme is Scheme.S3:
+        if uri in mounts.local_models:
+            location = Path(mounts.local_models[uri])
+        elif parsed.scheme is Scheme.S3:
             location = download_s3(parsed, work_dir / "model", MODEL_CREDENTIALS_PREFIX)
         elif parsed.scheme is Scheme.HF:
             location = _hf_snapshot(parsed, repo_type="model", revision=revision, allow_patterns=MODEL_FILE_PATTERNS)
