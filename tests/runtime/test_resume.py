@@ -83,6 +83,10 @@ def test_kill_9_mid_run_resumes_from_the_newest_complete_checkpoint(tiny_model_d
     partial = output / "checkpoints" / "step-9999"
     partial.mkdir()
     (partial / "adapter_weights.safetensors").write_bytes(b"half-written")
+    # And the hidden folder a write in progress uses: removed at the next start, never resumed.
+    interrupted = output / "checkpoints" / ".step-75.partial-4242"
+    interrupted.mkdir()
+    (interrupted / "optimizer.pt").write_bytes(b"half-written")
 
     second = subprocess.run(
         _train_command(plan_path), cwd=ROOT, env=UNBUFFERED, capture_output=True, text=True, timeout=300, check=False
@@ -93,6 +97,7 @@ def test_kill_9_mid_run_resumes_from_the_newest_complete_checkpoint(tiny_model_d
     assert steps == list(range(newest + 1, 241))  # nothing before the checkpoint is redone, nothing skipped
     assert f"Resuming from step-{newest}" in second.stderr
     assert "Ignoring incomplete checkpoint" in second.stderr and "step-9999" in second.stderr
+    assert not interrupted.exists() and ".step-75.partial-4242" in second.stderr
     completed = next(json.loads(x) for x in second.stdout.splitlines() if '"completed"' in x)
     assert completed["progress"]["step"] == completed["progress"]["totalSteps"] == 240
     assert (output / "manifest.json").is_file()

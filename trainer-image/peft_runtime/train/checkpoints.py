@@ -130,8 +130,18 @@ def _prune(output: OutputLocation) -> None:
         output.delete(f"{CHECKPOINTS}/step-{step}", marker=MARKER)
 
 
+def _remove_interrupted(output: OutputLocation) -> None:
+    """Folders a killed run left half-written (`.step-N.partial-PID`): never resumable, only disk taken."""
+    root = output.local_dir / CHECKPOINTS
+    for leftover in sorted(root.glob(".step-*.partial-*")) if root.is_dir() else []:
+        log.info("Removing %s, left by an interrupted checkpoint", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def latest_checkpoint(output: OutputLocation) -> Path | None:
-    """The newest complete checkpoint, local or remote (then downloaded); partial ones are skipped."""
+    """The newest complete checkpoint, local or remote (then downloaded); partial ones are skipped and
+    interrupted writes removed (called once, at the start of a run)."""
+    _remove_interrupted(output)
     local, remote = _complete_steps(output)
     if not local and not remote:
         return None
