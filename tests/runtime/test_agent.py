@@ -14,7 +14,11 @@ import pytest
 from tests.support.adapters import (
     TestAdapter,
     base_uri,
+    make_bottleneck_adapter,
+    make_ia3_adapter,
+    make_loha_adapter,
     make_lora_adapter,
+    make_prefix_tuning_adapter,
     make_prompt_tuning_adapter,
     retarget,
     upload_dir,
@@ -120,7 +124,11 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "dora": make_lora_adapter(tiny_model_dir, root / "dora", seed=13, use_dora=True),
         "rank-16": make_lora_adapter(tiny_model_dir, root / "r16", seed=14, r=16),
         "other-base": make_lora_adapter(tiny_model_dir, root / "other", seed=15, uri="hf://someone/else"),
+        "loha": make_loha_adapter(tiny_model_dir, root / "loha"),
+        "ia3": make_ia3_adapter(tiny_model_dir, root / "ia3"),
+        "prefix": make_prefix_tuning_adapter(tiny_model_dir, root / "prefix"),
         "prompt": make_prompt_tuning_adapter(tiny_model_dir, root / "prompt"),
+        "adapter": make_bottleneck_adapter(tiny_model_dir, root / "bottleneck"),
     }
 
 
@@ -204,7 +212,7 @@ def test_checksum_mismatch_is_refused_and_nothing_is_loaded(
         ("other-base", 422, "IncompatibleBaseModel"),
         ("alien-modules", 422, "IncompatibleBaseModel"),
         ("rank-16", 422, "RankTooLarge"),
-        ("prompt", 400, "UnsupportedMethod"),
+        ("loha", 400, "UnsupportedMethod"),
     ],
 )
 def test_incompatible_adapter_is_refused_with_the_reason(
@@ -214,6 +222,19 @@ def test_incompatible_adapter_is_refused_with_the_reason(
     got, body = put(agent, "misfit", made.path.as_uri(), made.sha256)
     assert (got, body["error"]["reason"]) == (status, reason), body
     assert "misfit" not in engine_adapters(engine)
+
+
+@pytest.mark.parametrize("method", ["ia3", "prefix", "prompt", "adapter"])
+def test_every_method_passes_the_gate_of_the_builtin_engine_and_answers(
+    agent: Any, engine: Any, adapters: dict[str, TestAdapter], method: str
+) -> None:
+    made = adapters[method]
+    status, body = put(agent, f"method-{method}", made.path.as_uri(), made.sha256)
+    assert (status, body.get("state")) == (200, "Loaded"), body
+    request = {"model": f"method-{method}", "prompt": "Hello", "max_tokens": 4}
+    status, answer = call(engine, "POST", "/v1/completions", request)
+    assert status == 200, answer
+    assert call(agent, "DELETE", f"/v1/adapters/method-{method}")[0] == 200
 
 
 def test_engine_restart_is_reported_empty_and_reload_uses_the_verified_files(

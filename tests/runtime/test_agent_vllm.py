@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.support.adapters import TestAdapter, base_uri, make_lora_adapter
+from tests.support.adapters import (
+    TestAdapter,
+    base_uri,
+    make_bottleneck_adapter,
+    make_ia3_adapter,
+    make_lora_adapter,
+    make_prefix_tuning_adapter,
+    make_prompt_tuning_adapter,
+)
 from tests.support.agent import start_agent
 from tests.support.http import call_json
 
@@ -104,6 +112,10 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "v1": make_lora_adapter(tiny_model_dir, root / "v1", seed=21),
         "v2": make_lora_adapter(tiny_model_dir, root / "v2", seed=22),
         "dora": make_lora_adapter(tiny_model_dir, root / "dora", seed=23, use_dora=True),
+        "ia3": make_ia3_adapter(tiny_model_dir, root / "ia3"),
+        "prefix": make_prefix_tuning_adapter(tiny_model_dir, root / "prefix"),
+        "prompt": make_prompt_tuning_adapter(tiny_model_dir, root / "prompt"),
+        "adapter": make_bottleneck_adapter(tiny_model_dir, root / "bottleneck"),
     }
 
 
@@ -127,11 +139,16 @@ def test_replacing_an_adapter_on_vllm_unloads_the_old_one_first(
     assert [(a["name"], a["digest"]) for a in listing["adapters"]] == [("tenant-a", v2.sha256)]
 
 
-def test_dora_is_refused_before_vllm_is_asked(vllm: Any, agent: Any, adapters: dict[str, TestAdapter]) -> None:
-    dora = adapters["dora"]
+@pytest.mark.parametrize("method", ["dora", "ia3", "prefix", "prompt", "adapter"])
+def test_methods_vllm_cannot_serve_are_refused_before_it_is_asked(
+    vllm: Any, agent: Any, adapters: dict[str, TestAdapter], method: str
+) -> None:
+    made = adapters[method]
     vllm.double.calls.clear()
-    status, body = call(agent, "PUT", "/v1/adapters/tenant-d", {"uri": dora.path.as_uri(), "sha256": dora.sha256})
+    status, body = call(agent, "PUT", "/v1/adapters/tenant-d", {"uri": made.path.as_uri(), "sha256": made.sha256})
     assert (status, body["error"]["reason"]) == (400, "UnsupportedMethod"), body
+    assert f"trained with '{method}'" in body["error"]["message"]
+    assert "built-in engine" in body["error"]["message"]
     assert vllm.double.calls == []
 
 

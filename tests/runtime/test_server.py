@@ -19,8 +19,8 @@ import pytest
 from tests.support.adapters import (
     base_uri,
     corrupt_weights,
+    make_loha_adapter,
     make_lora_adapter,
-    make_prompt_tuning_adapter,
     reference_generate,
 )
 from tests.support.http import call_json
@@ -55,7 +55,7 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         ).path,
         "rank-16": make_lora_adapter(tiny_model_dir, root / "r16", seed=4, r=16).path,
         "other-base": make_lora_adapter(tiny_model_dir, root / "other", seed=5, uri="hf://someone/else").path,
-        "prompt": make_prompt_tuning_adapter(tiny_model_dir, root / "prompt").path,
+        "loha": make_loha_adapter(tiny_model_dir, root / "loha").path,
     }
     corrupt = make_lora_adapter(tiny_model_dir, root / "corrupt", seed=6).path
     corrupt_weights(corrupt, keep_manifest_valid=True)
@@ -195,7 +195,7 @@ def test_admin_routes_need_the_bearer_token(server: Any, adapters: dict[str, Pat
         ("other-base", 422, "IncompatibleBaseModel"),
         ("corrupt", 422, "AdapterCorrupt"),
         ("tampered", 422, "ChecksumMismatch"),
-        ("prompt", 400, "UnsupportedMethod"),
+        ("loha", 400, "UnsupportedMethod"),
     ],
 )
 def test_bad_adapter_is_refused_and_the_others_keep_serving(

@@ -19,9 +19,14 @@ __all__ = [
     "TestAdapter",
     "base_uri",
     "corrupt_weights",
+    "make_bottleneck_adapter",
+    "make_ia3_adapter",
+    "make_loha_adapter",
     "make_lora_adapter",
+    "make_prefix_tuning_adapter",
     "make_prompt_tuning_adapter",
     "reference_generate",
+    "reference_generate_without_cache",
     "retarget",
     "rewrite_manifest",
     "upload_dir",
@@ -127,17 +132,69 @@ def make_lora_adapter(
     )
 
 
-def make_prompt_tuning_adapter(model_dir: Path, out_dir: Path, *, seed: int = 0) -> TestAdapter:
-    """A prompt-tuning adapter: a method the built-in engine refuses to hot-load."""
+def make_prompt_tuning_adapter(model_dir: Path, out_dir: Path, *, seed: int = 0, tokens: int = 4) -> TestAdapter:
+    """A prompt-tuning adapter with random soft-prompt embeddings (peft's RANDOM init)."""
+    from peft import PromptTuningConfig, TaskType
+
+    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=tokens)
+    return _make_peft_adapter(model_dir, out_dir, config, seed=seed, method="prompt")
+
+
+def make_prefix_tuning_adapter(model_dir: Path, out_dir: Path, *, seed: int = 0, tokens: int = 4) -> TestAdapter:
+    """A prefix-tuning adapter with random prefix keys and values (peft's init)."""
+    from peft import PrefixTuningConfig, TaskType
+
+    config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=tokens)
+    return _make_peft_adapter(model_dir, out_dir, config, seed=seed, method="prefix")
+
+
+def make_ia3_adapter(model_dir: Path, out_dir: Path, *, seed: int = 0) -> TestAdapter:
+    """An IA3 adapter on peft's default modules (k_proj, v_proj, down_proj) with vectors far from 1."""
+    from peft import IA3Config, TaskType
+
+    return _make_peft_adapter(model_dir, out_dir, IA3Config(task_type=TaskType.CAUSAL_LM), seed=seed, method="ia3")
+
+
+def _make_peft_adapter(model_dir: Path, out_dir: Path, config: Any, *, seed: int, method: str) -> TestAdapter:
     import torch
-    from peft import PromptTuningConfig, TaskType, get_peft_model
+    from peft import get_peft_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = get_peft_model(
-            _load_base(model_dir), PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=4)
-        )
-    return _finish(model, out_dir, model_dir, method="prompt", rank=None, targets=[], uri=None, revision=None)
+        model = get_peft_model(_load_base(model_dir), config)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if ".ia3_l." in name:
+                    param.copy_(torch.rand_like(param) * 1.5 + 0.25)  # 0.25..1.75: changes the answers
+    return _finish(model, out_dir, model_dir, method=method, rank=None, targets=[], uri=None, revision=None)
+
+
+def make_loha_adapter(model_dir: Path, out_dir: Path, *, seed: int = 0) -> TestAdapter:
+    """A LoHa adapter: a peft method the trainer never produces, which no engine here serves. Its manifest
+    claims lora (as a hand-edited one could), so the refusal must come from the adapter's own config."""
+    from peft import LoHaConfig
+
+    config = LoHaConfig(r=4, target_modules=["q_proj", "v_proj"], init_weights=False)
+    return _make_peft_adapter(model_dir, out_dir, config, seed=seed, method="lora")
+
+
+def make_bottleneck_adapter(model_dir: Path, out_dir: Path, *, seed: int = 0) -> TestAdapter:
+    """A bottleneck adapter (`method: adapter`) after attention and MLP, with random up-projections."""
+    import torch
+
+    from peft_runtime.bottleneck import BottleneckConfig, BottleneckModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = BottleneckConfig(reduction_factor=8, placement=["attention", "mlp"])
+        model = BottleneckModel(_load_base(model_dir), config)
+        with torch.no_grad():
+            for name, param in model.adapters.named_parameters():
+                if ".up." in name:
+                    param.normal_(0.0, 0.3)
+    return _finish(
+        model, out_dir, model_dir, method="adapter", rank=None, targets=["attention", "mlp"], uri=None, revision=None
+    )
 
 
 def rewrite_manifest(adapter_dir: Path, **changes: Any) -> str:
@@ -199,4 +256,32 @@ def reference_generate(model_dir: Path, adapter_dir: Path | None, prompts: list[
                 pad_token_id=tokenizer.pad_token_id,
             )
         texts.append(str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)))
+    return texts
+
+
+def reference_generate_without_cache(
+    model_dir: Path, adapter_dir: Path, prompts: list[str], max_new_tokens: int
+) -> list[str]:
+    """Greedy texts from the adapter applied as in training (peft_runtime.adapters.load_adapter), one prompt at a
+    time, each token from a full forward pass over everything so far without a KV cache: the reference for
+    methods whose peft `generate` is not (prefix and prompt tuning, see serving/virtual_tokens.py)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from peft_runtime.adapters import load_adapter
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = load_adapter(_load_base(model_dir), adapter_dir).eval()
+    texts = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        start = ids.shape[1]
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits
+                token = logits[0, -1].argmax()
+                if int(token) == tokenizer.eos_token_id:
+                    break
+                ids = torch.cat([ids, token.view(1, 1)], 1)
+        texts.append(str(tokenizer.decode(ids[0, start:], skip_special_tokens=True)))
     return texts

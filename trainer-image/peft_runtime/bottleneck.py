@@ -79,6 +79,32 @@ def _child(layer: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
     return next((getattr(layer, n) for n in names if isinstance(getattr(layer, n, None), nn.Module)), None)
 
 
+def adapter_blocks(model: nn.Module, placement: list[str]) -> dict[str, nn.Module]:
+    """The sub-blocks adapters follow, keyed as in the module dict: "<layer index>_<placement>"."""
+    blocks = {}
+    for index, layer in enumerate(_decoder_layers(model)):
+        for place in placement:
+            block = _child(layer, _ATTENTION_NAMES if place == "attention" else _MLP_NAMES)
+            if block is None:
+                raise ValueError(f"decoder layer {index} has no {place} block for a bottleneck adapter")
+            blocks[f"{index}_{place}"] = block
+    return blocks
+
+
+def bottleneck_size(config: BottleneckConfig) -> int:
+    return max(1, int(config.hidden_size or 0) // config.reduction_factor)
+
+
+def stored_key(key: str) -> str:
+    """Module-dict key "<i>_<placement>.<part>" -> the name on disk, "layers.<i>.<placement>.<part>"."""
+    return "layers." + key.replace("_", ".", 1)
+
+
+def module_key(name: str) -> str:
+    """The name on disk -> the module-dict key (the inverse of stored_key)."""
+    return name.removeprefix("layers.").replace(".", "_", 1)
+
+
 def _after(adapter: Bottleneck) -> Any:
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
         if isinstance(output, tuple):
@@ -97,21 +123,16 @@ class BottleneckModel(nn.Module):
             parameter.requires_grad_(False)
         self.base_model = model
         hidden = int(model.config.hidden_size)
-        layers = _decoder_layers(model)
-        config.hidden_size, config.num_layers = hidden, len(layers)
+        config.hidden_size, config.num_layers = hidden, len(_decoder_layers(model))
         config.base_model_name_or_path = config.base_model_name_or_path or getattr(model, "name_or_path", None)
         self.peft_config = {"default": config}
         self.adapters = nn.ModuleDict()
         self._hooks = []
         device = next(model.parameters()).device
-        for index, layer in enumerate(layers):
-            for place in config.placement:
-                block = _child(layer, _ATTENTION_NAMES if place == "attention" else _MLP_NAMES)
-                if block is None:
-                    raise ValueError(f"decoder layer {index} has no {place} block for a bottleneck adapter")
-                adapter = Bottleneck(hidden, max(1, hidden // config.reduction_factor), config.non_linearity)
-                self.adapters[f"{index}_{place}"] = adapter.to(device)
-                self._hooks.append(block.register_forward_hook(_after(adapter)))
+        for key, block in adapter_blocks(model, config.placement).items():
+            adapter = Bottleneck(hidden, bottleneck_size(config), config.non_linearity)
+            self.adapters[key] = adapter.to(device)
+            self._hooks.append(block.register_forward_hook(_after(adapter)))
 
     @property
     def config(self) -> Any:
@@ -128,10 +149,7 @@ class BottleneckModel(nn.Module):
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         # On disk: layers.<i>.<placement>.(down|up).(weight|bias)
-        return {
-            "layers." + key.replace("_", ".", 1): value.detach().contiguous()
-            for key, value in self.adapters.state_dict().items()
-        }
+        return {stored_key(key): value.detach().contiguous() for key, value in self.adapters.state_dict().items()}
 
     def save_pretrained(self, directory: str | Path, **_: Any) -> None:
         from safetensors.torch import save_file
@@ -148,7 +166,7 @@ class BottleneckModel(nn.Module):
         config = BottleneckConfig.from_pretrained(Path(directory))
         wrapped = cls(model, config)
         stored = load_file(str(Path(directory, WEIGHTS_NAME)))
-        state = {key.removeprefix("layers.").replace(".", "_", 1): value for key, value in stored.items()}
+        state = {module_key(key): value for key, value in stored.items()}
         wrapped.adapters.load_state_dict(state, strict=True)
         for parameter in wrapped.adapters.parameters():
             parameter.requires_grad_(is_trainable)

@@ -40,8 +40,13 @@ def write_manifest(directory: Path, manifest: AdapterManifest) -> str:
     return sha256_file(path)
 
 
-def verify_adapter_dir(directory: Path, expected_sha256: str | None = None) -> AdapterManifest:
-    """Check manifest.json against `expected_sha256` and every listed file against the manifest."""
+def verify_adapter_dir(
+    directory: Path, expected_sha256: str | None = None, *, allow_unlisted: bool = False
+) -> AdapterManifest:
+    """Check manifest.json against `expected_sha256` and every listed file against the manifest.
+
+    A copy (the agent's) must hold nothing else. `allow_unlisted` is for a folder used where it is, such as a
+    training output with checkpoints/ beside the adapter: other files are neither read nor hashed."""
     manifest_path = directory / MANIFEST_FILE_NAME
     if not manifest_path.is_file():
         raise DigestMismatchError(f"{directory} has no {MANIFEST_FILE_NAME}; it is not a peft-operator adapter")
@@ -53,7 +58,10 @@ def verify_adapter_dir(directory: Path, expected_sha256: str | None = None) -> A
                 "the adapter changed or the digest in the spec is wrong"
             )
     manifest = AdapterManifest.model_validate_json(manifest_path.read_text())
-    actual_files = file_digests(directory)
+    if allow_unlisted:
+        actual_files = {name: sha256_file(directory / name) for name in manifest.files if (directory / name).is_file()}
+    else:
+        actual_files = file_digests(directory)
     for name, expected in manifest.files.items():
         if name not in actual_files:
             raise DigestMismatchError(f"{name} is listed in {MANIFEST_FILE_NAME} but missing")

@@ -1,7 +1,8 @@
 """Can this replica's engine serve a verified adapter? Checked before the engine is asked, without torch.
 
 - the manifest's base model (uri, revision) must be the one the replica serves;
-- the method must be one the engine hot-loads; the rank must not exceed maxRank;
+- the method must be one the engine hot-loads (ENGINE_METHODS), judged from both the manifest and the
+  adapter's own config; the rank must not exceed maxRank;
 - with `--base-model-dir`, every module the adapter's weights sit on must exist in the base model's
   checkpoint with matching shapes (read from the safetensors headers; no weights are loaded).
 """
@@ -19,8 +20,18 @@ from peft_operator.api.manifest import AdapterManifest
 from peft_runtime.serving.errors import AdapterCorrupt, IncompatibleBaseModel, RankTooLarge, UnsupportedMethod
 
 ENGINE_METHODS = {
-    "builtin": ("lora", "qlora", "dora"),
-    "vllm": ("lora", "qlora"),  # vLLM serves plain LoRA weights; DoRA needs the built-in engine
+    # the built-in engine hot-loads everything the trainer produces (docs/serving.md)
+    "builtin": ("lora", "qlora", "dora", "ia3", "prefix", "prompt", "adapter"),
+    # vLLM serves plain LoRA weights (qlora adapters are such weights); it has no DoRA, IA3, prefix/prompt
+    # tuning or bottleneck adapters
+    "vllm": ("lora", "qlora"),
+}
+# adapter_config.json's peft_type -> our method name (LORA is lora or dora, by use_dora)
+_PEFT_TYPE_METHODS = {"IA3": "ia3", "PREFIX_TUNING": "prefix", "PROMPT_TUNING": "prompt", "BOTTLENECK": "adapter"}
+_ELSEWHERE = {
+    "builtin": "",
+    "vllm": "; serve it on the built-in engine (runtime.engine: builtin), or merged if the method merges "
+    "(lora, dora, qlora, ia3: peft-runtime train --merge)",
 }
 _PEFT_PREFIX = "base_model.model."
 
@@ -35,6 +46,31 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
     return {name: info["shape"] for name, info in header.items() if name != "__metadata__"}
 
 
+def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    """adapter_config.json, or {} when there is none (the engine then refuses the adapter itself)."""
+    path = adapter_dir / "adapter_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as error:
+        raise AdapterCorrupt(f"adapter_config.json is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise AdapterCorrupt("adapter_config.json is not a JSON object")
+    return config
+
+
+def _config_method(adapter_dir: Path) -> str | None:
+    """The method the adapter's own config says it is (a manifest can be wrong), None if unknown."""
+    config = _adapter_config(adapter_dir)
+    if not config:
+        return None
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type == "LORA":
+        return "dora" if config.get("use_dora") else "lora"
+    return _PEFT_TYPE_METHODS.get(peft_type, peft_type.lower())
+
+
 @dataclass
 class Compatibility:
     max_rank: int
@@ -44,9 +80,9 @@ class Compatibility:
 
     def check(self, manifest: AdapterManifest, adapter_dir: Path, engine: str) -> None:
         """Raise a ServingError (UnsupportedMethod, IncompatibleBaseModel, RankTooLarge, ...) saying why not."""
-        self._check_method(manifest, engine)
+        self._check_method(manifest, adapter_dir, engine)
         self._check_identity(manifest)
-        rank = self._rank(manifest, adapter_dir, engine)
+        rank = self._rank(manifest, adapter_dir)
         if rank is not None and rank > self.max_rank:
             raise RankTooLarge(
                 f"the adapter has rank {rank}, above maxRank {self.max_rank}: retrain with a smaller r or raise "
@@ -55,13 +91,14 @@ class Compatibility:
         if self.base_model_dir is not None:
             self._check_modules(adapter_dir)
 
-    def _check_method(self, manifest: AdapterManifest, engine: str) -> None:
+    def _check_method(self, manifest: AdapterManifest, adapter_dir: Path, engine: str) -> None:
         servable = ENGINE_METHODS.get(engine, ENGINE_METHODS["builtin"])
-        if manifest.method not in servable:
-            raise UnsupportedMethod(
-                f"the adapter was trained with '{manifest.method}'; the {engine} engine hot-loads "
-                f"{', '.join(servable)} adapters"
-            )
+        for method in (manifest.method, _config_method(adapter_dir)):
+            if method is not None and method not in servable:
+                raise UnsupportedMethod(
+                    f"the adapter was trained with '{method}'; the {engine} engine hot-loads "
+                    f"{', '.join(servable)} adapters{_ELSEWHERE.get(engine, '')}"
+                )
 
     def _check_identity(self, manifest: AdapterManifest) -> None:
         trained = manifest.base_model
@@ -85,18 +122,10 @@ class Compatibility:
                     f"the adapter's base model has {what} {theirs}; this deployment's has {ours}"
                 )
 
-    def _rank(self, manifest: AdapterManifest, adapter_dir: Path, engine: str) -> int | None:
+    def _rank(self, manifest: AdapterManifest, adapter_dir: Path) -> int | None:
         ranks = [manifest.rank] if manifest.rank is not None else []
-        config_path = adapter_dir / "adapter_config.json"
-        if config_path.is_file():
-            try:
-                config = json.loads(config_path.read_text())
-            except ValueError as error:
-                raise AdapterCorrupt(f"adapter_config.json is not valid JSON: {error}") from error
-            if config.get("peft_type", "LORA").upper() != "LORA":
-                raise UnsupportedMethod(f"the adapter is a peft {config['peft_type']} adapter, not LoRA")
-            if config.get("use_dora") and "dora" not in ENGINE_METHODS.get(engine, ENGINE_METHODS["builtin"]):
-                raise UnsupportedMethod(f"the adapter uses DoRA, which the {engine} engine cannot load")
+        config = _adapter_config(adapter_dir)
+        if config.get("peft_type", "LORA").upper() == "LORA":
             ranks += [int(r) for r in [config.get("r"), *(config.get("rank_pattern") or {}).values()] if r]
         return max(ranks) if ranks else None
 

@@ -3,9 +3,12 @@
 Everything here runs before the model lock is taken (file checks, digests, config, weights into memory,
 shapes), so a load never stalls requests for other adapters while it reads or verifies files.
 
-The built-in engine hot-loads the LoRA family: LoRA, DoRA, and LoRA weights trained with QLoRA (served on
-the unquantized base). Other PEFT methods (IA3, prefix/prompt tuning, bottleneck adapters) change the model in
-ways that cannot be mixed row by row in one batch; they are refused with UnsupportedMethod.
+The built-in engine hot-loads every method the trainer produces: the LoRA family (LoRA, DoRA, and LoRA
+weights trained with QLoRA, served on the unquantized base) through peft's layers, and IA3, bottleneck
+adapters, prefix and prompt tuning through its own code (ia3.py, bottleneck_rows.py, virtual_tokens.py).
+
+A training output folder serves as it is: files beside the adapter (checkpoints/, merged/) are ignored,
+while the files the engine reads must be listed in manifest.json when there is one.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from typing import Any
 import torch
 
 from peft_operator.api.manifest import MANIFEST_FILE_NAME, AdapterManifest
-from peft_runtime.digest import DigestMismatchError, verify_adapter_dir
+from peft_runtime.bottleneck import PEFT_TYPE as BOTTLENECK_TYPE
+from peft_runtime.digest import DigestMismatchError, sha256_file, verify_adapter_dir
 
+from .bottleneck_rows import BottleneckAdapter, read_bottleneck
 from .errors import (
     AdapterCorrupt,
     BadRequest,
@@ -28,9 +33,14 @@ from .errors import (
     RankTooLarge,
     UnsupportedMethod,
 )
+from .ia3 import Ia3Vectors, read_ia3
+from .virtual_tokens import VirtualTokens, read_virtual_tokens
 
-SERVABLE_METHODS = ("lora", "qlora", "dora")
-SERVABLE_TEXT = "lora, dora and qlora-trained LoRA weights (peft LoraConfig)"
+SERVABLE_METHODS = ("lora", "qlora", "dora", "ia3", "prefix", "prompt", "adapter")
+# adapter_config.json's peft_type -> the method name used in manifests and in PreparedAdapter.method
+_OWN_METHODS = {"IA3": "ia3", "PREFIX_TUNING": "prefix", "PROMPT_TUNING": "prompt", BOTTLENECK_TYPE: "adapter"}
+_PEFT_TYPES_TEXT = "LORA, IA3, PREFIX_TUNING, PROMPT_TUNING or BOTTLENECK"
+_READ_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 _PEFT_PREFIX = "base_model.model."
 # LoraConfig options whose layers cannot take per-row adapters in one batch (or that this engine never tested).
 _REFUSED_OPTIONS = {
@@ -56,6 +66,8 @@ class BaseModelInfo:
     max_model_len: int | None
     linear_shapes: dict[str, tuple[int, int]] = field(repr=False)  # module path -> (in, out)
     params: dict[str, torch.Tensor] = field(repr=False)  # the base model's own parameters (read only)
+    config: Any = field(repr=False)  # the model's transformers config (KV-cache shape for prefixes)
+    dtype: torch.dtype = torch.float32
 
     @classmethod
     def of(cls, model: Any, *, served_name: str, root: str, uri: str | None, revision: str | None) -> BaseModelInfo:
@@ -81,6 +93,8 @@ class BaseModelInfo:
             max_model_len=getattr(config, "max_position_embeddings", None),
             linear_shapes=shapes,
             params=dict(model.named_parameters()),
+            config=config,
+            dtype=model.get_input_embeddings().weight.dtype,
         )
 
 
@@ -90,10 +104,11 @@ class PreparedAdapter:
 
     name: str
     path: Path
-    config: Any  # peft.LoraConfig
-    weights: dict[str, torch.Tensor] = field(repr=False)
-    method: str
-    rank: int
+    method: str  # lora, dora, ia3, prefix, prompt or adapter
+    config: Any  # peft.LoraConfig for the LoRA family, else None
+    weights: dict[str, torch.Tensor] = field(repr=False)  # LoRA weights (peft's keys); empty for other methods
+    own: Ia3Vectors | BottleneckAdapter | VirtualTokens | None  # what the engine's own code applies (not LoRA)
+    rank: int  # 0 where the method has none
     digest: str | None
     size_bytes: int
 
@@ -105,7 +120,16 @@ def prepare_adapter(name: str, path: Path, base: BaseModelInfo, *, max_rank: int
     if not path.is_dir():
         raise BadRequest(f"lora_path '{path}' is not a directory on the server")
     digest = _check_manifest(path, base)
-    config = _read_config(path)
+    raw = _read_raw_config(path)
+    peft_type = str(raw.get("peft_type", "")).upper()
+    if peft_type in _OWN_METHODS:
+        return _prepare_own(name, path, peft_type, raw, base, digest, device)
+    if peft_type != "LORA":
+        raise UnsupportedMethod(
+            f"adapter '{name}' is a peft {peft_type or 'unknown'} adapter; the built-in engine hot-loads "
+            f"peft_type {_PEFT_TYPES_TEXT} (the methods the trainer offers)"
+        )
+    config = _lora_config(path, raw)
     method = "dora" if config.use_dora else "lora"
     rank = max([int(config.r), *(int(r) for r in (config.rank_pattern or {}).values())])
     if rank > max_rank:
@@ -114,11 +138,31 @@ def prepare_adapter(name: str, path: Path, base: BaseModelInfo, *, max_rank: int
             "retrain with a smaller r or raise limits.maxRank"
         )
     weights = _read_weights(path)
+    if not any(".lora_" in key for key in weights):
+        raise AdapterCorrupt(f"{path}/adapter_model.safetensors holds no LoRA weights")
     _drop_base_copies(name, weights, base)
     _check_shapes(name, weights, base)
     weights = {key: tensor.to(device) for key, tensor in weights.items()}
     size = sum(t.numel() * t.element_size() for t in weights.values())
-    return PreparedAdapter(name, path, config, weights, method, rank, digest, size)
+    return PreparedAdapter(name, path, method, config, weights, None, rank, digest, size)
+
+
+def _prepare_own(
+    name: str, path: Path, peft_type: str, raw: dict[str, Any], base: BaseModelInfo, digest: str | None, device: str
+) -> PreparedAdapter:
+    """IA3, bottleneck, prefix or prompt tuning: read into the objects the engine's own code applies."""
+    weights = _read_weights(path)
+    size = sum(t.numel() * t.element_size() for t in weights.values())
+    own: Ia3Vectors | BottleneckAdapter | VirtualTokens
+    if peft_type == "IA3":
+        own = read_ia3(
+            name, raw, {k: t.to(device=device, dtype=base.dtype) for k, t in weights.items()}, base.linear_shapes
+        )
+    elif peft_type == BOTTLENECK_TYPE:
+        own = read_bottleneck(name, raw, weights, hidden_size=base.hidden_size, dtype=base.dtype, device=device)
+    else:
+        own = read_virtual_tokens(name, peft_type, weights, base.config, dtype=base.dtype, device=device)
+    return PreparedAdapter(name, path, _OWN_METHODS[peft_type], None, {}, own, 0, digest, size)
 
 
 def _check_manifest(path: Path, base: BaseModelInfo) -> str | None:
@@ -126,14 +170,18 @@ def _check_manifest(path: Path, base: BaseModelInfo) -> str | None:
     if not (path / MANIFEST_FILE_NAME).is_file():
         return None
     try:
-        manifest: AdapterManifest = verify_adapter_dir(path)
+        manifest: AdapterManifest = verify_adapter_dir(path, allow_unlisted=True)
     except DigestMismatchError as error:
         raise ChecksumMismatch(f"{path}: {error}") from error
     except ValueError as error:  # pydantic's ValidationError is a ValueError
         raise AdapterCorrupt(f"{path}/{MANIFEST_FILE_NAME} is not a valid adapter manifest: {error}") from error
+    unlisted = [f for f in _READ_FILES if (path / f).is_file() and f not in manifest.files]
+    if unlisted:
+        raise ChecksumMismatch(f"{path}: {', '.join(unlisted)} not in {MANIFEST_FILE_NAME}; refusing to load them")
     if manifest.method not in SERVABLE_METHODS:
         raise UnsupportedMethod(
-            f"the adapter was trained with '{manifest.method}'; the built-in engine hot-loads {SERVABLE_TEXT}"
+            f"the adapter was trained with '{manifest.method}'; the built-in engine hot-loads "
+            f"{', '.join(SERVABLE_METHODS)} adapters"
         )
     trained = manifest.base_model
     if base.uri is not None and trained.uri != base.uri:
@@ -150,14 +198,10 @@ def _check_manifest(path: Path, base: BaseModelInfo) -> str | None:
     ):
         if theirs is not None and ours is not None and theirs != ours:
             raise IncompatibleBaseModel(f"the adapter's base model has {what} {theirs}; this server's has {ours}")
-    from peft_runtime.digest import sha256_file
-
     return sha256_file(path / MANIFEST_FILE_NAME)
 
 
-def _read_config(path: Path) -> Any:
-    from peft import LoraConfig
-
+def _read_raw_config(path: Path) -> dict[str, Any]:
     config_path = path / "adapter_config.json"
     if not config_path.is_file():
         raise AdapterCorrupt(f"{path} has no adapter_config.json: it is not a saved peft adapter")
@@ -165,12 +209,14 @@ def _read_config(path: Path) -> Any:
         raw = json.loads(config_path.read_text())
     except (OSError, ValueError) as error:
         raise AdapterCorrupt(f"{config_path} is not readable JSON: {error}") from error
-    peft_type = str(raw.get("peft_type", "")).upper()
-    if peft_type != "LORA":
-        raise UnsupportedMethod(
-            f"the adapter is a peft {peft_type or 'unknown'} adapter; the built-in engine hot-loads {SERVABLE_TEXT}, "
-            "whose weights can be mixed row by row in one batch; serve other methods from a merged model"
-        )
+    if not isinstance(raw, dict):
+        raise AdapterCorrupt(f"{config_path} is not a JSON object")
+    return raw
+
+
+def _lora_config(path: Path, raw: dict[str, Any]) -> Any:
+    from peft import LoraConfig
+
     for option, what in _REFUSED_OPTIONS.items():
         if raw.get(option) not in (None, False, {}, []):
             raise UnsupportedMethod(
@@ -179,7 +225,7 @@ def _read_config(path: Path) -> Any:
     try:
         config = LoraConfig.from_pretrained(str(path))
     except Exception as error:  # peft raises TypeError/ValueError for unknown or inconsistent fields
-        raise AdapterCorrupt(f"{config_path} is not a valid LoRA config: {error}") from error
+        raise AdapterCorrupt(f"{path}/adapter_config.json is not a valid LoRA config: {error}") from error
     config.inference_mode = True
     return config
 
@@ -193,8 +239,6 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         weights: dict[str, torch.Tensor] = load_peft_weights(str(path), device="cpu")
     except Exception as error:  # safetensors raises its own error types for truncated or garbled files
         raise AdapterCorrupt(f"cannot read the weights in {path}: {error}") from error
-    if not any(".lora_" in key for key in weights):
-        raise AdapterCorrupt(f"{path}/adapter_model.safetensors holds no LoRA weights")
     return weights
 
 

@@ -2,7 +2,8 @@
 
 One step is one forward pass of the whole batch (`AdapterRegistry.forward`, with per-row adapter names) and
 one token for every row. Rows are left-padded; position ids and the attention mask account for the padding,
-so a row's tokens do not depend on what else is in the batch. Rows leave the batch as soon as they finish,
+so a row's tokens do not depend on what else is in the batch; prefix- and prompt-tuning rows start with
+their virtual tokens (virtual_tokens.py). Rows leave the batch as soon as they finish,
 and new rows can join between steps: their prompts are prefilled on their own and their KV cache is merged
 in (continuous batching; for caches made of plain DynamicLayers, which is what Llama-style models use).
 """
@@ -21,6 +22,7 @@ import torch
 
 from .errors import ServingError
 from .registry import AdapterRegistry
+from .virtual_tokens import prefill_inputs
 
 log = logging.getLogger(__name__)
 
@@ -178,24 +180,26 @@ class BatchRunner:
         return Row(request, internal, self.tokenizer)
 
     def prefill(self, rows: list[Row]) -> Batch | None:
-        from transformers import DynamicCache
-
-        width = max(len(r.request.prompt_ids) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            prompt = row.request.prompt_ids
-            ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[i, width - len(prompt) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
-        cache = DynamicCache(config=self.registry.model.config)
+        inputs = prefill_inputs(
+            [r.request.prompt_ids for r in rows],
+            [self.registry.virtual_tokens(r.internal) for r in rows],
+            pad_id=self.pad_id,
+            device=self.device,
+            model_config=self.registry.model.config,
+        )
         logits = self.registry.forward(
-            [r.internal for r in rows], input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache
+            [r.internal for r in rows],
+            soft_prompts=inputs.soft_prompts,
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.mask,
+            position_ids=inputs.positions,
+            cache=inputs.cache,
         )
         if self.can_merge is None:
-            self.can_merge = _mergeable(cache)
-        batch = Batch(rows, cache, mask, positions[:, -1:], torch.zeros(len(rows), dtype=torch.long))
+            self.can_merge = _mergeable(inputs.cache)
+        batch = Batch(
+            rows, inputs.cache, inputs.mask, inputs.positions[:, -1:], torch.zeros(len(rows), dtype=torch.long)
+        )
         return self._advance(batch, logits)
 
     def step(self, batch: Batch) -> Batch | None:

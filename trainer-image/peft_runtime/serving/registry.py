@@ -11,7 +11,11 @@ replaces modules in the tree); otherwise peft merely adds entries for the new ad
 which a concurrent forward pass never reads: rows can only name an adapter once its load has finished and
 the layers' stacks (lora_batching.py) have been rebuilt, off the decoding thread, and swapped in.
 
-Each load gets a fresh internal peft adapter name. Replacing or unloading an adapter takes its public name
+LoRA-family adapters live in one peft model (lora_batching.py routes rows through its layers); IA3,
+bottleneck adapters and prefix/prompt tuning are applied by the engine's own code (ia3.py,
+bottleneck_rows.py, virtual_tokens.py). Rows of every method mix in one batch: each applies per row.
+
+Each load gets a fresh internal adapter name. Replacing or unloading an adapter takes its public name
 away at once (new requests see the new version, or a 404), while rows already generating with the old weights
 finish with them; the old weights are dropped when their last row releases them.
 """
@@ -33,8 +37,11 @@ from typing import Any
 import torch
 
 from .adapters import BaseModelInfo, PreparedAdapter, prepare_adapter
+from .bottleneck_rows import BottleneckAdapter, BottleneckRows
 from .errors import AdapterCorrupt, AdapterNotFound, ModelNotFound, NameConflict, ServingError, TooManyAdapters
+from .ia3 import Ia3Rows, Ia3Vectors
 from .lora_batching import BASE_ROW, RowAdapters, install, refresh
+from .virtual_tokens import VirtualTokens, embed_with_soft_prompts
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +93,9 @@ class AdapterRegistry:
         self._committed: frozenset[str] = frozenset()  # internal names the layers' stacks include
         self._dropper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-drop")
         self._rows = RowAdapters()  # each row's adapter, read by the adapter layers during a forward
+        self._ia3 = Ia3Rows(model, self._rows)
+        self._bottleneck = BottleneckRows(model, self._rows)
+        self._virtual: dict[str, VirtualTokens] = {}  # prefix/prompt tuning; replaced, never changed in place
         self._on_change = on_change or (lambda: None)
 
     # ------------------------------------------------------------------------------------ queries
@@ -120,6 +130,10 @@ class AdapterRegistry:
                 raise ModelNotFound(f"adapter '{name}' was unloaded")
             adapter.users += 1
             return adapter.internal
+
+    def virtual_tokens(self, internal: str | None) -> VirtualTokens | None:
+        """The prefix or soft prompt a row's prefill needs (prefix or prompt tuning), else None."""
+        return self._virtual.get(internal) if internal is not None else None
 
     def release(self, internal: str | None) -> None:
         if internal is None:
@@ -201,6 +215,20 @@ class AdapterRegistry:
 
     def _attach(self, internal: str, prepared: PreparedAdapter) -> None:
         """Add the adapter's weights to the model (caller holds `_admin`)."""
+        own = prepared.own
+        if own is None:
+            self._attach_lora(internal, prepared)
+        elif isinstance(own, Ia3Vectors):
+            with self.model_lock if self._ia3.needs_hooks(own) else contextlib.nullcontext():
+                self._ia3.add(internal, own)
+        elif isinstance(own, BottleneckAdapter):
+            self._bottleneck.check(prepared.name, own)
+            with self.model_lock if self._bottleneck.needs_hooks(own) else contextlib.nullcontext():
+                self._bottleneck.add(internal, own)
+        else:
+            self._virtual = {**self._virtual, internal: own}
+
+    def _attach_lora(self, internal: str, prepared: PreparedAdapter) -> None:
         from peft import get_peft_model
         from peft.utils import set_peft_model_state_dict
 
@@ -255,6 +283,9 @@ class AdapterRegistry:
 
     def _detach(self, internal: str) -> None:
         """Remove the adapter's weights (caller holds `_admin`; no row uses them any more)."""
+        self._ia3.remove(internal)
+        self._bottleneck.remove(internal)
+        self._virtual = {name: tokens for name, tokens in self._virtual.items() if name != internal}
         if self._peft is None:
             return
         refresh(self._peft, self._committed - {internal})  # rows no longer use it: forget it first
@@ -275,14 +306,19 @@ class AdapterRegistry:
     # ------------------------------------------------------------------------------------ inference
 
     @torch.inference_mode()
-    def forward(self, rows: list[str | None], **inputs: Any) -> torch.Tensor:
+    def forward(
+        self, rows: list[str | None], soft_prompts: list[tuple[int, int, torch.Tensor]] | None = None, **inputs: Any
+    ) -> torch.Tensor:
         """Logits of the last position, one row per entry of `rows` (internal adapter names, None = base).
+        `soft_prompts` (prefill only): (row, column, embeddings) written over input_ids' placeholders.
 
-        The adapter layers read the rows' names from `_rows` (see lora_batching.py), so this calls the
-        model itself rather than PeftModel.forward and its per-call hooks."""
+        The adapter layers and hooks read the rows' names from `_rows` (see lora_batching.py), so this calls
+        the model itself rather than PeftModel.forward and its per-call hooks."""
         with self.model_lock:
-            self._rows.names = [internal or BASE_ROW for internal in rows] if self._peft is not None else None
+            self._rows.names = [internal or BASE_ROW for internal in rows]
             try:
+                if soft_prompts:
+                    inputs["inputs_embeds"] = embed_with_soft_prompts(self.model, inputs.pop("input_ids"), soft_prompts)
                 output = self.model(**inputs, use_cache=True, logits_to_keep=1)
             finally:
                 self._rows.names = None

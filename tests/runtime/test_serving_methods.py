@@ -1,0 +1,114 @@
+"""Every method the trainer produces, hot-loaded into the built-in server and answering in mixed batches.
+
+Adapters here are made directly (random, non-zero weights, so each really changes the answers); each
+method's rows in one mixed batch must equal, token for token, the adapter applied one prompt at a time:
+peft's own generate for the methods where it works (LoRA, IA3), and a full forward pass per token without a
+KV cache for bottleneck adapters, prefix and prompt tuning (peft's generate ignores a learned prefix and
+loses a soft prompt after the first token with the pinned versions; see serving/virtual_tokens.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support.adapters import (
+    base_uri,
+    make_bottleneck_adapter,
+    make_ia3_adapter,
+    make_lora_adapter,
+    make_prefix_tuning_adapter,
+    make_prompt_tuning_adapter,
+    reference_generate,
+    reference_generate_without_cache,
+)
+from tests.support.http import call_json
+
+TOKEN = "methods-token"
+BASE = "tiny-base"
+PROMPTS = ["The capital of france is", "Hello, please reset my password", "what is the"]
+TOKENS = 8
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("method-adapters")
+    return {
+        "lora": make_lora_adapter(tiny_model_dir, root / "lora", seed=1).path,
+        "ia3": make_ia3_adapter(tiny_model_dir, root / "ia3", seed=2).path,
+        "bottleneck": make_bottleneck_adapter(tiny_model_dir, root / "bottleneck", seed=3).path,
+        "prefix": make_prefix_tuning_adapter(tiny_model_dir, root / "prefix", seed=4, tokens=4).path,
+        "prefix-long": make_prefix_tuning_adapter(tiny_model_dir, root / "prefix-long", seed=5, tokens=7).path,
+        "prompt": make_prompt_tuning_adapter(tiny_model_dir, root / "prompt", seed=6, tokens=5).path,
+    }
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, adapters: dict[str, Path]) -> Any:
+    import torch
+
+    from peft_runtime.serving.app import create_app
+    from peft_runtime.serving.engine import Engine, EngineConfig
+    from peft_runtime.serving.http_edge import BackgroundServer, TokenSource
+
+    threads = torch.get_num_threads()
+    token_file = tmp_path_factory.mktemp("methods-secrets") / "token"
+    token_file.write_text(TOKEN)
+    engine = Engine(
+        EngineConfig(
+            model_dir=tiny_model_dir,
+            served_name=BASE,
+            base_model_uri=base_uri(tiny_model_dir),
+            max_rank=8,
+            batch_window_ms=200,  # the test's concurrent requests land in one prefill
+            threads=1,
+        )
+    ).start()
+    http = BackgroundServer(lambda: create_app(engine, TokenSource(token_file))).start()
+    for name, path in adapters.items():
+        status, body = call_json(
+            http.url + "/v1/load_lora_adapter", "POST", {"lora_name": name, "lora_path": str(path)}, TOKEN
+        )
+        assert (status, body.get("status")) == (200, "loaded"), body
+    yield http
+    http.stop()
+    engine.stop()
+    torch.set_num_threads(threads)
+
+
+async def _complete_all(url: str, requests: list[tuple[str, str]]) -> list[str]:
+    async with aiohttp.ClientSession() as session:
+
+        async def one(model: str, prompt: str) -> str:
+            body = {"model": model, "prompt": prompt, "max_tokens": TOKENS}
+            async with session.post(url + "/v1/completions", json=body) as response:
+                answer = await response.json()
+                assert response.status == 200, answer
+                return str(answer["choices"][0]["text"])
+
+        return await asyncio.gather(*(one(model, prompt) for model, prompt in requests))
+
+
+def test_every_method_answers_in_one_mixed_batch_as_it_does_alone(
+    server: Any, adapters: dict[str, Path], tiny_model_dir: Path
+) -> None:
+    models = [BASE, *adapters]
+    requests = [(model, prompt) for model in models for prompt in PROMPTS]
+    answers = asyncio.run(_complete_all(server.url, requests))
+    served = {model: answers[i * len(PROMPTS) : (i + 1) * len(PROMPTS)] for i, model in enumerate(models)}
+
+    expected = {
+        BASE: reference_generate(tiny_model_dir, None, PROMPTS, TOKENS),
+        "lora": reference_generate(tiny_model_dir, adapters["lora"], PROMPTS, TOKENS),
+        "ia3": reference_generate(tiny_model_dir, adapters["ia3"], PROMPTS, TOKENS),
+    }
+    for name in ("bottleneck", "prefix", "prefix-long", "prompt"):
+        expected[name] = reference_generate_without_cache(tiny_model_dir, adapters[name], PROMPTS, TOKENS)
+    assert served == expected
+    for name in adapters:  # each adapter really changes the answers
+        assert served[name] != served[BASE], name
