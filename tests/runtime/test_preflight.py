@@ -55,6 +55,7 @@ def test_preflight_names_each_problem_with_its_row_number(tmp_path: Path, tokeni
     assert report.tokens == sum(len(e) for e in prepared.examples)
     assert report.truncated_fraction == pytest.approx(2 / 15, abs=1e-3)
     malformed = _warning(report, "malformed rows")
+    assert "1 exact duplicate row (kept" in _warning(report, "exact duplicate")
     assert malformed.startswith("3 malformed rows")
     assert "data.jsonl line 5: invalid JSON" in malformed
     assert "data.jsonl line 7: 'completion' is missing" in malformed
@@ -75,7 +76,7 @@ def test_five_hundred_examples_or_more_raise_no_overfitting_warning(tmp_path: Pa
 
 def test_zero_usable_rows_fail_with_dataset_invalid_and_say_why(tiny_model_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"messages": []}\nnot json\n{"text": "wrong format"}\n')
+    path.write_text('{"messages": []}\nnot json\n{"messages": "not a list"}\n')
     plan = make_plan(
         model_dir=tiny_model_dir, dataset_uri=path.as_uri(), output_uri=(tmp_path / "o").as_uri(), work_dir=tmp_path
     )
@@ -87,7 +88,7 @@ def test_zero_usable_rows_fail_with_dataset_invalid_and_say_why(tiny_model_dir: 
     assert failed["reason"] == "DatasetInvalid"
     assert failed["message"].startswith("none of the 3 rows can be trained on")
     assert "bad.jsonl line 2: invalid JSON" in failed["message"]
-    assert "bad.jsonl line 3: 'messages' is missing" in failed["message"]
+    assert "bad.jsonl line 3: 'messages' must be a list" in failed["message"]
     assert "bad.jsonl line 1" in failed["message"]  # no assistant turn: empty
     assert not (tmp_path / "o" / "checkpoints").exists()
 
@@ -114,7 +115,7 @@ def test_parquet_rows_are_read_and_numbered(tmp_path: Path, tokenizer: Any) -> N
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
     report = _prepare(tmp_path / "t.parquet", "text", tokenizer).report
     assert (report.rows, report.usable_rows) == (10, 9)
-    assert "t.parquet row 4" in _warning(report, "empty rows")
+    assert "1 empty row skipped: t.parquet row 4" in _warning(report, "empty row")
 
 
 def _decoded_targets(tokenizer: Any, example: Any) -> str:
@@ -167,3 +168,60 @@ def test_every_format_trains(tiny_model_dir: Path, tmp_path: Path) -> None:
         run = run_training(plan)
         assert run.exit_code == 0, run.events[-1]
         assert run.losses[-1] < run.losses[0]
+
+
+def test_a_dataset_mixing_formats_is_refused_with_the_lines_of_each_kind(tiny_model_dir: Path, tmp_path: Path) -> None:
+    rows = chat_rows(6) + instruction_rows(2) + chat_rows(2, seed=1) + text_rows(1)
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    plan = make_plan(
+        model_dir=tiny_model_dir, dataset_uri=path.as_uri(), output_uri=(tmp_path / "o").as_uri(), work_dir=tmp_path
+    )
+    run = run_training(plan)
+
+    assert run.exit_code == 3
+    assert [e["event"] for e in run.events] == ["preflight", "failed"]  # the report still reaches the user
+    message = run.of("failed")[0]["message"]
+    assert message.startswith("the dataset mixes formats, and a job trains on one (dataset.format: chat)")
+    assert "chat (8 rows): mixed.jsonl line 1; mixed.jsonl line 2" in message
+    assert "instruction (2 rows): mixed.jsonl line 7; mixed.jsonl line 8" in message
+    assert "text (1 row): mixed.jsonl line 11" in message
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_rows_all_in_another_format_name_the_format_to_declare(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "instruction.jsonl", instruction_rows(12))
+    plan = make_plan(
+        model_dir=tiny_model_dir, dataset_uri=path.as_uri(), output_uri=(tmp_path / "o").as_uri(), work_dir=tmp_path
+    )
+    failed = run_training(plan).of("failed")[0]
+    assert failed["reason"] == "DatasetInvalid"
+    assert failed["message"] == (
+        "dataset.format is chat, but the rows are in format instruction (prompt, completion); "
+        "set dataset.format: instruction"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "kind"),
+    [
+        ("rows.csv", "prompt,completion\nColor of the sky:,blue\n", "CSV"),
+        ("rows.json", json.dumps(instruction_rows(3)), "a JSON array"),
+    ],
+)
+def test_files_in_other_formats_are_refused_naming_the_supported_ones(
+    tiny_model_dir: Path, tmp_path: Path, name: str, content: str, kind: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    plan = make_plan(
+        model_dir=tiny_model_dir,
+        dataset_uri=path.as_uri(),
+        output_uri=(tmp_path / "o").as_uri(),
+        work_dir=tmp_path,
+        data_format="instruction",
+    )
+    failed = run_training(plan).of("failed")[0]
+    assert failed["reason"] == "DatasetInvalid"
+    assert failed["message"] == (
+        f"{name}: {kind} is not supported; use JSON Lines (.jsonl, one JSON object per line) or Parquet (.parquet)"
+    )

@@ -44,6 +44,7 @@ class Example:
 class PreparedDataset:
     examples: list[Example]
     report: DatasetReport
+    format_problem: str | None = None  # rows in a format other than dataset.format: the run must not start
 
 
 @dataclass
@@ -66,15 +67,35 @@ class _Findings:
 # ---------------------------------------------------------------------------------------------- reading
 
 
+# Files people try that are not JSON Lines or Parquet; anything else (a ConfigMap key has no suffix) is
+# read as JSON Lines.
+OTHER_FORMATS = {
+    ".csv": "CSV",
+    ".tsv": "TSV",
+    ".xlsx": "Excel",
+    ".xls": "Excel",
+    ".txt": "plain text",
+    ".arrow": "Arrow",
+    ".gz": "compressed",
+    ".zip": "compressed",
+}
+SUPPORTED = "JSON Lines (.jsonl, one JSON object per line) or Parquet (.parquet)"
+
+
 def read_rows(files: list[Path]) -> Iterator[_Row]:
     """Every row of every file, numbered from 1 (JSON Lines: line numbers, Parquet: row numbers)."""
     for path in files:
         with path.open("rb") as handle:
-            magic = handle.read(4)
-        if path.suffix == ".parquet" or magic == b"PAR1":
+            head = handle.read(4096)
+        if path.suffix == ".parquet" or head.startswith(b"PAR1"):
             yield from _parquet_rows(path)
-        else:
-            yield from _jsonl_rows(path)
+            continue
+        kind = OTHER_FORMATS.get(path.suffix.lower())
+        if kind is None and head.lstrip().startswith(b"["):
+            kind = "a JSON array"
+        if kind is not None:
+            raise dataset_invalid(f"{path.name}: {kind} is not supported; use {SUPPORTED}")
+        yield from _jsonl_rows(path)
 
 
 def _jsonl_rows(path: Path) -> Iterator[_Row]:
@@ -141,6 +162,41 @@ def _check(value: Any, data_format: DatasetFormat) -> tuple[str | None, bool]:
     if not isinstance(value["text"], str):
         return "'text' must be a string", False
     return None, not value["text"].strip()
+
+
+# The keys that say which format a row is in.
+_FORMAT_KEYS = {
+    DatasetFormat.CHAT: ("messages",),
+    DatasetFormat.INSTRUCTION: ("prompt", "completion"),
+    DatasetFormat.TEXT: ("text",),
+}
+
+
+def _looks_like(value: Any) -> DatasetFormat | None:
+    if not isinstance(value, dict):
+        return None
+    kinds = [kind for kind, keys in _FORMAT_KEYS.items() if all(k in value for k in keys)]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+def _format_problem(rows_by_format: dict[DatasetFormat, list[str]], declared: DatasetFormat) -> str | None:
+    """A dataset mixing formats would train on one kind's rows and skip the rest: say where each kind is.
+    A dataset entirely in another format than declared: say which one to declare."""
+    if len(rows_by_format) > 1:
+        where = "; ".join(
+            f"{kind.value} ({_count(len(rows), 'row')}): {_listed(rows)}" for kind, rows in rows_by_format.items()
+        )
+        return (
+            f"the dataset mixes formats, and a job trains on one (dataset.format: {declared.value}): {where}. "
+            "Convert the rows to one format, or split them into separate datasets"
+        )
+    if rows_by_format and declared not in rows_by_format:
+        (actual,) = rows_by_format
+        return (
+            f"dataset.format is {declared.value}, but the rows are in format {actual.value} "
+            f"({', '.join(_FORMAT_KEYS[actual])}); set dataset.format: {actual.value}"
+        )
+    return None
 
 
 def _fingerprint(value: Any) -> str:
@@ -247,8 +303,11 @@ def prepare_dataset(
     rows_read = 0
     seen: dict[str, str] = {}
     valid: list[_Row] = []
+    rows_by_format: dict[DatasetFormat, list[str]] = {}
     for row in read_rows(files):
         rows_read += 1
+        if (kind := _looks_like(row.value)) is not None:
+            rows_by_format.setdefault(kind, []).append(row.where)
         if row.problem is None and not row.empty:
             row.problem, row.empty = _check(row.value, data_format)
         if row.problem is not None:
@@ -282,7 +341,7 @@ def prepare_dataset(
         duplicates=len(findings.duplicates),
         warnings=_warnings(findings, len(examples), max_seq_length),
     )
-    return PreparedDataset(examples, report)
+    return PreparedDataset(examples, report, _format_problem(rows_by_format, data_format))
 
 
 def _tokenize_rendered(
@@ -302,6 +361,10 @@ def _tokenize_rendered(
     return list(zip(rows, pairs, strict=True))
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _listed(items: list[str]) -> str:
     shown = "; ".join(items[:MAX_LISTED])
     return shown + (f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
@@ -310,27 +373,28 @@ def _listed(items: list[str]) -> str:
 def _warnings(findings: _Findings, usable: int, max_seq_length: int) -> list[str]:
     warnings = []
     if findings.malformed:
-        warnings.append(f"{len(findings.malformed)} malformed rows skipped: {_listed(findings.malformed)}")
+        warnings.append(f"{_count(len(findings.malformed), 'malformed row')} skipped: {_listed(findings.malformed)}")
     if findings.empty:
-        warnings.append(f"{len(findings.empty)} empty rows skipped: {_listed(findings.empty)}")
+        warnings.append(f"{_count(len(findings.empty), 'empty row')} skipped: {_listed(findings.empty)}")
     if findings.duplicates:
         warnings.append(
-            f"{len(findings.duplicates)} exact duplicate rows (kept, so they weigh more): {_listed(findings.duplicates)}"
+            f"{_count(len(findings.duplicates), 'exact duplicate row')} (kept, so they weigh more): "
+            f"{_listed(findings.duplicates)}"
         )
     if findings.truncated:
         warnings.append(
-            f"{len(findings.truncated)} rows are longer than maxSeqLength {max_seq_length} and were truncated: "
+            f"{_count(len(findings.truncated), 'row')} longer than maxSeqLength {max_seq_length}, truncated: "
             f"{_listed(findings.truncated)}"
         )
     if findings.nothing_to_learn:
         warnings.append(
-            f"{len(findings.nothing_to_learn)} rows have no answer tokens left within maxSeqLength "
-            f"{max_seq_length} and were skipped; raise maxSeqLength or shorten the prompts: "
+            f"{_count(len(findings.nothing_to_learn), 'row')} with no answer tokens left within maxSeqLength "
+            f"{max_seq_length}, skipped; raise maxSeqLength or shorten the prompts: "
             f"{_listed(findings.nothing_to_learn)}"
         )
     if 0 < usable < FEW_EXAMPLES:
         warnings.append(
-            f"only {usable} usable examples: under {FEW_EXAMPLES} a model overfits easily; "
+            f"only {_count(usable, 'usable example')}: under {FEW_EXAMPLES} a model overfits easily; "
             "watch evalLoss, train fewer epochs, or add data"
         )
     return warnings[:MAX_WARNINGS]
@@ -341,6 +405,8 @@ def why_unusable(report: DatasetReport) -> str:
     if report.rows == 0:
         return "the dataset has no rows; check the URI and that the files are not empty"
     detail = " ".join(report.warnings) or "no row could be used"
+    if report.rows == 1:
+        return f"the only row cannot be trained on: {detail}"
     return f"none of the {report.rows} rows can be trained on: {detail}"
 
 

@@ -83,6 +83,8 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
         dataset_files(spec.dataset.uri, plan.mounts, work_dir), spec.dataset.format, tokenizer, hp.max_seq_length
     )
     reporter.emit(PreflightEvent(dataset=dataset.report))
+    if dataset.format_problem is not None:
+        raise dataset_invalid(dataset.format_problem)
     if dataset.report.usable_rows == 0:
         raise dataset_invalid(why_unusable(dataset.report))
     train_set, eval_set = split_examples(dataset.examples, spec.dataset.validation_split, hp.seed)
