@@ -3,7 +3,8 @@ with REAL engine + agent processes for every pod, each on its own loopback IP (1
 the commands in the pod spec the operator rendered. The tests play the node; the operator does the rest.
 
 The steps share one deployment and run in order: hot-load, unload, a corrupt adapter, scale 1 -> 3,
-an engine restarted empty, and a FineTuneJob whose `deploy` lands its adapter."""
+an engine restarted empty, a FineTuneJob whose `deploy` lands its adapter, and that job's deletion, which
+leaves the adapter served until it leaves the spec."""
 
 from __future__ import annotations
 
@@ -222,6 +223,47 @@ def test_a_finetunejob_with_deploy_lands_its_adapter(world: World) -> None:
     assert spec_adapters["tenant-c"] == {"fineTuneJobRef": {"name": "tenant-c-v1"}}
     assert all(world.served(node) == {"tenant-b", "tenant-c"} for node in world.nodes)
     assert world.nodes[0].complete("tenant-c")["model"] == "tenant-c"
+
+
+def _adapterdeployment_passes(operator: OperatorProcess) -> float:
+    """Reconcile passes of AdapterDeployments since the operator process started (its own metrics)."""
+    for line in operator.metrics().splitlines():
+        if line.startswith('peft_operator_reconciles_total{kind="AdapterDeployment"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_deleting_the_finetunejob_keeps_its_adapter_served_until_it_leaves_the_spec(world: World) -> None:
+    """`kubectl delete ftj --all` to tidy up finished jobs must not take production adapters down."""
+    CustomObjectsApi(world.admin).delete_namespaced_custom_object(
+        GROUP, VERSION, world.namespace, "finetunejobs", "tenant-c-v1"
+    )
+    warning = wait_for(
+        "a SourceJobDeleted Warning",
+        lambda: next(
+            (
+                e
+                for e in CoreV1Api(world.admin).list_namespaced_event(world.namespace).items
+                if e.reason == "SourceJobDeleted" and e.involved_object.name == "shared"
+            ),
+            None,
+        ),
+        timeout=60,
+    )
+    assert warning.type == "Warning" and "tenant-c-v1 was deleted" in warning.message
+    # The pass that posted the Warning also synced every engine from the recorded URI and digest.
+    record = next(a for a in world.adep()["status"]["adapters"] if a["name"] == "tenant-c")
+    assert record["state"] == "Loaded" and record["loadedReplicas"] == 3
+    assert record["uri"] == "pvc://team-adapters/tenant-c" and record["digest"] == world.adapters["tenant-c"].sha256
+    assert all(world.served(node) == {"tenant-b", "tenant-c"} for node in world.nodes)
+    assert world.nodes[0].complete("tenant-c")["model"] == "tenant-c"
+    # An operator restart keeps serving it: the record lives in the object's status.
+    world.operator.kill()
+    world.operator.start()
+    wait_for("two passes after the restart", lambda: _adapterdeployment_passes(world.operator) >= 2, timeout=60)
+    assert all(world.served(node) == {"tenant-b", "tenant-c"} for node in world.nodes)
+    world.set_adapters("tenant-b")
+    wait_for("tenant-c unloaded everywhere", lambda: all(world.served(n) == {"tenant-b"} for n in world.nodes), 60)
 
 
 def test_the_admin_token_is_a_generated_secret_not_in_the_spec(world: World) -> None:
