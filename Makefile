@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 ## Everything but the slow SmolLM2 runs: unit, integration (real kube-apiserver), runtime (tiny models).
 test: install $(CONTROLPLANE_IF_GO)
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not images"
 
 test-unit: install
 	$(BIN)/pytest tests/unit
