@@ -30,7 +30,8 @@ bah() { buildah --root "$IMAGES_DIR/storage" --runroot "$IMAGES_DIR/run" --stora
 if bah inspect --type image "$BASE_IMAGE" >/dev/null 2>&1; then
   exit 0
 fi
-if timeout 60 bah pull --quiet "docker.io/library/$BASE_IMAGE" >/dev/null 2>&1; then
+if timeout 120 bah pull --quiet "docker.io/library/$BASE_IMAGE" >/dev/null 2>&1; then
+  bah tag "docker.io/library/$BASE_IMAGE" "$BASE_IMAGE"  # the FROM name, found with --pull=never
   echo "images: pulled docker.io/library/$BASE_IMAGE"
   exit 0
 fi
