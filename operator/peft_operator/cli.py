@@ -19,11 +19,15 @@ def _run(args: argparse.Namespace) -> None:
     runner.main(verbose=args.verbose)
 
 
+# --output: a progress bar with the preflight summary, or JSON lines on stdout; auto: a bar on a terminal.
+OUTPUT_BAR = {"auto": None, "bar": True, "json": False}
+
+
 def _local_train(args: argparse.Namespace) -> None:
     # The runtime package brings torch; only local mode needs it on this side.
     from peft_runtime.local import train_local
 
-    train_local(args.file, work_dir=args.work_dir, merge=args.merge)
+    train_local(args.file, work_dir=args.work_dir, merge=args.merge, progress_bar=OUTPUT_BAR[args.output])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -45,6 +49,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     train.add_argument("-f", "--file", type=Path, required=True, help="FineTuneJob YAML (file:// or plain paths)")
     train.add_argument("--work-dir", type=Path, default=None, help="scratch directory (default: a temp dir)")
     train.add_argument("--merge", action="store_true", help="also write a merged full model to <output>/merged")
+    train.add_argument(
+        "--output",
+        choices=sorted(OUTPUT_BAR),
+        default="auto",
+        help="bar: progress bar and dataset summary on stderr; json: one JSON event per line on stdout; "
+        "auto (default): bar on a terminal, else json",
+    )
     train.set_defaults(run=_local_train)
 
     args = parser.parse_args(argv)

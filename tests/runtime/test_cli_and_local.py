@@ -99,6 +99,60 @@ def test_ctrl_c_in_local_mode_checkpoints_and_says_how_to_resume(tiny_model_dir:
     assert [p.name for p in checkpoints.iterdir() if (p / "COMPLETE").is_file()] == [f"step-{step}"]
 
 
+def test_local_train_at_a_terminal_shows_what_it_does_the_dataset_and_a_progress_bar(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """What a person sees with `--output bar` (the default on a terminal), through the real CLI."""
+    rows = chat_rows(40)
+    rows[5] = rows[0]  # one duplicate: its warning must reach the terminal, not only manifest.json
+    write_jsonl(tmp_path / "data" / "chat.jsonl", rows)
+    command = [
+        sys.executable,
+        "-m",
+        "peft_operator.cli",
+        "local",
+        "train",
+        "-f",
+        str(_job_yaml(tmp_path, str(tiny_model_dir))),
+    ]
+    command += ["--work-dir", str(tmp_path / "work"), "--output", "bar"]
+    done = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, "PEFT_CPU_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == ""  # no JSON lines under a bar
+    lines = done.stderr.replace("\r", "\n").splitlines()
+    assert "Training colors-v1: importing torch, transformers and peft" in lines
+    assert "Training on CPU with 1 threads ($PEFT_CPU_THREADS sets them)" in lines
+    assert "Dataset: 40 rows, 40 usable," in done.stderr and ", 1 duplicate, " in done.stderr
+    assert any(line.startswith("  warning: 1 exact duplicate row (kept") for line in lines)
+    assert any(line.startswith("Trainable parameters: 3,584 of ") for line in lines)
+    assert any("12/12" in line and "loss=" in line and "tok/s=" in line for line in lines)
+    assert "kernels" not in done.stderr  # bitsandbytes' optional-kernels warning is noise on every run
+
+
+def test_a_cpu_thread_count_that_is_not_a_number_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "data" / "chat.jsonl", chat_rows(20))
+    command = [
+        sys.executable,
+        "-m",
+        "peft_operator.cli",
+        "local",
+        "train",
+        "-f",
+        str(_job_yaml(tmp_path, str(tiny_model_dir))),
+    ]
+    command += ["--output", "json"]
+    done = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, "PEFT_CPU_THREADS": "two"}, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 3
+    failed = json.loads(done.stdout.splitlines()[-1])
+    assert failed["reason"] == "ConfigurationError"
+    assert failed["message"] == "PEFT_CPU_THREADS='two' is not a positive whole number of threads"
+
+
 def test_local_mode_refuses_an_invalid_job_with_the_field_and_the_fix(tmp_path: Path, capsys: Any) -> None:
     from peft_runtime.local import train_local
 

@@ -61,6 +61,7 @@ def train_local(
         print(error, file=sys.stderr)
         raise SystemExit(3) from None
     bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+    print(f"Training {job.metadata.name}: importing torch, transformers and peft", file=sys.stderr, flush=True)
     scratch = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="peft-local-"))
     plan = TrainingPlan(
         job=JobIdentity(name=job.metadata.name or Path(path).stem),

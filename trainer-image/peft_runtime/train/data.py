@@ -184,7 +184,7 @@ def _format_problem(rows_by_format: dict[DatasetFormat, list[str]], declared: Da
     A dataset entirely in another format than declared: say which one to declare."""
     if len(rows_by_format) > 1:
         where = "; ".join(
-            f"{kind.value} ({_count(len(rows), 'row')}): {_listed(rows)}" for kind, rows in rows_by_format.items()
+            f"{kind.value} ({count_of(len(rows), 'row')}): {_listed(rows)}" for kind, rows in rows_by_format.items()
         )
         return (
             f"the dataset mixes formats, and a job trains on one (dataset.format: {declared.value}): {where}. "
@@ -361,7 +361,8 @@ def _tokenize_rendered(
     return list(zip(rows, pairs, strict=True))
 
 
-def _count(number: int, noun: str) -> str:
+def count_of(number: int, noun: str) -> str:
+    """`1 row`, `2 rows`."""
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
@@ -373,28 +374,28 @@ def _listed(items: list[str]) -> str:
 def _warnings(findings: _Findings, usable: int, max_seq_length: int) -> list[str]:
     warnings = []
     if findings.malformed:
-        warnings.append(f"{_count(len(findings.malformed), 'malformed row')} skipped: {_listed(findings.malformed)}")
+        warnings.append(f"{count_of(len(findings.malformed), 'malformed row')} skipped: {_listed(findings.malformed)}")
     if findings.empty:
-        warnings.append(f"{_count(len(findings.empty), 'empty row')} skipped: {_listed(findings.empty)}")
+        warnings.append(f"{count_of(len(findings.empty), 'empty row')} skipped: {_listed(findings.empty)}")
     if findings.duplicates:
         warnings.append(
-            f"{_count(len(findings.duplicates), 'exact duplicate row')} (kept, so they weigh more): "
+            f"{count_of(len(findings.duplicates), 'exact duplicate row')} (kept, so they weigh more): "
             f"{_listed(findings.duplicates)}"
         )
     if findings.truncated:
         warnings.append(
-            f"{_count(len(findings.truncated), 'row')} longer than maxSeqLength {max_seq_length}, truncated: "
+            f"{count_of(len(findings.truncated), 'row')} longer than maxSeqLength {max_seq_length}, truncated: "
             f"{_listed(findings.truncated)}"
         )
     if findings.nothing_to_learn:
         warnings.append(
-            f"{_count(len(findings.nothing_to_learn), 'row')} with no answer tokens left within maxSeqLength "
+            f"{count_of(len(findings.nothing_to_learn), 'row')} with no answer tokens left within maxSeqLength "
             f"{max_seq_length}, skipped; raise maxSeqLength or shorten the prompts: "
             f"{_listed(findings.nothing_to_learn)}"
         )
     if 0 < usable < FEW_EXAMPLES:
         warnings.append(
-            f"only {_count(usable, 'usable example')}: under {FEW_EXAMPLES} a model overfits easily; "
+            f"only {count_of(usable, 'usable example')}: under {FEW_EXAMPLES} a model overfits easily; "
             "watch evalLoss, train fewer epochs, or add data"
         )
     return warnings[:MAX_WARNINGS]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -25,8 +26,22 @@ class Placement:
         return self.autocast is torch.float16
 
 
+CPU_THREADS_ENV = "PEFT_CPU_THREADS"
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def apply_cpu_threads() -> int:
+    """Torch's intra-op threads on CPU: $PEFT_CPU_THREADS if set, else torch's default (every core it
+    sees, which in a container can be the whole node's rather than the pod's CPU limit)."""
+    value = os.environ.get(CPU_THREADS_ENV, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise configuration_error(f"{CPU_THREADS_ENV}={value!r} is not a positive whole number of threads")
+        torch.set_num_threads(int(value))
+    return torch.get_num_threads()
 
 
 def placement(precision: Precision, device: torch.device) -> Placement:

@@ -183,6 +183,16 @@ def _is_linear(module: Any) -> bool:
     return isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
 
 
+def trainable_summary(model: Any) -> str:
+    """`Trainable parameters: 8,192 of 1,059,904 (0.77%)`, shown once at the start of a run."""
+    total = trainable = 0
+    for parameter in model.parameters():
+        total += parameter.numel()
+        trainable += parameter.numel() if parameter.requires_grad else 0
+    share = 100 * trainable / total if total else 0.0
+    return f"Trainable parameters: {trainable:,} of {total:,} ({share:.2f}%)"
+
+
 def target_modules(model: Any, setup: MethodSetup) -> list[str]:
     """The module names the adapter actually wraps, for the manifest."""
     config = setup.adapter_config

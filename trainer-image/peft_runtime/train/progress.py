@@ -18,8 +18,11 @@ import urllib.error
 import urllib.request
 from typing import Any, Protocol
 
-from peft_operator.api.events import CompletedEvent, FailedEvent, ProgressEvent, TrainerEvent
+from peft_operator.api.events import CompletedEvent, FailedEvent, PreflightEvent, ProgressEvent, TrainerEvent
+from peft_operator.api.finetunejob import DatasetReport
 from peft_operator.api.plan import ProgressSinkConfig
+
+from .data import count_of
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +101,24 @@ class TerminationLogSink:
         pass
 
 
+def preflight_summary(report: DatasetReport) -> list[str]:
+    """The dataset report as a person at a terminal reads it: one line of counts, one line per warning."""
+    lines = [
+        f"Dataset: {count_of(report.rows, 'row')}, {report.usable_rows} usable, {count_of(report.tokens, 'token')}, "
+        f"{count_of(report.duplicates, 'duplicate')}, {report.truncated_fraction:.0%} truncated"
+    ]
+    return lines + [f"  warning: {warning}" for warning in report.warnings]
+
+
 class ProgressBarSink:
     def __init__(self) -> None:
         self.bar: Any = None
 
     def emit(self, event: TrainerEvent) -> None:
-        if isinstance(event, ProgressEvent):
+        if isinstance(event, PreflightEvent):
+            for line in preflight_summary(event.dataset):
+                print(line, file=sys.stderr, flush=True)
+        elif isinstance(event, ProgressEvent):
             from tqdm import tqdm
 
             progress = event.progress
@@ -113,6 +128,8 @@ class ProgressBarSink:
             postfix = {"loss": f"{progress.loss:.4f}" if progress.loss is not None else "-"}
             if progress.eval_loss is not None:
                 postfix["eval"] = f"{progress.eval_loss:.4f}"
+            if progress.tokens_per_second is not None:
+                postfix["tok/s"] = f"{progress.tokens_per_second:.0f}"
             self.bar.set_postfix(postfix, refresh=False)
         elif isinstance(event, CompletedEvent | FailedEvent):
             self.close()

@@ -41,6 +41,8 @@ def load_plan(path: Path) -> TrainingPlan | None:
 def quiet_libraries() -> None:
     """Library chatter (load bars, deprecation notes) off stdout/stderr; our events are the output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes warns on import that an optional kernels package is missing: noise on every run.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*past_key_values.*")
     try:

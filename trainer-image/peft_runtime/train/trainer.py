@@ -26,7 +26,7 @@ from peft_operator.api.plan import TrainingPlan
 from .batches import EpochPlanner, collate, eval_batches
 from .checkpoints import TrainState, latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from .data import Example, check_tokenizer, prepare_dataset, split_examples, why_unusable
-from .device import pick_device, placement
+from .device import CPU_THREADS_ENV, apply_cpu_threads, pick_device, placement
 from .errors import configuration_error, dataset_invalid, model_unavailable, training_error
 from .gradients import GradientCheck
 from .loss import AnswerLoss
@@ -39,6 +39,7 @@ from .methods import (
     load_base_model,
     method_setup,
     target_modules,
+    trainable_summary,
 )
 from .output import export_merged, write_adapter
 from .progress import Reporter, format_duration
@@ -61,6 +62,7 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
     place = placement(hp.precision, device)
     if device.type == "cpu":
         map_large_blocks()  # CPU tensors live in malloc's heap: do not let freed ones stay resident
+        reporter.note(f"Training on CPU with {apply_cpu_threads()} threads (${CPU_THREADS_ENV} sets them)")
     if hp.packing and spec.method.type in PROMPT_LEARNING:
         raise configuration_error(
             f"packing does not work with method {spec.method.type.value} (peft ignores position ids for it); "
@@ -76,6 +78,7 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
     torch.manual_seed(hp.seed)
 
     # 2. Data: tokenizer, rows, preflight, split.
+    reporter.note(f"Fetching base model {spec.base_model.uri} and reading dataset {spec.dataset.uri}")
     base_dir = model_dir(spec.base_model.uri, spec.base_model.revision, plan.mounts, work_dir)
     tokenizer = _load_tokenizer(base_dir)
     check_tokenizer(tokenizer, spec.dataset.format)
@@ -96,11 +99,13 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
 
     # 3. Model: the frozen base (4-bit for qlora), the adapter, the optimizer and the LR schedule.
     setup = method_setup(spec.method, MethodContext(model_dir=base_dir, device=device))
+    reporter.note(f"Loading the base model{' in 4 bits' if setup.quantization else ''} and adding the adapter")
     try:
         base = load_base_model(base_dir, setup, place.dtype, device)
     except Exception as error:
         raise model_unavailable(f"cannot load base model {spec.base_model.uri}: {error}") from error
     model = attach_adapter(base, setup)
+    reporter.note(trainable_summary(model))
     loss_of = AnswerLoss(model, setup)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=hp.learning_rate_value, weight_decay=0.0)
