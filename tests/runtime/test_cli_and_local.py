@@ -182,6 +182,46 @@ def test_merged_lora_export_gives_the_adapter_s_logits(tiny_model_dir: Path, tmp
     assert not any(name.startswith("merged") for name in manifest["files"])
 
 
+@pytest.mark.parametrize(
+    "method",
+    [{"type": "ia3"}, {"type": "qlora", "qlora": {"r": 8, "quantization": {"bits": 4}}}],
+    ids=lambda m: m["type"],
+)
+def test_output_merged_writes_a_full_model_with_the_adapter_s_logits(
+    method: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`output.merged: true` in the FineTuneJob: ia3 folds its scaling vectors in, qlora its LoRA weights into
+    the de-quantized (full-precision) base; the status record names the merged model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from peft_operator.api.plan import TrainingPlan
+    from peft_runtime.adapters import load_adapter
+    from tests.runtime.builders import make_plan, run_training
+
+    wire = make_plan(
+        model_dir=tiny_model_dir,
+        dataset_uri=write_jsonl(tmp_path / "chat.jsonl", chat_rows(40)).as_uri(),
+        output_uri=(tmp_path / "out").as_uri(),
+        work_dir=tmp_path / "work",
+        method=method,
+        training={"maxSteps": 4, "learningRate": "5e-2"},
+    ).to_wire()
+    wire["spec"]["output"]["merged"] = True
+    run = run_training(TrainingPlan.model_validate(wire))
+
+    assert run.exit_code == 0, run.events[-1]
+    assert run.of("completed")[0]["adapter"]["mergedUri"] == (tmp_path / "out").as_uri() + "/merged"
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged")
+    with_adapter = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "out")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    input_ids = torch.randint(0, 700, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = with_adapter(input_ids=input_ids).logits
+        assert torch.allclose(merged(input_ids=input_ids).logits, expected, atol=1e-4)
+        assert not torch.allclose(base(input_ids=input_ids).logits, expected, atol=1e-4)
+
+
 def test_hf_dataset_uri_reads_a_hub_snapshot_from_the_local_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .base import ApiModel, Condition, DnsLabel, ObjectMeta, SecretKeyRef, SecretRef
-from .methods import Method
+from .methods import MERGEABLE_METHODS, Method
 from .uris import DatasetUri, ModelUri, OutputUri
 
 # The Job is named <name>-train and its pods carry the name in a 63-character label.
@@ -222,6 +222,11 @@ class Output(ApiModel):
 
     uri: OutputUri = Field(description="s3://bucket/prefix, pvc://claim/path, or file:///path in local mode.")
     credentials_secret_ref: SecretRef | None = Field(default=None, description="Secret with S3 credentials.")
+    merged: bool = Field(
+        default=False,
+        description="Also write the base model with the adapter merged in, to <uri>/merged (lora, dora, qlora "
+        "de-quantized, ia3): served like any full model with no adapter overhead, but one tenant per copy.",
+    )
 
 
 class Deploy(ApiModel):
@@ -259,6 +264,12 @@ class RunPolicy(ApiModel):
         return value
 
 
+MERGE_REFUSAL = (
+    "output.merged needs a method whose weights merge into the base model (lora, dora, qlora, ia3); "
+    "serve prefix, prompt and adapter methods hot-loaded, or set output.merged to false"
+)
+
+
 class FineTuneJobSpec(ApiModel):
     """What to train. Immutable once created: a new version is a new FineTuneJob."""
 
@@ -268,7 +279,12 @@ class FineTuneJobSpec(ApiModel):
                 {
                     "rule": "self == oldSelf",
                     "message": "spec is immutable: create a new FineTuneJob for a new version",
-                }
+                },
+                {
+                    "rule": "!has(self.output.merged) || !self.output.merged || self.method.type in "
+                    + str([m.value for m in MERGEABLE_METHODS]),
+                    "message": MERGE_REFUSAL,
+                },
             ]
         }
     }
@@ -282,6 +298,12 @@ class FineTuneJobSpec(ApiModel):
     output: Output = Field(description="Where the adapter is written.")
     deploy: Deploy | None = Field(default=None, description="Serve the adapter once training succeeds.")
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Runtime and retry limits.")
+
+    @model_validator(mode="after")
+    def _merged_only_where_it_merges(self) -> FineTuneJobSpec:
+        if self.output.merged and self.method.type not in MERGEABLE_METHODS:
+            raise ValueError(MERGE_REFUSAL)
+        return self
 
 
 class Phase(StrEnum):
@@ -327,6 +349,7 @@ class AdapterRecord(ApiModel):
     base_model_revision: str | None = Field(default=None, description="Base model revision.")
     method: str = Field(description="PEFT method.")
     rank: int | None = Field(default=None, description="LoRA rank, where the method has one.")
+    merged_uri: str | None = Field(default=None, description="The merged full model, when output.merged is set.")
 
 
 class FineTuneJobStatus(ApiModel):

@@ -20,6 +20,10 @@ class MethodType(StrEnum):
     ADAPTER = "adapter"
 
 
+# Methods whose weights fold into the base model (qlora's into the de-quantized base): a merged export.
+MERGEABLE_METHODS = (MethodType.LORA, MethodType.DORA, MethodType.QLORA, MethodType.IA3)
+
+
 ModuleName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.*\[\]-]+$")]
 TargetModules = Annotated[
     list[ModuleName],

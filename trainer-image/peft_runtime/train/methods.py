@@ -30,7 +30,6 @@ from .errors import configuration_error
 from .memory import release_freed_memory
 
 PROMPT_LEARNING = frozenset({MethodType.PREFIX, MethodType.PROMPT})
-MERGEABLE = frozenset({MethodType.LORA, MethodType.DORA, MethodType.QLORA, MethodType.IA3})
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import torch
 
 from peft_operator.api.events import CompletedEvent, PreflightEvent, ProgressEvent
 from peft_operator.api.finetunejob import AdapterRecord, FineTuneJobSpec, LrScheduler, Progress
+from peft_operator.api.methods import MERGEABLE_METHODS
 from peft_operator.api.plan import TrainingPlan
 
 from .batches import EpochPlanner, collate, eval_batches
@@ -32,7 +33,6 @@ from .gradients import GradientCheck
 from .loss import AnswerLoss
 from .memory import map_large_blocks
 from .methods import (
-    MERGEABLE,
     PROMPT_LEARNING,
     MethodContext,
     attach_adapter,
@@ -41,7 +41,7 @@ from .methods import (
     target_modules,
     trainable_summary,
 )
-from .output import export_merged, write_adapter
+from .output import MERGED_DIR, export_merged, write_adapter
 from .progress import Reporter, format_duration
 from .stopping import Interrupted, stop_on_signal
 from .storage import dataset_files, model_dir, output_location
@@ -68,7 +68,8 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
             f"packing does not work with method {spec.method.type.value} (peft ignores position ids for it); "
             "set training.packing to false"
         )
-    if merge and spec.method.type not in MERGEABLE:
+    merge = merge or spec.output.merged
+    if merge and spec.method.type not in MERGEABLE_METHODS:
         raise configuration_error(
             f"a merged model can be exported for lora, dora, qlora and ia3, not {spec.method.type.value}"
         )
@@ -232,6 +233,7 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
             base_model_revision=spec.base_model.revision,
             method=spec.method.type.value,
             rank=spec.method.rank,
+            merged_uri=f"{spec.output.uri.rstrip('/')}/{MERGED_DIR}" if merge else None,
         ),
         progress=progress,
     )
