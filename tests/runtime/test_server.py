@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.support.adapters import (
     make_loha_adapter,
     make_lora_adapter,
     reference_generate,
+    rewrite_manifest,
 )
 from tests.support.http import call_json
 
@@ -211,6 +213,34 @@ def test_bad_adapter_is_refused_and_the_others_keep_serving(
     assert complete(server, "tenant-a", PROMPTS[1]) == before
     names = [m["id"] for m in call(server, "GET", "/v1/models")[1]["data"]]
     assert "bad-one" not in names
+
+
+def test_a_training_output_folder_serves_as_it_is(server: Any, adapters: dict[str, Path], tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    shutil.copytree(adapters["tenant-a"], output)
+    for folder in ("checkpoints/step-10", "merged", ".step-12.partial-ab12"):  # what the trainer leaves beside it
+        (output / folder).mkdir(parents=True)
+        (output / folder / "adapter_model.safetensors").write_bytes(b"not the adapter")
+    (output / "notes.txt").write_text("not in the manifest")
+
+    status, body = load(server, "from-output", output)
+
+    assert (status, body.get("status")) == (200, "loaded"), body
+    assert load(server, "tenant-a", adapters["tenant-a"])[0] == 200
+    assert complete(server, "from-output", PROMPTS[0]) == complete(server, "tenant-a", PROMPTS[0])
+    assert unload(server, "from-output")[0] == 200
+
+
+def test_weights_the_manifest_does_not_list_are_refused(server: Any, adapters: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "unlisted"
+    shutil.copytree(adapters["tenant-a"], folder)
+    files = json.loads((folder / "manifest.json").read_text())["files"]
+    rewrite_manifest(folder, files={k: v for k, v in files.items() if k != "adapter_model.safetensors"})
+
+    status, body = load(server, "unlisted", folder)
+
+    assert (status, body["error"]["reason"]) == (422, "ChecksumMismatch"), body
+    assert "adapter_model.safetensors" in body["error"]["message"]
 
 
 def test_load_refuses_unknown_paths_and_the_base_models_name(
