@@ -15,8 +15,9 @@ def register(subcommands: Any) -> None:
         "serve",
         help="serve a base model and hot-loaded adapters (OpenAI-compatible)",
         description=(
-            "Serve one base model and many LoRA-family adapters, loaded and unloaded at run time through "
-            "vLLM's /v1/load_lora_adapter protocol and mixed in one batch."
+            "Serve one base model and many adapters of any method the trainer produces (lora, qlora, dora, ia3, "
+            "prefix, prompt, adapter), loaded and unloaded at run time through vLLM's /v1/load_lora_adapter "
+            "protocol and mixed in one batch."
         ),
     )
     parser.add_argument(
