@@ -36,6 +36,7 @@ from tests.chart.rendering import (
     rules,
 )
 from tests.support.controlplane import ControlPlane, free_port
+from tests.support.secrets import create_referenced_secrets
 
 pytestmark = pytest.mark.integration
 
@@ -248,6 +249,11 @@ def _phase_of_new_finetunejob(cp: ControlPlane, namespace: str, timeout: float) 
     """Apply the quickstart FineTuneJob under a new name and wait until an operator gives it a phase."""
     job = yaml.safe_load(QUICKSTART.read_text())
     job["metadata"] = {"name": f"quickstart-{uuid.uuid4().hex[:8]}", "namespace": namespace}
+    api = cp.api_client()
+    try:
+        create_referenced_secrets(api, namespace, job)  # else the job waits for them (SecretNotFound)
+    finally:
+        api.close()
     cp.kubectl("apply", "-f", "-", input=json.dumps(job))  # JSON: no YAML 1.1 vs 1.2 ambiguity ("2e-4")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
