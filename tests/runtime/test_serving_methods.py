@@ -41,7 +41,9 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return {
         "lora": make_lora_adapter(tiny_model_dir, root / "lora", seed=1).path,
         "ia3": make_ia3_adapter(tiny_model_dir, root / "ia3", seed=2).path,
+        "ia3-b": make_ia3_adapter(tiny_model_dir, root / "ia3-b", seed=7).path,
         "bottleneck": make_bottleneck_adapter(tiny_model_dir, root / "bottleneck", seed=3).path,
+        "bottleneck-b": make_bottleneck_adapter(tiny_model_dir, root / "bottleneck-b", seed=8).path,
         "prefix": make_prefix_tuning_adapter(tiny_model_dir, root / "prefix", seed=4, tokens=4).path,
         "prefix-long": make_prefix_tuning_adapter(tiny_model_dir, root / "prefix-long", seed=5, tokens=7).path,
         "prompt": make_prompt_tuning_adapter(tiny_model_dir, root / "prompt", seed=6, tokens=5).path,
@@ -106,8 +108,9 @@ def test_every_method_answers_in_one_mixed_batch_as_it_does_alone(
         BASE: reference_generate(tiny_model_dir, None, PROMPTS, TOKENS),
         "lora": reference_generate(tiny_model_dir, adapters["lora"], PROMPTS, TOKENS),
         "ia3": reference_generate(tiny_model_dir, adapters["ia3"], PROMPTS, TOKENS),
+        "ia3-b": reference_generate(tiny_model_dir, adapters["ia3-b"], PROMPTS, TOKENS),
     }
-    for name in ("bottleneck", "prefix", "prefix-long", "prompt"):
+    for name in ("bottleneck", "bottleneck-b", "prefix", "prefix-long", "prompt"):
         expected[name] = reference_generate_without_cache(tiny_model_dir, adapters[name], PROMPTS, TOKENS)
     assert served == expected
     for name in adapters:  # each adapter really changes the answers

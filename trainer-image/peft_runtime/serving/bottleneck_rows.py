@@ -67,9 +67,9 @@ def read_bottleneck(
 
 def _apply(adapters: dict[str, Bottleneck], names: list[str], hidden: torch.Tensor) -> torch.Tensor:
     hidden = hidden.clone()  # the block's output may be a view other code still reads
-    for name, adapter in adapters.items():
+    for name in set(names).intersection(adapters):
         picked = row_indices(names, name, hidden.device)
-        hidden[picked] = adapter(hidden[picked])
+        hidden[picked] = adapters[name](hidden[picked])
     return hidden
 
 

@@ -61,9 +61,24 @@ def _is_feedforward(module: str, feedforward: str | list[str]) -> bool:
     return any(module.endswith(entry) for entry in feedforward)
 
 
-def _scale(vectors: dict[str, torch.Tensor], names: list[str], x: torch.Tensor) -> torch.Tensor:
-    ones = x.new_ones(x.shape[-1])
-    scales = torch.stack([vectors[n].to(x.dtype) if n in vectors else ones for n in names])  # [rows, features]
+@dataclass(frozen=True)
+class _Stack:
+    slots: dict[str, int]  # adapter -> row of `scales` (0: all ones, for rows of other adapters)
+    scales: torch.Tensor  # [adapters + 1, features]
+
+
+def _stack(vectors: dict[str, torch.Tensor]) -> _Stack:
+    if not vectors:  # never read: a hook whose table is empty does nothing
+        return _Stack({}, torch.ones(1, 1))
+    names = sorted(vectors)
+    first = vectors[names[0]]
+    scales = torch.cat([first.new_ones(1, first.numel()), *(vectors[n][None] for n in names)])
+    return _Stack({name: slot for slot, name in enumerate(names, start=1)}, scales)
+
+
+def _scale(stack: _Stack, names: list[str], x: torch.Tensor) -> torch.Tensor:
+    index = torch.tensor([stack.slots.get(n, 0) for n in names], device=stack.scales.device)
+    scales = stack.scales.index_select(0, index).to(x.dtype)  # [rows, features]
     return x * scales.view(len(names), *([1] * (x.dim() - 2)), x.shape[-1])
 
 
@@ -72,8 +87,8 @@ class Ia3Rows:
 
     def __init__(self, model: nn.Module, rows: RowAdapters) -> None:
         self._model = model
-        self._inputs = RowHooks(rows, _scale, on_input=True)
-        self._outputs = RowHooks(rows, _scale, on_input=False)
+        self._inputs = RowHooks(rows, _scale, on_input=True, prepare=_stack)
+        self._outputs = RowHooks(rows, _scale, on_input=False, prepare=_stack)
 
     def needs_hooks(self, vectors: Ia3Vectors) -> bool:
         return self._inputs.needs_hooks(self._modules(vectors.inputs)) or self._outputs.needs_hooks(
