@@ -159,7 +159,7 @@ def reported(agent: Any) -> dict[str, Any]:
 def test_put_fetches_from_s3_verifies_loads_and_reports(
     agent: Any, engine: Any, adapters: dict[str, TestAdapter], s3_server: Any, s3_bucket: str, roots: dict[str, Path]
 ) -> None:
-    from peft_runtime.agent.protocol import AdapterList, AdapterReport
+    from peft_operator.api.agent import AdapterList, AdapterReport
 
     adapter = adapters["v1"]
     uri = upload_dir(s3_server.client(), s3_bucket, "tenants/a/v1", adapter.path)

@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .agent.protocol import LoadAdapterRequest, adapter_path
+from peft_operator.api.agent import LoadAdapterRequest, adapter_path
+
 from .digest import sha256_file
 from .local import train_local
 from .models import SMOLLM2_HF_URI, ensure_smollm2

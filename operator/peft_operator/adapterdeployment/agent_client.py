@@ -7,7 +7,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from peft_runtime.agent.protocol import (
+from ..api.agent import (
     ADAPTERS_PATH,
     AdapterList,
     AdapterReport,
@@ -15,7 +15,6 @@ from peft_runtime.agent.protocol import (
     LoadAdapterRequest,
     adapter_path,
 )
-
 from ..naming import AGENT_PORT
 
 

@@ -1,4 +1,4 @@
-"""HTTP routes of the adapter agent (see protocol.py for the API): thin handlers over `AdapterAgent`."""
+"""HTTP routes of the adapter agent (API: peft_operator/api/agent.py): thin handlers over `AdapterAgent`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
+from peft_operator.api.agent import ADAPTERS_PATH, HEALTH_PATH, ErrorBody, ErrorDetail, LoadAdapterRequest
 from peft_runtime.serving.http_edge import TokenSource, error_middleware, json_response, read_body
 
-from .protocol import ADAPTERS_PATH, HEALTH_PATH, ErrorBody, ErrorDetail, LoadAdapterRequest
 from .service import AdapterAgent
 
 AGENT = web.AppKey("agent", AdapterAgent)

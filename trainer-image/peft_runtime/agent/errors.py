@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from peft_operator.api.agent import Reason
 from peft_runtime.serving.errors import ServingError
-
-from .protocol import Reason
 
 
 class SourceNotFound(ServingError):

@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from peft_operator.api.adapterdeployment import AdapterState
+from peft_operator.api.agent import AdapterList, AdapterReport, EngineInfo, LoadAdapterRequest, UnloadReport
 from peft_operator.api.uris import parse_uri
 from peft_runtime.digest import DigestMismatchError, verify_adapter_dir
 from peft_runtime.serving.errors import AdapterCorrupt, ChecksumMismatch, ServingError, TooManyAdapters
@@ -21,7 +22,6 @@ from peft_runtime.serving.errors import AdapterCorrupt, ChecksumMismatch, Servin
 from .compat import Compatibility
 from .engine_client import EngineClient
 from .fetch import fetch
-from .protocol import AdapterList, AdapterReport, EngineInfo, LoadAdapterRequest, UnloadReport
 from .roots import SourceRoots
 from .store import AdapterStore, check_name
 

@@ -11,10 +11,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from peft_operator.api.agent import SHA256_DIR_RE
 from peft_operator.api.base import DNS_LABEL_RE
 from peft_runtime.serving.errors import BadRequest
-
-from .protocol import SHA256_DIR_RE
 
 STAGING = ".staging"
 

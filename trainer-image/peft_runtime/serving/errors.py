@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from peft_runtime.agent.protocol import Reason
+from peft_operator.api.agent import Reason
 
 
 class ServingError(Exception):

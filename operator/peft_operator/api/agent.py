@@ -1,7 +1,7 @@
 """The adapter agent's HTTP API as pydantic models: the agent serves it, the operator's client speaks it.
 
-This module imports only pydantic and `peft_operator.api`, so the operator (no torch, no aiohttp) can import
-it. Every route but /health needs `Authorization: Bearer <token>`.
+A wire contract like the plan and the manifest, so it lives in the API package: pydantic only, imported by
+the agent (runtime) and the operator's client alike. Every route but /health needs `Authorization: Bearer <token>`.
 
     PUT    /v1/adapters/{name}  LoadAdapterRequest -> 200 AdapterReport (loaded, or already loaded: a no-op)
     DELETE /v1/adapters/{name}                    -> 200 UnloadReport (idempotent: absent is not an error)
@@ -26,9 +26,9 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from peft_operator.api.adapterdeployment import AdapterState
-from peft_operator.api.base import ApiModel, Sha256
-from peft_operator.api.uris import AdapterUri
+from .adapterdeployment import AdapterState
+from .base import ApiModel, Sha256
+from .uris import AdapterUri
 
 ADAPTERS_PATH = "/v1/adapters"
 HEALTH_PATH = "/health"
