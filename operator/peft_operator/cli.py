@@ -1,10 +1,14 @@
-"""`peft-operator`: run the operator, generate CRDs, or run a FineTuneJob locally (no cluster)."""
+"""`peft-operator`: run the operator or generate CRDs. Local mode is the runtime's (`peft-runtime local train`)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+# The operator never imports the runtime (torch): local training moved there, this only says where.
+LOCAL_MOVED = "peft-operator local moved to the runtime: run `peft-runtime local train -f job.yaml` instead"
 
 
 def _crds(args: argparse.Namespace) -> None:
@@ -19,15 +23,9 @@ def _run(args: argparse.Namespace) -> None:
     runner.main(verbose=args.verbose)
 
 
-# --output: a progress bar with the preflight summary, or JSON lines on stdout; auto: a bar on a terminal.
-OUTPUT_BAR = {"auto": None, "bar": True, "json": False}
-
-
-def _local_train(args: argparse.Namespace) -> None:
-    # The runtime package brings torch; only local mode needs it on this side.
-    from peft_runtime.local import train_local
-
-    train_local(args.file, work_dir=args.work_dir, merge=args.merge, progress_bar=OUTPUT_BAR[args.output])
+def _local_moved(_: argparse.Namespace) -> None:
+    print(LOCAL_MOVED, file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -42,21 +40,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     crds.add_argument("out", nargs="+", type=Path)
     crds.set_defaults(run=_crds)
 
-    local = commands.add_parser("local", help="run on this machine, without a cluster").add_subparsers(
-        dest="local_command", required=True
-    )
-    train = local.add_parser("train", help="train the adapter a FineTuneJob describes, on this machine")
-    train.add_argument("-f", "--file", type=Path, required=True, help="FineTuneJob YAML (file:// or plain paths)")
-    train.add_argument("--work-dir", type=Path, default=None, help="scratch directory (default: a temp dir)")
-    train.add_argument("--merge", action="store_true", help="also write a merged full model to <output>/merged")
-    train.add_argument(
-        "--output",
-        choices=sorted(OUTPUT_BAR),
-        default="auto",
-        help="bar: progress bar and dataset summary on stderr; json: one JSON event per line on stdout; "
-        "auto (default): bar on a terminal, else json",
-    )
-    train.set_defaults(run=_local_train)
+    # Any arguments after `local` are accepted so that old command lines get the pointer, not a usage error.
+    local = commands.add_parser("local", help="moved: use `peft-runtime local train -f job.yaml`")
+    local.add_argument("rest", nargs=argparse.REMAINDER)
+    local.set_defaults(run=_local_moved)
 
     args = parser.parse_args(argv)
     args.run(args)

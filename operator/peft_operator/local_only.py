@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .api import Scheme
 
-LOCAL_ONLY = "file:// works only in local mode (peft-operator local train); in a cluster use pvc:// or s3://"
+LOCAL_ONLY = "file:// works only in local mode (peft-runtime local train); in a cluster use pvc:// or s3://"
 
 
 def is_local_only(uri: str) -> bool:

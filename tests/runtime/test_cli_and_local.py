@@ -1,4 +1,4 @@
-"""The `peft-runtime` entrypoint and local mode (`peft-operator local train -f job.yaml`)."""
+"""The `peft-runtime` entrypoint and local mode (`peft-runtime local train -f job.yaml`)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,17 @@ def test_runtime_package_and_train_entrypoint_import_with_kopf_blocked() -> None
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
     assert result.returncode == 0, result.stderr
-    assert "'train'" in result.stdout
+    assert "'train'" in result.stdout and "'local'" in result.stdout
+
+
+def test_peft_operator_local_points_to_the_runtime_command_and_exits_2() -> None:
+    command = [sys.executable, "-m", "peft_operator.cli", "local", "train", "-f", "job.yaml"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == "peft-operator local moved to the runtime: run `peft-runtime local train -f job.yaml` instead"
+    )
 
 
 def test_train_subcommand_exits_3_on_an_invalid_plan(tmp_path: Path, capsys: Any) -> None:
@@ -63,11 +73,11 @@ def _job_yaml(folder: Path, model_uri: str, **spec: Any) -> Path:
 def test_local_mode_trains_a_finetunejob_yaml_with_relative_paths(
     tiny_model_dir: Path, tmp_path: Path, capsys: Any
 ) -> None:
-    from peft_operator.cli import main
+    from peft_runtime.cli import main
 
     write_jsonl(tmp_path / "data" / "chat.jsonl", chat_rows(40))
     job = _job_yaml(tmp_path, str(tiny_model_dir))  # a plain absolute path works too
-    main(["local", "train", "-f", str(job), "--work-dir", str(tmp_path / "work")])
+    assert main(["local", "train", "-f", str(job), "--work-dir", str(tmp_path / "work")]) == 0
     adapter = tmp_path / "adapters" / "colors-v1"
     manifest = json.loads((adapter / "manifest.json").read_text())
     assert manifest["baseModel"]["uri"] == tiny_model_dir.as_uri()
@@ -80,7 +90,7 @@ def test_ctrl_c_in_local_mode_checkpoints_and_says_how_to_resume(tiny_model_dir:
     write_jsonl(tmp_path / "data" / "chat.jsonl", chat_rows(40))
     training = {"maxSteps": 400, "learningRate": "1e-2", "maxSeqLength": 64, "checkpointEvery": 1000}
     job = _job_yaml(tmp_path, str(tiny_model_dir), training=training)
-    command = [sys.executable, "-m", "peft_operator.cli", "local", "train", "-f", str(job)]
+    command = [sys.executable, "-m", "peft_runtime.cli", "local", "train", "-f", str(job)]
     command += ["--work-dir", str(tmp_path / "work")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -109,7 +119,7 @@ def test_local_train_at_a_terminal_shows_what_it_does_the_dataset_and_a_progress
     command = [
         sys.executable,
         "-m",
-        "peft_operator.cli",
+        "peft_runtime.cli",
         "local",
         "train",
         "-f",
@@ -137,7 +147,7 @@ def test_a_cpu_thread_count_that_is_not_a_number_is_refused(tiny_model_dir: Path
     command = [
         sys.executable,
         "-m",
-        "peft_operator.cli",
+        "peft_runtime.cli",
         "local",
         "train",
         "-f",

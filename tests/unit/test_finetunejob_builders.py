@@ -162,5 +162,5 @@ def test_file_uris_are_refused_in_a_cluster_with_a_pointer_to_local_mode() -> No
     body["spec"]["dataset"]["uri"] = "file:///home/me/data.jsonl"
     problems = cluster_problems(FineTuneJob.model_validate(body))
     assert problems == [
-        "spec.dataset.uri: file:// works only in local mode (peft-operator local train); in a cluster use pvc:// or s3://"
+        "spec.dataset.uri: file:// works only in local mode (peft-runtime local train); in a cluster use pvc:// or s3://"
     ]

@@ -11,14 +11,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from . import local_cli  # local train
 from .serving import cli as serving_cli  # serve, agent
 from .train import cli as train_cli  # train
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peft-runtime", description="PEFT runtime: train, serve, agent.")
+    parser = argparse.ArgumentParser(prog="peft-runtime", description="PEFT runtime: train, serve, agent, local.")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train_cli, serving_cli):
+    for module in (train_cli, serving_cli, local_cli):
         module.register(subcommands)
     return parser
 

@@ -1,4 +1,4 @@
-"""Local mode: run a FineTuneJob's training on this machine (`peft-operator local train -f job.yaml`).
+"""Local mode: run a FineTuneJob's training on this machine (`peft-runtime local train -f job.yaml`).
 
 The same trainer as in the cluster, with local storage: plain paths in the YAML become file:// URIs
 (relative ones relative to the YAML file's folder), and the hf:// name of a model this project ships
