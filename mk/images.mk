@@ -79,7 +79,7 @@ endif
 
 ## Build both images with buildah and start them for real under podman (minutes; see README).
 test-images: install $(CONTROLPLANE_IF_GO)
-	IMAGES_DIR=$(IMAGES_DIR) $(BIN)/pytest -m images tests/images
+	IMAGES_DIR=$(IMAGES_DIR) $(BIN)/pytest -m images --durations=0 tests/images
 
 ## Everything buildah and podman keep for this repository (base, layers, both images).
 images-clean:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -26,6 +26,14 @@ from tests.integration.conftest import _in_ci, admin, controlplane, crds_install
 from tests.support.controlplane import REPO_ROOT
 
 __all__ = ["admin", "controlplane", "crds_installed", "namespace"]
+
+
+_REPORT: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in _REPORT:
+        terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -52,10 +60,14 @@ def built_images() -> Iterator[tuple[Image, Image]]:
         _unavailable("the image tests run buildah and podman as root")
     (IMAGES_DIR / "tmp").mkdir(parents=True, exist_ok=True)
     log = IMAGES_DIR / "make-images.log"
+    # Pinned here: others may commit while the images build.
+    revision = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout.strip()
     started = time.monotonic()
     with log.open("w") as out:
         done = subprocess.run(
-            ["make", "images", "IMAGE_TOOL=buildah", f"IMAGES_DIR={IMAGES_DIR}"],
+            ["make", "images", "IMAGE_TOOL=buildah", f"IMAGES_DIR={IMAGES_DIR}", f"IMAGE_REVISION={revision}"],
             cwd=REPO_ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -64,11 +76,10 @@ def built_images() -> Iterator[tuple[Image, Image]]:
         )
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
     assert done.returncode == 0, f"`make images` failed (full log: {log}):\n{tail}"
-    operator, runtime = (Image(name) for name in image_names())
+    operator, runtime = (Image(name, revision) for name in image_names())
     base = operator.local_base
-    print(
-        f"\nmake images: {time.monotonic() - started:.0f} s; base: "
-        + (f"MADE LOCALLY ({base}), not the official Python {OFFICIAL_PYTHON}" if base else "the official image"),
-        file=sys.stderr,
+    _REPORT.append(
+        f"make images: {time.monotonic() - started:.0f} s (log: {log}); base: "
+        + (f"MADE LOCALLY ({base}), not the official Python {OFFICIAL_PYTHON}" if base else "the official image")
     )
     yield operator, runtime

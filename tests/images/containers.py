@@ -61,6 +61,7 @@ RUN = ["run", "--rm", "--pull=never", "--ulimit=nofile=1024:1024", "--ulimit=npr
 @dataclass(frozen=True)
 class Image:
     name: str
+    revision: str = ""  # the git commit `make images` was given (IMAGE_REVISION)
 
     def config(self) -> dict[str, Any]:
         inspected = json.loads(buildah("inspect", "--type", "image", self.name).stdout)
