@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,3 +35,17 @@ def test_torch_is_pinned_in_constraints() -> None:
     pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line)
     for package in ("torch", "transformers", "peft", "bitsandbytes", "kopf", "kubernetes", "pydantic"):
         assert package in pins, f"{package} is not pinned"
+
+
+def test_the_operator_image_context_builds_a_wheel_with_no_runtime_code(tmp_path: Path) -> None:
+    """What operator/Dockerfile copies (no trainer-image/) still installs: package discovery skips the runtime."""
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "operator" / "peft_operator", tmp_path / "operator" / "peft_operator")
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", "dist", "."]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "peft_operator/api/agent.py" in names
+    assert not [name for name in names if name.startswith("peft_runtime/")]
