@@ -118,26 +118,24 @@ def _resource_schema(kind: type[BaseModel], rules: list[dict[str, str]]) -> Json
 
 
 def _crd(
-    kind: type[BaseModel],
-    plural: str,
-    short_name: str,
+    kind: type[FineTuneJob] | type[AdapterDeployment],
     columns: list[dict[str, Any]],
     rules: list[dict[str, str]],
 ) -> dict[str, Any]:
-    name = kind.__name__
+    name = kind.KIND
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "peft-operator"}},
+        "metadata": {"name": f"{kind.PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "peft-operator"}},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
                 "kind": name,
                 "listKind": f"{name}List",
-                "plural": plural,
+                "plural": kind.PLURAL,
                 "singular": name.lower(),
-                "shortNames": [short_name],
+                "shortNames": [kind.SHORT_NAME],
                 "categories": ["peft", "all-peft"],
             },
             "versions": [
@@ -167,8 +165,6 @@ _AGE = _column("Age", ".metadata.creationTimestamp", "date", "Time since creatio
 def finetunejob_crd() -> dict[str, Any]:
     return _crd(
         FineTuneJob,
-        plural="finetunejobs",
-        short_name="ftj",
         columns=[
             _column("Phase", ".status.phase", "string", "Pending, Queued, Running, Succeeded, Failed, Cancelled."),
             _column("Progress", ".status.progress.percent", "integer", "Percent of the planned steps done."),
@@ -190,8 +186,6 @@ def finetunejob_crd() -> dict[str, Any]:
 def adapterdeployment_crd() -> dict[str, Any]:
     return _crd(
         AdapterDeployment,
-        plural="adapterdeployments",
-        short_name="adep",
         columns=[
             _column("Ready", '.status.conditions[?(@.type=="Ready")].status', "string", "Every adapter serving."),
             _column("Adapters", ".status.adaptersReady", "string", "Loaded / desired adapters."),

@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from . import metrics, reconcilers
-from .api import GROUP, VERSION
+from .api import GROUP, VERSION, AdapterDeployment, FineTuneJob
 from .naming import LABEL_ADAPTERDEPLOYMENT, LABEL_FINETUNEJOB
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,14 @@ def _run_for_event(reconcile: Any, memo: Any, namespace: str | None, name: str) 
         log.info("Deferred %s/%s: %s", namespace, name, error)
 
 
-@kopf.on.create(GROUP, VERSION, "finetunejobs")
-@kopf.on.resume(GROUP, VERSION, "finetunejobs")
-@kopf.on.update(GROUP, VERSION, "finetunejobs", field="metadata.annotations")
+@kopf.on.create(GROUP, VERSION, FineTuneJob.PLURAL)
+@kopf.on.resume(GROUP, VERSION, FineTuneJob.PLURAL)
+@kopf.on.update(GROUP, VERSION, FineTuneJob.PLURAL, field="metadata.annotations")
 def finetunejob_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     _run(reconcilers.finetunejob, memo, namespace, name)
 
 
-@kopf.on.delete(GROUP, VERSION, "finetunejobs", optional=True)  # optional: no finalizer
+@kopf.on.delete(GROUP, VERSION, FineTuneJob.PLURAL, optional=True)  # optional: no finalizer
 def finetunejob_deleted(namespace: str | None, name: str, **_: Any) -> None:
     metrics.record_finetunejob_phase(namespace or "", name, None)
 
@@ -66,9 +66,9 @@ def training_workload_changed(namespace: str | None, labels: Mapping[str, str], 
     _run_for_event(reconcilers.finetunejob, memo, namespace, labels[LABEL_FINETUNEJOB])
 
 
-@kopf.on.create(GROUP, VERSION, "adapterdeployments")
-@kopf.on.resume(GROUP, VERSION, "adapterdeployments")
-@kopf.on.update(GROUP, VERSION, "adapterdeployments", field="spec")
+@kopf.on.create(GROUP, VERSION, AdapterDeployment.PLURAL)
+@kopf.on.resume(GROUP, VERSION, AdapterDeployment.PLURAL)
+@kopf.on.update(GROUP, VERSION, AdapterDeployment.PLURAL, field="spec")
 def adapterdeployment_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     _run(reconcilers.adapterdeployment, memo, namespace, name)
 

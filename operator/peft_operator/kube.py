@@ -8,16 +8,14 @@ import base64
 import json
 import logging
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes
 from kubernetes.client import ApiClient, ApiException, BatchV1Api, CoreV1Api, CustomObjectsApi
 
-from .api import GROUP, VERSION
+from .api import GROUP, VERSION, AdapterDeployment, FineTuneJob
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "peft-operator"
@@ -179,7 +177,7 @@ def server_side_apply(
             meta["name"], meta["namespace"], body, **apply
         )
         return as_dict(client, result)
-    plural = {"AdapterDeployment": "adapterdeployments", "FineTuneJob": "finetunejobs"}[kind]
+    plural = {model.KIND: model.PLURAL for model in (AdapterDeployment, FineTuneJob)}[kind]
     return CustomObjectsApi(client).patch_namespaced_custom_object(  # type: ignore[no-any-return]
         GROUP, VERSION, meta["namespace"], plural, meta["name"], body, **apply
     )
@@ -230,35 +228,3 @@ def patch_deployment(client: ApiClient, namespace: str, name: str, patch: dict[s
     kubernetes.client.AppsV1Api(client).patch_namespaced_deployment(
         name, namespace, patch, _content_type="application/strategic-merge-patch+json"
     )
-
-
-def post_event(client: ApiClient, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    """Record a core/v1 Event on an object (what `kubectl describe` shows)."""
-    meta = involved["metadata"]
-    now = datetime.now(UTC).isoformat()
-    event = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-        "involvedObject": {
-            "apiVersion": involved["apiVersion"],
-            "kind": involved["kind"],
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta.get("uid"),
-            "resourceVersion": meta.get("resourceVersion"),
-        },
-        "type": type_,
-        "reason": reason,
-        "message": message[:1024],
-        "source": {"component": FIELD_MANAGER},
-        "reportingComponent": f"{GROUP}/operator",
-        "reportingInstance": socket.gethostname()[:128],
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    }
-    try:
-        CoreV1Api(client).create_namespaced_event(meta["namespace"], event)
-    except ApiException as error:  # an Event is worth a log line, never a failed reconcile
-        log.warning("Could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], error.reason)

@@ -1,19 +1,22 @@
 """The two reconcile entry points every trigger uses (Kopf handlers and the resync loop): one pass at a
-time per object, counted in metrics, with API trouble mapped to retry-or-give-up."""
+time per object, counted in metrics, with API trouble mapped to retry-or-give-up. `CONTROLLERS` pairs
+each kind with its entry point and the re-check its controller asks for."""
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client import ApiClient, ApiException
 from urllib3.exceptions import HTTPError
 
 from . import metrics
-from .adapterdeployment.reconcile import reconcile_adapterdeployment
-from .finetunejob.reconcile import reconcile_finetunejob
+from .adapterdeployment import reconcile as adapterdeployment_controller
+from .api import AdapterDeployment, FineTuneJob
+from .finetunejob import reconcile as finetunejob_controller
 from .settings import OperatorSettings
 
 # Events of several objects (a job, its pods) and the resync loop may name the same object at once.
@@ -45,13 +48,38 @@ def _guarded(kind: str, work: Callable[[], Any], namespace: str, name: str) -> A
 
 def finetunejob(client: ApiClient, settings: OperatorSettings, namespace: str, name: str) -> None:
     def work() -> None:
-        phase = reconcile_finetunejob(client, namespace, name, settings)
+        phase = finetunejob_controller.reconcile_finetunejob(client, namespace, name, settings)
         metrics.record_finetunejob_phase(namespace, name, phase.value if phase else None)
 
-    _guarded("FineTuneJob", work, namespace, name)
+    _guarded(FineTuneJob.KIND, work, namespace, name)
 
 
 def adapterdeployment(client: ApiClient, settings: OperatorSettings, namespace: str, name: str) -> None:
-    _guarded(
-        "AdapterDeployment", lambda: reconcile_adapterdeployment(client, namespace, name, settings), namespace, name
-    )
+    def work() -> None:
+        adapterdeployment_controller.reconcile_adapterdeployment(client, namespace, name, settings)
+
+    _guarded(AdapterDeployment.KIND, work, namespace, name)
+
+
+Reconcile = Callable[[ApiClient, OperatorSettings, str, str], None]
+
+
+@dataclass(frozen=True)
+class Controller:
+    """One kind's controller as the resync loop sees it."""
+
+    model: type[FineTuneJob] | type[AdapterDeployment]  # KIND and PLURAL
+    reconcile: Reconcile
+    resync_seconds: float
+    wants_resync: Callable[[dict[str, Any]], bool]
+
+
+CONTROLLERS = (
+    Controller(FineTuneJob, finetunejob, finetunejob_controller.RESYNC_SECONDS, finetunejob_controller.wants_resync),
+    Controller(
+        AdapterDeployment,
+        adapterdeployment,
+        adapterdeployment_controller.RESYNC_SECONDS,
+        adapterdeployment_controller.wants_resync,
+    ),
+)

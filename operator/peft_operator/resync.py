@@ -1,5 +1,5 @@
-"""Periodic, level-triggered re-checks: unfinished FineTuneJobs every 30 s (a missed event heals), every
-AdapterDeployment every 10 s (an engine that lost its adapters after a restart gets them back)."""
+"""Periodic, level-triggered re-checks: each controller in `reconcilers.CONTROLLERS` says how often and
+which of its objects (`resync_seconds`, `wants_resync`); this loop only lists and calls."""
 
 from __future__ import annotations
 
@@ -9,16 +9,11 @@ from typing import Any
 
 from kubernetes.client import ApiClient, CustomObjectsApi
 
-from . import reconcilers
 from .api import GROUP, VERSION
-from .finetunejob.reconcile import needs_deploy
-from .finetunejob.status import TERMINAL_PHASES
+from .reconcilers import CONTROLLERS, Controller
 from .settings import OperatorSettings
 
 log = logging.getLogger(__name__)
-FINETUNEJOB_RESYNC_SECONDS = 30.0
-ADAPTER_RECHECK_SECONDS = 10.0
-_TERMINAL = {p.value for p in TERMINAL_PHASES}
 
 
 def _list(client: ApiClient, plural: str, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -31,33 +26,25 @@ def _list(client: ApiClient, plural: str, namespaces: tuple[str, ...]) -> list[d
     return items
 
 
-def unfinished_finetunejobs(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [i for i in items if (i.get("status") or {}).get("phase") not in _TERMINAL or needs_deploy(i)]
-
-
-async def _pass(client: ApiClient, settings: OperatorSettings, plural: str, reconcile: Any) -> None:
+async def _pass(client: ApiClient, settings: OperatorSettings, controller: Controller) -> None:
+    plural = controller.model.PLURAL
     items = await asyncio.to_thread(_list, client, plural, settings.watch_namespaces)
-    if plural == "finetunejobs":
-        items = unfinished_finetunejobs(items)
-    for item in items:
+    for item in filter(controller.wants_resync, items):
         meta = item["metadata"]
         try:
-            await asyncio.to_thread(reconcile, client, settings, meta["namespace"], meta["name"])
+            await asyncio.to_thread(controller.reconcile, client, settings, meta["namespace"], meta["name"])
         except Exception as error:  # one object's trouble never stops the others' re-check
             log.warning("Re-check of %s %s/%s failed: %s", plural, meta["namespace"], meta["name"], error)
 
 
-async def _every(seconds: float, client: ApiClient, settings: OperatorSettings, plural: str, reconcile: Any) -> None:
+async def _every(client: ApiClient, settings: OperatorSettings, controller: Controller) -> None:
     while True:
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(controller.resync_seconds)
         try:
-            await _pass(client, settings, plural, reconcile)
+            await _pass(client, settings, controller)
         except Exception as error:
-            log.warning("Listing %s for the re-check failed: %s", plural, error)
+            log.warning("Listing %s for the re-check failed: %s", controller.model.PLURAL, error)
 
 
 async def resync_forever(client: ApiClient, settings: OperatorSettings) -> None:
-    await asyncio.gather(
-        _every(FINETUNEJOB_RESYNC_SECONDS, client, settings, "finetunejobs", reconcilers.finetunejob),
-        _every(ADAPTER_RECHECK_SECONDS, client, settings, "adapterdeployments", reconcilers.adapterdeployment),
-    )
+    await asyncio.gather(*(_every(client, settings, controller) for controller in CONTROLLERS))

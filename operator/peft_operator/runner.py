@@ -15,10 +15,10 @@ from aiohttp import web
 from kubernetes.client import ApiClient
 
 from . import handlers  # noqa: F401  (registers the handlers)
+from .finetunejob.progress_server import progress_app
 from .kube import load_api_client
 from .leader import LeaseConfig, release, try_acquire
 from .metrics import serve_metrics
-from .progress_server import progress_app
 from .resync import resync_forever
 from .settings import OperatorSettings
 

@@ -22,9 +22,9 @@ from peft_operator.adapterdeployment.status import compute_status as adapterdepl
 from peft_operator.api import AdapterDeploymentStatus, FineTuneJobStatus, Phase
 from peft_operator.api.events import CompletedEvent, FailedEvent, FailureReason, ProgressEvent
 from peft_operator.api.finetunejob import AdapterRecord, Progress
+from peft_operator.finetunejob.progress_server import status_patch
 from peft_operator.finetunejob.status import Observation
 from peft_operator.finetunejob.status import compute_status as finetunejob_status
-from peft_operator.progress_server import status_patch
 from tests.chart.argocd_cm import ARGOCD_DIR, HEALTH_CHECKS, PATCH, render_patch
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

@@ -228,7 +228,7 @@ def render_engine_deployment(
             "name": engine_name(meta.name),
             "namespace": meta.namespace,
             "labels": labels,
-            "ownerReferences": [owner_reference("AdapterDeployment", meta)],
+            "ownerReferences": [owner_reference(AdapterDeployment.KIND, meta)],
         },
         "spec": {
             "replicas": spec.runtime.replicas,
@@ -251,7 +251,7 @@ def render_engine_service(adep: AdapterDeployment) -> dict[str, Any]:
             "name": engine_name(meta.name),
             "namespace": meta.namespace,
             "labels": labels,
-            "ownerReferences": [owner_reference("AdapterDeployment", meta)],
+            "ownerReferences": [owner_reference(AdapterDeployment.KIND, meta)],
         },
         "spec": {
             "selector": labels,
@@ -271,7 +271,7 @@ def render_admin_token_secret(adep: AdapterDeployment, token: str) -> dict[str, 
             "name": admin_token_secret_name(meta.name),
             "namespace": meta.namespace,
             "labels": adapterdeployment_labels(meta.name),
-            "ownerReferences": [owner_reference("AdapterDeployment", meta)],
+            "ownerReferences": [owner_reference(AdapterDeployment.KIND, meta)],
         },
         "stringData": {"token": token},
     }

@@ -14,11 +14,11 @@ from typing import Any
 from kubernetes.client import ApiClient
 
 from .. import kube, metrics
-from ..api import AdapterDeployment, AdapterDeploymentStatus, Scheme, parse_uri
+from ..api import AdapterDeployment, AdapterDeploymentStatus, FineTuneJob, Scheme, parse_uri
 from ..api.adapterdeployment import AdapterState
 from ..api.validation import SpecError, parse_object
 from ..conditions import set_condition
-from ..finetunejob.status import KubeEvent
+from ..events import KubeEvent, post_event
 from ..local_only import local_only_problems
 from ..naming import ADAPTERS_READY_GATE, LABEL_ADAPTERDEPLOYMENT, PATCHED_ANNOTATION, admin_token_secret_name
 from ..settings import OperatorSettings
@@ -35,9 +35,15 @@ from .sources import DesiredAdapter, resolve_adapters
 from .status import LoadFailure, PodReport, compute_status, failed_adapters, may_retry, pod_is_complete
 
 log = logging.getLogger(__name__)
-PLURAL = "adapterdeployments"
 AgentFactory = Callable[[str, str], AgentClient]
 MAX_PARALLEL_PODS = 8
+# The periodic re-check: an engine that lost its adapters (a restart) gets them back within this many seconds.
+RESYNC_SECONDS = 10.0
+
+
+def wants_resync(_body: dict[str, Any]) -> bool:
+    """Every AdapterDeployment: only asking the agents tells whether the engines still hold the adapters."""
+    return True
 
 
 def sync_pod(agent: AgentClient, pod_name: str, desired: list[DesiredAdapter], held_back: frozenset[str]) -> PodReport:
@@ -93,7 +99,7 @@ def _admin_token(client: ApiClient, adep: AdapterDeployment) -> str:
         token = kube.read_secret_key(client, meta.namespace, ref.name, ref.key)
         if token is None:
             raise SpecError(
-                "AdapterDeployment", meta.name, [f"spec.tokenSecretRef: Secret {ref.name} has no key {ref.key}"]
+                AdapterDeployment.KIND, meta.name, [f"spec.tokenSecretRef: Secret {ref.name} has no key {ref.key}"]
             )
         return token
     name = admin_token_secret_name(meta.name)
@@ -194,7 +200,7 @@ def _refused(
 def reconcile_adapterdeployment(
     client: ApiClient, namespace: str, name: str, settings: OperatorSettings, agent_factory: AgentFactory = AgentClient
 ) -> None:
-    body = kube.get_custom(client, PLURAL, namespace, name)
+    body = kube.get_custom(client, AdapterDeployment.PLURAL, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
     current = AdapterDeploymentStatus.model_validate(body.get("status") or {})
@@ -204,12 +210,12 @@ def reconcile_adapterdeployment(
         adep = parse_object(AdapterDeployment, body)
         problems = local_only_problems({"spec.baseModel.uri": adep.spec.base_model.uri})
         if problems:
-            raise SpecError("AdapterDeployment", name, problems)
+            raise SpecError(AdapterDeployment.KIND, name, problems)
         with kube.creating_children():
             token = _admin_token(client, adep)
             desired = resolve_adapters(
                 adep,
-                lambda job: kube.get_custom(client, "finetunejobs", namespace, job),
+                lambda job: kube.get_custom(client, FineTuneJob.PLURAL, namespace, job),
                 {a.name: a for a in current.adapters},
             )
             replicas, blocked = _ensure_engine(client, adep, settings, desired)
@@ -244,6 +250,8 @@ def reconcile_adapterdeployment(
             metrics.LOADED_ADAPTERS.labels(namespace=namespace, name=name).set(loaded_everywhere)
     # Events first: a kill before the status write repeats them on the next pass instead of losing them.
     for event in events:
-        kube.post_event(client, body, event.type, event.reason, event.message)
+        post_event(client, body, event)
     if status != current:
-        kube.patch_status(client, PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion"))
+        kube.patch_status(
+            client, AdapterDeployment.PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion")
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -200,6 +200,10 @@ class AdapterDeployment(ApiModel):
     """Serve many PEFT adapters from one shared base model."""
 
     model_config = {"extra": "ignore"}
+    # How the API server names this kind: handlers, clients, owner references and the CRD read these.
+    KIND: ClassVar[str] = "AdapterDeployment"
+    PLURAL: ClassVar[str] = "adapterdeployments"
+    SHORT_NAME: ClassVar[str] = "adep"
 
     api_version: Literal["peft.dev/v1alpha1"] = "peft.dev/v1alpha1"
     kind: Literal["AdapterDeployment"] = "AdapterDeployment"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -371,6 +371,10 @@ class FineTuneJob(ApiModel):
     """A PEFT training run: base model + dataset + method -> adapter."""
 
     model_config = {"extra": "ignore"}
+    # How the API server names this kind: handlers, clients, owner references and the CRD read these.
+    KIND: ClassVar[str] = "FineTuneJob"
+    PLURAL: ClassVar[str] = "finetunejobs"
+    SHORT_NAME: ClassVar[str] = "ftj"
 
     api_version: Literal["peft.dev/v1alpha1"] = "peft.dev/v1alpha1"
     kind: Literal["FineTuneJob"] = "FineTuneJob"

@@ -14,9 +14,9 @@ from typing import Any
 from kubernetes.client import ApiClient, ApiException
 
 from .. import kube
-from ..api import FineTuneJob, FineTuneJobStatus
+from ..api import AdapterDeployment, FineTuneJob, FineTuneJobStatus
 from ..conditions import condition_is_true, set_condition
-from .status import KubeEvent
+from ..events import KubeEvent
 
 DEPLOYED = "Deployed"
 
@@ -49,7 +49,7 @@ def deploy_adapter(client: ApiClient, job: FineTuneJob, status: FineTuneJobStatu
     assert deploy is not None and meta.name is not None and meta.namespace is not None
     adapter_name = deploy.adapter_name or meta.name
     target = f"AdapterDeployment {deploy.adapter_deployment}"
-    adep = kube.get_custom(client, "adapterdeployments", meta.namespace, deploy.adapter_deployment)
+    adep = kube.get_custom(client, AdapterDeployment.PLURAL, meta.namespace, deploy.adapter_deployment)
     taken_by = None
     if adep is None:
         ok, reason, message = False, "AdapterDeploymentNotFound", f"{target} does not exist in this namespace."
@@ -64,7 +64,7 @@ def deploy_adapter(client: ApiClient, job: FineTuneJob, status: FineTuneJobStatu
         entry = {"name": adapter_name, "source": {"fineTuneJobRef": {"name": meta.name}}}
         body = {
             "apiVersion": "peft.dev/v1alpha1",
-            "kind": "AdapterDeployment",
+            "kind": AdapterDeployment.KIND,
             "metadata": {"name": deploy.adapter_deployment, "namespace": meta.namespace},
             "spec": {"adapters": [entry]},
         }

@@ -178,7 +178,7 @@ def render_training_job(job: FineTuneJob, settings: OperatorSettings) -> dict[st
             "name": training_job_name(meta.name),
             "namespace": meta.namespace,
             "labels": job_labels,
-            "ownerReferences": [owner_reference("FineTuneJob", meta)],
+            "ownerReferences": [owner_reference(FineTuneJob.KIND, meta)],
         },
         "spec": {
             # Kueue admits a queued Job by unsuspending it.

@@ -47,7 +47,7 @@ def render_plan_configmap(job: FineTuneJob, settings: OperatorSettings) -> dict[
             "name": plan_configmap_name(job.metadata.name),
             "namespace": job.metadata.namespace,
             "labels": finetunejob_labels(job.metadata.name),
-            "ownerReferences": [owner_reference("FineTuneJob", job.metadata)],
+            "ownerReferences": [owner_reference(FineTuneJob.KIND, job.metadata)],
         },
         "data": {PLAN_FILE_NAME: plan.model_dump_json(by_alias=True, exclude_none=True, indent=2)},
     }

@@ -14,13 +14,12 @@ from aiohttp import web
 from kubernetes.client import ApiClient, ApiException
 from pydantic import TypeAdapter, ValidationError
 
-from . import kube
-from .api import FineTuneJobStatus
-from .api.events import CompletedEvent, FailedEvent, PreflightEvent, ProgressEvent, TrainerEvent
-from .finetunejob.reconcile import PLURAL
-from .finetunejob.status import TERMINAL_PHASES
+from .. import kube
+from ..api import FineTuneJob, FineTuneJobStatus
+from ..api.events import CompletedEvent, FailedEvent, PreflightEvent, ProgressEvent, TrainerEvent
+from ..settings import OperatorSettings
 from .progress_token import token_is_valid
-from .settings import OperatorSettings
+from .status import TERMINAL_PHASES
 
 log = logging.getLogger(__name__)
 _EVENTS: TypeAdapter[TrainerEvent] = TypeAdapter(TrainerEvent)
@@ -44,7 +43,7 @@ def status_patch(current: FineTuneJobStatus, event: TrainerEvent) -> dict[str, A
 
 
 def _deliver(client: ApiClient, settings: OperatorSettings, namespace: str, name: str, token: str, raw: bytes) -> int:
-    body = kube.get_custom(client, PLURAL, namespace, name)
+    body = kube.get_custom(client, FineTuneJob.PLURAL, namespace, name)
     if body is None:
         return 404
     if not settings.progress_key or not token_is_valid(
@@ -59,7 +58,7 @@ def _deliver(client: ApiClient, settings: OperatorSettings, namespace: str, name
     if patch is None:
         return 202
     try:
-        kube.patch_status(client, PLURAL, namespace, name, patch, body["metadata"]["resourceVersion"])
+        kube.patch_status(client, FineTuneJob.PLURAL, namespace, name, patch, body["metadata"]["resourceVersion"])
     except ApiException as error:
         if error.status == 409:
             return 409  # the trainer retries; the next report carries newer numbers anyway

@@ -13,6 +13,7 @@ from .. import kube
 from ..api import FineTuneJob, FineTuneJobStatus, Phase
 from ..api.validation import SpecError, parse_object
 from ..conditions import condition_is_true
+from ..events import KubeEvent, post_event
 from ..naming import CANCEL_ANNOTATION, LABEL_FINETUNEJOB, training_job_name
 from ..settings import OperatorSettings
 from .deploy import DEPLOYED, deploy_adapter
@@ -20,11 +21,10 @@ from .job import render_training_job
 from .plan import render_plan_configmap
 from .references import missing_secret
 from .secret import render_progress_secret
-from .status import TERMINAL_PHASES, KubeEvent, Observation, Verdict, compute_status
+from .status import TERMINAL_PHASES, Observation, Verdict, compute_status
 from .validation import cluster_problems
 
 log = logging.getLogger(__name__)
-PLURAL = "finetunejobs"
 
 
 def _validate(body: dict[str, Any]) -> tuple[FineTuneJob | None, str | None]:
@@ -61,7 +61,7 @@ def _blocked(client: ApiClient, job: FineTuneJob, current: FineTuneJobStatus) ->
 
 def reconcile_finetunejob(client: ApiClient, namespace: str, name: str, settings: OperatorSettings) -> Phase | None:
     """One pass for one FineTuneJob; returns its phase afterwards (None if it is gone)."""
-    body = kube.get_custom(client, PLURAL, namespace, name)
+    body = kube.get_custom(client, FineTuneJob.PLURAL, namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None  # owner references let the garbage collector remove the Job, pods and ConfigMap
     current = FineTuneJobStatus.model_validate(body.get("status") or {})
@@ -99,13 +99,24 @@ def reconcile_finetunejob(client: ApiClient, namespace: str, name: str, settings
         status = outcome.status
         events += outcome.events
         for adep, event in outcome.deployment_events:
-            kube.post_event(client, adep, event.type, event.reason, event.message)
+            post_event(client, adep, event)
     # Events first: a kill before the status write repeats them on the next pass instead of losing them.
     for event in events:
-        kube.post_event(client, body, event.type, event.reason, event.message)
+        post_event(client, body, event)
     if status != current:
-        kube.patch_status(client, PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion"))
+        kube.patch_status(
+            client, FineTuneJob.PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion")
+        )
     return status.phase
+
+
+# The periodic re-check: a missed event heals within this many seconds.
+RESYNC_SECONDS = 30.0
+
+
+def wants_resync(body: dict[str, Any]) -> bool:
+    """Unfinished jobs, and succeeded ones whose adapter has yet to be deployed; finished ones stay still."""
+    return (body.get("status") or {}).get("phase") not in {p.value for p in TERMINAL_PHASES} or needs_deploy(body)
 
 
 def needs_deploy(body: dict[str, Any]) -> bool:

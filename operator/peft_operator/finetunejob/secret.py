@@ -8,8 +8,8 @@ from typing import Any
 from ..api import FineTuneJob
 from ..naming import finetunejob_labels, progress_secret_name
 from ..owner import owner_reference
-from ..progress_token import progress_token
 from ..settings import OperatorSettings
+from .progress_token import progress_token
 
 
 def render_progress_secret(job: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
@@ -24,7 +24,7 @@ def render_progress_secret(job: FineTuneJob, settings: OperatorSettings) -> dict
             "name": progress_secret_name(meta.name),
             "namespace": meta.namespace,
             "labels": finetunejob_labels(meta.name),
-            "ownerReferences": [owner_reference("FineTuneJob", meta)],
+            "ownerReferences": [owner_reference(FineTuneJob.KIND, meta)],
         },
         "data": {"token": base64.b64encode(token.encode()).decode()},
     }

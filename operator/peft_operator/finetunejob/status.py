@@ -14,21 +14,13 @@ from pydantic import TypeAdapter, ValidationError
 from ..api import FineTuneJobStatus, Phase
 from ..api.events import STOPPED_BY_SIGNAL_EXIT_CODES, CompletedEvent, FailedEvent, TrainerEvent
 from ..conditions import set_condition
+from ..events import KubeEvent
 from ..naming import TRAINER_CONTAINER
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
 PHASE_CONDITIONS = ("Queued", "Running", "Succeeded", "Failed")
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
 _EVENT_ADAPTER: TypeAdapter[TrainerEvent] = TypeAdapter(TrainerEvent)
-
-
-@dataclass(frozen=True)
-class KubeEvent:
-    """An Event to post on the FineTuneJob."""
-
-    type: str  # Normal or Warning
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
