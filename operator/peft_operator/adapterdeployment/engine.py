@@ -23,8 +23,7 @@ from ..naming import (
     admin_token_secret_name,
     engine_name,
 )
-from ..owner import owner_reference
-from ..security import container_security_context, pod_security_context
+from ..pods import container_resources, container_security_context, owned_metadata, pod_spec
 from ..settings import OperatorSettings
 
 ADAPTER_ROOT = "/adapters"
@@ -159,14 +158,6 @@ def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model
         if spec.base_model.revision:
             command.append(f"--revision={spec.base_model.revision}")
     command += list(runtime.extra_args or [])
-    limits: dict[str, Any] = {}
-    if runtime.resources.gpus:
-        limits[runtime.resources.gpu_resource_name] = str(runtime.resources.gpus)
-    if runtime.resources.cpu:
-        limits["cpu"] = runtime.resources.cpu
-    if runtime.resources.memory:
-        limits["memory"] = runtime.resources.memory
-    requests = {k: v for k, v in limits.items() if k in ("cpu", "memory")}
     container: dict[str, Any] = {
         "name": ENGINE_CONTAINER,
         "image": image,
@@ -175,7 +166,7 @@ def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model
         "env": env,
         "ports": [{"name": "http", "containerPort": ENGINE_PORT}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": ENGINE_PORT}, "periodSeconds": 5},
-        "resources": {"limits": limits, "requests": requests} if limits else {},
+        "resources": container_resources(runtime.resources),
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "adapters", "mountPath": ADAPTER_ROOT}, {"name": "engine-tmp", "mountPath": "/tmp"}],
     }
@@ -197,45 +188,30 @@ def render_engine_deployment(
     agent = _agent_container(adep, settings, ENGINE_PORT)
     claim_vols, claim_mounts = claim_volumes(adapter_claims or [])
     agent["volumeMounts"] += claim_mounts
-    resources = spec.runtime.resources
-    pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": pod_security_context(settings.trainer_run_as_user),
-        "readinessGates": [{"conditionType": ADAPTERS_READY_GATE}],
-        "containers": [engine, agent],
-        "volumes": [
-            {"name": "adapters", "emptyDir": {}},
-            {"name": "engine-tmp", "emptyDir": {}},
-            {"name": "agent-tmp", "emptyDir": {}},
-            *model_volumes,
-            *claim_vols,
-        ],
-    }
-    if resources.gpus:
-        pod_spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
-        engine["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
-    if resources.node_selector:
-        pod_spec["nodeSelector"] = dict(resources.node_selector)
-    if resources.tolerations:
-        pod_spec["tolerations"] = [t.to_wire() for t in resources.tolerations]
-    if resources.priority_class_name:
-        pod_spec["priorityClassName"] = resources.priority_class_name
+    volumes: list[dict[str, Any]] = [
+        {"name": "adapters", "emptyDir": {}},
+        {"name": "engine-tmp", "emptyDir": {}},
+        {"name": "agent-tmp", "emptyDir": {}},
+        *model_volumes,
+        *claim_vols,
+    ]
+    engine_pod = pod_spec(
+        [engine, agent],
+        volumes,
+        spec.runtime.resources,
+        settings.trainer_run_as_user,
+        readinessGates=[{"conditionType": ADAPTERS_READY_GATE}],
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": engine_name(meta.name),
-            "namespace": meta.namespace,
-            "labels": labels,
-            "ownerReferences": [owner_reference(AdapterDeployment.KIND, meta)],
-        },
+        "metadata": owned_metadata(AdapterDeployment.KIND, meta, engine_name(meta.name), labels),
         "spec": {
             "replicas": spec.runtime.replicas,
             "selector": {"matchLabels": labels},
             # A new pod takes traffic only when it holds every adapter (readiness gate), so surge first.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": {"metadata": {"labels": labels}, "spec": engine_pod},
         },
     }
 
@@ -247,12 +223,7 @@ def render_engine_service(adep: AdapterDeployment) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": engine_name(meta.name),
-            "namespace": meta.namespace,
-            "labels": labels,
-            "ownerReferences": [owner_reference(AdapterDeployment.KIND, meta)],
-        },
+        "metadata": owned_metadata(AdapterDeployment.KIND, meta, engine_name(meta.name), labels),
         "spec": {
             "selector": labels,
             "ports": [{"name": "http", "port": ENGINE_PORT, "targetPort": "http"}],
@@ -267,12 +238,9 @@ def render_admin_token_secret(adep: AdapterDeployment, token: str) -> dict[str, 
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {
-            "name": admin_token_secret_name(meta.name),
-            "namespace": meta.namespace,
-            "labels": adapterdeployment_labels(meta.name),
-            "ownerReferences": [owner_reference(AdapterDeployment.KIND, meta)],
-        },
+        "metadata": owned_metadata(
+            AdapterDeployment.KIND, meta, admin_token_secret_name(meta.name), adapterdeployment_labels(meta.name)
+        ),
         "stringData": {"token": token},
     }
 

@@ -24,8 +24,7 @@ from ..naming import (
     progress_secret_name,
     training_job_name,
 )
-from ..owner import owner_reference
-from ..security import container_security_context, pod_security_context
+from ..pods import container_resources, container_security_context, owned_metadata, pod_spec
 from ..settings import OperatorSettings
 from .plan import WORK_DIR
 
@@ -86,19 +85,6 @@ def _env(job: FineTuneJob, settings: OperatorSettings) -> tuple[list[dict[str, A
     return env, env_from
 
 
-def _resources(job: FineTuneJob) -> dict[str, Any]:
-    res = job.spec.resources
-    limits: dict[str, Any] = {}
-    if res.gpus:
-        limits[res.gpu_resource_name] = str(res.gpus)
-    if res.cpu:
-        limits["cpu"] = res.cpu
-    if res.memory:
-        limits["memory"] = res.memory
-    requests = {k: v for k, v in limits.items() if k in ("cpu", "memory")}
-    return {"limits": limits, "requests": requests} if limits else {}
-
-
 def _pod_failure_policy() -> dict[str, Any]:
     return {
         "rules": [
@@ -134,7 +120,7 @@ def render_training_job(job: FineTuneJob, settings: OperatorSettings) -> dict[st
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["peft-runtime", "train", "--plan", f"{PLAN_DIR}/{PLAN_FILE_NAME}"],
         "env": env,
-        "resources": _resources(job),
+        "resources": container_resources(spec.resources),
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
@@ -152,40 +138,24 @@ def render_training_job(job: FineTuneJob, settings: OperatorSettings) -> dict[st
         {"name": "tmp", "emptyDir": {}},
         *volumes,
     ]
-    if spec.resources.gpus:
-        # PyTorch data loaders and NCCL need a /dev/shm larger than the container default.
-        pod_volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
-        container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": pod_security_context(settings.trainer_run_as_user),
-        "containers": [container],
-        "volumes": pod_volumes,
-    }
-    if spec.resources.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.resources.node_selector)
-    if spec.resources.tolerations:
-        pod_spec["tolerations"] = [t.to_wire() for t in spec.resources.tolerations]
-    if spec.resources.priority_class_name:
-        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    training_pod = pod_spec(
+        [container],
+        pod_volumes,
+        spec.resources,
+        settings.trainer_run_as_user,
+        restartPolicy="Never",
+        terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS,
+    )
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": training_job_name(meta.name),
-            "namespace": meta.namespace,
-            "labels": job_labels,
-            "ownerReferences": [owner_reference(FineTuneJob.KIND, meta)],
-        },
+        "metadata": owned_metadata(FineTuneJob.KIND, meta, training_job_name(meta.name), job_labels),
         "spec": {
             # Kueue admits a queued Job by unsuspending it.
             "suspend": spec.queue is not None,
             "backoffLimit": spec.run_policy.backoff_limit,
             "activeDeadlineSeconds": duration_seconds(spec.run_policy.max_runtime),
             "podFailurePolicy": _pod_failure_policy(),
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": {"metadata": {"labels": labels}, "spec": training_pod},
         },
     }

@@ -15,7 +15,7 @@ from ..api.plan import (
     TrainingPlan,
 )
 from ..naming import finetunejob_labels, plan_configmap_name
-from ..owner import owner_reference
+from ..pods import owned_metadata
 from ..settings import OperatorSettings
 
 TERMINATION_LOG = "/dev/termination-log"
@@ -43,11 +43,11 @@ def render_plan_configmap(job: FineTuneJob, settings: OperatorSettings) -> dict[
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {
-            "name": plan_configmap_name(job.metadata.name),
-            "namespace": job.metadata.namespace,
-            "labels": finetunejob_labels(job.metadata.name),
-            "ownerReferences": [owner_reference(FineTuneJob.KIND, job.metadata)],
-        },
+        "metadata": owned_metadata(
+            FineTuneJob.KIND,
+            job.metadata,
+            plan_configmap_name(job.metadata.name),
+            finetunejob_labels(job.metadata.name),
+        ),
         "data": {PLAN_FILE_NAME: plan.model_dump_json(by_alias=True, exclude_none=True, indent=2)},
     }

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..api import FineTuneJob
 from ..naming import finetunejob_labels, progress_secret_name
-from ..owner import owner_reference
+from ..pods import owned_metadata
 from ..settings import OperatorSettings
 from .progress_token import progress_token
 
@@ -20,11 +20,8 @@ def render_progress_secret(job: FineTuneJob, settings: OperatorSettings) -> dict
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {
-            "name": progress_secret_name(meta.name),
-            "namespace": meta.namespace,
-            "labels": finetunejob_labels(meta.name),
-            "ownerReferences": [owner_reference(FineTuneJob.KIND, meta)],
-        },
+        "metadata": owned_metadata(
+            FineTuneJob.KIND, meta, progress_secret_name(meta.name), finetunejob_labels(meta.name)
+        ),
         "data": {"token": base64.b64encode(token.encode()).decode()},
     }
