@@ -120,15 +120,6 @@ def _verbs(client: ApiClient, kind: str) -> tuple[Any, Any]:
     }[kind]
 
 
-def read_job(client: ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return as_dict(client, BatchV1Api(client).read_namespaced_job(name, namespace))
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-
-
 def delete_job(client: ApiClient, namespace: str, name: str) -> None:
     try:
         BatchV1Api(client).delete_namespaced_job(name, namespace, propagation_policy="Background")

@@ -9,7 +9,7 @@ from typing import Any
 
 from peft_operator.api import FineTuneJobStatus, Phase
 from peft_operator.api.events import CompletedEvent, FailedEvent, FailureReason
-from peft_operator.api.finetunejob import AdapterRecord, Progress
+from peft_operator.api.finetunejob import AdapterRecord, Progress, RunPolicy
 from peft_operator.finetunejob.status import Observation, compute_status
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -151,7 +151,7 @@ def test_oom_killed_trainer_says_what_to_change() -> None:
 
 def test_deadline_exceeded_names_max_runtime() -> None:
     job = _job([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}], failed=1)
-    status, _ = _status(Observation(generation=1, max_runtime="6h", job=job))
+    status, _ = _status(Observation(generation=1, run_policy=RunPolicy(max_runtime="6h"), job=job))
     assert _condition(status, "Failed") == ("True", "DeadlineExceeded")
     assert "6h" in next(c.message for c in status.conditions if c.type == "Failed")
 

@@ -11,6 +11,7 @@ from kubernetes.client import ApiClient
 
 from .. import kube
 from ..api import FineTuneJob, FineTuneJobStatus, Phase
+from ..api.finetunejob import RunPolicy
 from ..api.validation import SpecError, parse_object
 from ..conditions import condition_is_true
 from ..events import KubeEvent, post_event
@@ -80,11 +81,10 @@ def reconcile_finetunejob(client: ApiClient, namespace: str, name: str, settings
             except kube.ChildNotCreatedError as error:
                 blocked = Verdict(Phase.PENDING, error.reason, str(error))
     pods = kube.list_pods(client, namespace, {LABEL_FINETUNEJOB: name}) if observed_job else []
-    spec = body.get("spec") or {}
     observation = Observation(
         generation=body["metadata"].get("generation"),
-        queue=(spec.get("queue") or {}).get("name"),
-        max_runtime=(spec.get("runPolicy") or {}).get("maxRuntime", "24h"),
+        queue=job.spec.queue.name if job is not None and job.spec.queue is not None else None,
+        run_policy=job.spec.run_policy if job is not None else RunPolicy(),
         invalid=invalid,
         cancelled=cancelled,
         blocked=blocked,

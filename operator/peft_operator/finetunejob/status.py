@@ -13,6 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ..api import FineTuneJobStatus, Phase
 from ..api.events import STOPPED_BY_SIGNAL_EXIT_CODES, CompletedEvent, FailedEvent, TrainerEvent
+from ..api.finetunejob import RunPolicy
 from ..conditions import set_condition
 from ..events import KubeEvent
 from ..naming import TRAINER_CONTAINER
@@ -36,7 +37,7 @@ class Observation:
 
     generation: int | None
     queue: str | None = None
-    max_runtime: str = "24h"
+    run_policy: RunPolicy = field(default_factory=RunPolicy)  # the spec's, or the defaults when it is invalid
     invalid: str | None = None  # the validation message, when the spec cannot run
     cancelled: bool = False
     blocked: Verdict | None = None  # why the children cannot be created yet (a missing Secret, a refusal)
@@ -128,7 +129,7 @@ def _failure(obs: Observation, job: dict[str, Any], condition: dict[str, Any]) -
         return Verdict(
             Phase.FAILED,
             "DeadlineExceeded",
-            f"Training ran longer than runPolicy.maxRuntime ({obs.max_runtime}); raise it or train fewer steps.",
+            f"Training ran longer than runPolicy.maxRuntime ({obs.run_policy.max_runtime}); raise it or train fewer steps.",
         )
     if isinstance(final, FailedEvent):
         return Verdict(Phase.FAILED, final.reason.value, final.message)
