@@ -24,8 +24,14 @@ IMAGE_TOOL ?= $(shell if docker info >/dev/null 2>&1; then echo docker; elif com
 PUSH_FLAGS ?=
 
 BUILDAH := buildah --root $(IMAGES_DIR)/storage --runroot $(IMAGES_DIR)/run --storage-driver overlay
+# The Dockerfiles turn these build args into OCI labels. The same labels again as --label, because buildah 1.28
+# reuses a cached LABEL step whatever the build args' values (a new commit kept the old revision label);
+# --label adds a last step whose cache key is the value itself.
 IMAGE_BUILD_ARGS := --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(IMAGE_REVISION) \
-	--build-arg SOURCE=$(IMAGE_SOURCE)
+	--build-arg SOURCE=$(IMAGE_SOURCE) \
+	--label org.opencontainers.image.version=$(IMAGE_TAG) \
+	--label org.opencontainers.image.revision=$(IMAGE_REVISION) \
+	--label org.opencontainers.image.source=$(IMAGE_SOURCE)
 
 ifeq ($(IMAGE_TOOL),docker)
 BUILD_IMAGE = docker build $(IMAGE_BUILD_ARGS)
