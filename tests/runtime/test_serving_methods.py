@@ -10,6 +10,8 @@ loses a soft prompt after the first token with the pinned versions; see serving/
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from tests.support.adapters import (
     make_prompt_tuning_adapter,
     reference_generate,
     reference_generate_without_cache,
+    rewrite_manifest,
 )
 from tests.support.http import call_json
 
@@ -115,3 +118,43 @@ def test_every_method_answers_in_one_mixed_batch_as_it_does_alone(
     assert served == expected
     for name in adapters:  # each adapter really changes the answers
         assert served[name] != served[BASE], name
+
+
+def _widen(tensors: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    return {key: torch.cat([value, value[:, :1]], 1) for key, value in tensors.items()}
+
+
+def _retarget_to_missing_module(tensors: dict[str, Any]) -> dict[str, Any]:
+    return {key.replace(".k_proj.", ".wk."): value for key, value in tensors.items()}
+
+
+@pytest.mark.parametrize(
+    ("adapter", "change_weights", "change_config"),
+    [
+        ("prefix", _widen, None),  # a KV-cache shape this model does not have
+        ("prompt", _widen, None),  # another hidden size
+        ("ia3", _retarget_to_missing_module, None),
+        ("bottleneck", None, {"hidden_size": 128}),
+    ],
+)
+def test_adapters_made_for_another_model_are_refused(
+    server: Any, adapters: dict[str, Path], tmp_path: Path, adapter: str, change_weights: Any, change_config: Any
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / adapter
+    shutil.copytree(adapters[adapter], folder)
+    if change_weights is not None:
+        weights = folder / "adapter_model.safetensors"
+        save_file(change_weights(load_file(weights)), weights)
+    if change_config is not None:
+        config = folder / "adapter_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), **change_config}))
+    rewrite_manifest(folder)
+
+    body = {"lora_name": f"misfit-{adapter}", "lora_path": str(folder)}
+    status, answer = call_json(server.url + "/v1/load_lora_adapter", "POST", body, TOKEN)
+
+    assert (status, answer["error"]["reason"]) == (422, "IncompatibleBaseModel"), answer

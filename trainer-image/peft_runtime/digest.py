@@ -58,8 +58,13 @@ def verify_adapter_dir(
                 "the adapter changed or the digest in the spec is wrong"
             )
     manifest = AdapterManifest.model_validate_json(manifest_path.read_text())
-    if allow_unlisted:
-        actual_files = {name: sha256_file(directory / name) for name in manifest.files if (directory / name).is_file()}
+    if allow_unlisted:  # listed files only; a name that leads outside the directory counts as missing
+        inside = directory.resolve()
+        actual_files = {
+            name: sha256_file(directory / name)
+            for name in manifest.files
+            if (directory / name).resolve().is_relative_to(inside) and (directory / name).is_file()
+        }
     else:
         actual_files = file_digests(directory)
     for name, expected in manifest.files.items():

@@ -159,7 +159,15 @@ def _prepare_own(
             name, raw, {k: t.to(device=device, dtype=base.dtype) for k, t in weights.items()}, base.linear_shapes
         )
     elif peft_type == BOTTLENECK_TYPE:
-        own = read_bottleneck(name, raw, weights, hidden_size=base.hidden_size, dtype=base.dtype, device=device)
+        own = read_bottleneck(
+            name,
+            raw,
+            weights,
+            hidden_size=base.hidden_size,
+            num_layers=base.num_layers,
+            dtype=base.dtype,
+            device=device,
+        )
     else:
         own = read_virtual_tokens(name, peft_type, weights, base.config, dtype=base.dtype, device=device)
     return PreparedAdapter(name, path, _OWN_METHODS[peft_type], None, {}, own, 0, digest, size)

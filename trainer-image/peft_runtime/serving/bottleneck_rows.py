@@ -34,6 +34,7 @@ def read_bottleneck(
     weights: dict[str, torch.Tensor],
     *,
     hidden_size: int | None,
+    num_layers: int | None,
     dtype: torch.dtype,
     device: str,
 ) -> BottleneckAdapter:
@@ -46,6 +47,10 @@ def read_bottleneck(
     if hidden_size is not None and config.hidden_size not in (None, hidden_size):
         raise IncompatibleBaseModel(
             f"adapter '{name}' was trained on a model of hidden size {config.hidden_size}; this one's is {hidden_size}"
+        )
+    if num_layers is not None and config.num_layers not in (None, num_layers):
+        raise IncompatibleBaseModel(
+            f"adapter '{name}' was trained on a model of {config.num_layers} layers; this one has {num_layers}"
         )
     config.hidden_size = hidden_size
     by_module: dict[str, dict[str, torch.Tensor]] = {}
