@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .base import ApiModel, Condition, DnsLabel, ObjectMeta, SecretKeyRef, SecretRef, Sha256
 from .finetunejob import BaseModelSource, ComputeResources
+from .rules import Rule, RuledModel
 from .uris import AdapterUri
 
 MAX_ADAPTERS_PER_DEPLOYMENT = 512
@@ -68,39 +69,31 @@ class FineTuneJobRef(ApiModel):
     name: DnsLabel = Field(description="FineTuneJob name.")
 
 
-class AdapterSource(ApiModel):
+class AdapterSource(RuledModel):
     """Either a FineTuneJob, or a URI with the sha256 of the adapter's manifest.json."""
 
-    model_config = {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.fineTuneJobRef) != has(self.uri)",
-                    "message": "set exactly one of fineTuneJobRef or uri",
-                },
-                {
-                    "rule": "!has(self.uri) || has(self.sha256)",
-                    "message": "uri needs sha256 (of the adapter's manifest.json) so the download can be verified",
-                },
-                {"rule": "!has(self.sha256) || has(self.uri)", "message": "sha256 goes with uri"},
-            ]
-        }
-    }
+    RULES = (
+        Rule(
+            "has(self.fineTuneJobRef) != has(self.uri)",
+            "set exactly one of fineTuneJobRef or uri",
+            lambda s: (s.fine_tune_job_ref is None) != (s.uri is None),
+        ),
+        Rule(
+            "!has(self.uri) || has(self.sha256)",
+            "uri needs sha256 (of the adapter's manifest.json) so the download can be verified",
+            lambda s: s.uri is None or s.sha256 is not None,
+        ),
+        Rule(
+            "!has(self.sha256) || has(self.uri)",
+            "sha256 goes with uri",
+            lambda s: s.sha256 is None or s.uri is not None,
+        ),
+    )
 
     fine_tune_job_ref: FineTuneJobRef | None = None
     uri: AdapterUri | None = Field(default=None, description="s3://, pvc://, hf:// or file:// adapter directory.")
     sha256: Sha256 | None = Field(default=None, description="Lowercase hex sha256 of the adapter's manifest.json.")
     credentials_secret_ref: SecretRef | None = Field(default=None, description="Secret with S3 credentials.")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> AdapterSource:
-        if (self.fine_tune_job_ref is None) == (self.uri is None):
-            raise ValueError("set exactly one of fineTuneJobRef or uri")
-        if self.uri is not None and self.sha256 is None:
-            raise ValueError("uri needs sha256 (of the adapter's manifest.json) so the download can be verified")
-        if self.sha256 is not None and self.uri is None:
-            raise ValueError("sha256 goes with uri")
-        return self
 
 
 class AdapterSpec(ApiModel):
@@ -110,24 +103,22 @@ class AdapterSpec(ApiModel):
     source: AdapterSource = Field(description="Where the adapter comes from.")
 
 
-class AdapterDeploymentSpec(ApiModel):
+class AdapterDeploymentSpec(RuledModel):
     """One base model, many adapters: on a Deployment the operator runs, or on one you already have."""
 
-    model_config = {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.runtime) != has(self.targetRef)",
-                    "message": "set exactly one of runtime or targetRef",
-                },
-                {
-                    # limits and adapters have structural defaults ({} and []), so both are always present.
-                    "rule": "self.adapters.size() <= self.limits.maxAdapters",
-                    "message": "more adapters than limits.maxAdapters: raise the limit or split the deployment",
-                },
-            ]
-        }
-    }
+    RULES = (
+        Rule(
+            "has(self.runtime) != has(self.targetRef)",
+            "set exactly one of runtime or targetRef",
+            lambda s: (s.runtime is None) != (s.target_ref is None),
+        ),
+        # limits and adapters have structural defaults ({} and []), so both are always present for CEL.
+        Rule(
+            "self.adapters.size() <= self.limits.maxAdapters",
+            "the adapters exceed limits.maxAdapters: raise the limit or split the deployment",
+            lambda s: len(s.adapters) <= s.limits.max_adapters,
+        ),
+    )
 
     base_model: BaseModelSource = Field(description="The shared base model every adapter was trained on.")
     runtime: Runtime | None = Field(default=None, description="Let the operator run the engine.")
@@ -145,18 +136,12 @@ class AdapterDeploymentSpec(ApiModel):
     )
 
     @model_validator(mode="after")
-    def _consistent(self) -> AdapterDeploymentSpec:
-        if (self.runtime is None) == (self.target_ref is None):
-            raise ValueError("set exactly one of runtime or targetRef")
+    def _unique_adapter_names(self) -> AdapterDeploymentSpec:
+        # The CRD's list-map keyed by name refuses duplicates itself: no CEL rule needed there.
         names = [a.name for a in self.adapters]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"adapter names must be unique; repeated: {', '.join(duplicates)}")
-        if len(self.adapters) > self.limits.max_adapters:
-            raise ValueError(
-                f"{len(self.adapters)} adapters exceed limits.maxAdapters={self.limits.max_adapters}: "
-                "raise the limit or split the deployment"
-            )
         return self
 
 

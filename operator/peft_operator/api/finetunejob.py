@@ -7,10 +7,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from .base import ApiModel, Condition, DnsLabel, ObjectMeta, SecretKeyRef, SecretRef
 from .methods import MERGEABLE_METHODS, Method
+from .rules import Rule, RuledModel
 from .uris import DatasetUri, ModelUri, OutputUri
 
 # The Job is named <name>-train and its pods carry the name in a 63-character label.
@@ -97,19 +98,16 @@ LearningRate = Annotated[
 ]
 
 
-class Training(ApiModel):
+class Training(RuledModel):
     """Hyperparameters. Train for `epochs` or stop at `maxSteps`, not both."""
 
-    model_config = {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "!(has(self.epochs) && has(self.maxSteps))",
-                    "message": "set epochs or maxSteps, not both",
-                }
-            ]
-        }
-    }
+    RULES = (
+        Rule(
+            "!(has(self.epochs) && has(self.maxSteps))",
+            "set epochs or maxSteps, not both",
+            lambda s: s.epochs is None or s.max_steps is None,
+        ),
+    )
 
     epochs: int | None = Field(default=None, ge=1, le=1000, description="Passes over the data (3 if unset).")
     max_steps: int | None = Field(default=None, ge=1, le=10_000_000, description="Optimizer steps, instead of epochs.")
@@ -141,12 +139,6 @@ class Training(ApiModel):
         if not 0 < rate < 1:
             raise ValueError(f"{value} is outside (0, 1); PEFT learning rates are typically 1e-5 to 1e-3")
         return value
-
-    @model_validator(mode="after")
-    def _epochs_or_steps(self) -> Training:
-        if self.epochs is not None and self.max_steps is not None:
-            raise ValueError("set epochs or maxSteps, not both")
-        return self
 
     @property
     def learning_rate_value(self) -> float:
@@ -270,24 +262,18 @@ MERGE_REFUSAL = (
 )
 
 
-class FineTuneJobSpec(ApiModel):
+class FineTuneJobSpec(RuledModel):
     """What to train. Immutable once created: a new version is a new FineTuneJob."""
 
-    model_config = {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self == oldSelf",
-                    "message": "spec is immutable: create a new FineTuneJob for a new version",
-                },
-                {
-                    "rule": "!has(self.output.merged) || !self.output.merged || self.method.type in "
-                    + str([m.value for m in MERGEABLE_METHODS]),
-                    "message": MERGE_REFUSAL,
-                },
-            ]
-        }
-    }
+    RULES = (
+        Rule("self == oldSelf", "spec is immutable: create a new FineTuneJob for a new version", None),
+        Rule(
+            "!has(self.output.merged) || !self.output.merged || self.method.type in "
+            + str([m.value for m in MERGEABLE_METHODS]),
+            MERGE_REFUSAL,
+            lambda s: not s.output.merged or s.method.type in MERGEABLE_METHODS,
+        ),
+    )
 
     base_model: BaseModelSource = Field(description="The frozen base model.")
     dataset: Dataset = Field(description="The training data.")
@@ -298,12 +284,6 @@ class FineTuneJobSpec(ApiModel):
     output: Output = Field(description="Where the adapter is written.")
     deploy: Deploy | None = Field(default=None, description="Serve the adapter once training succeeds.")
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Runtime and retry limits.")
-
-    @model_validator(mode="after")
-    def _merged_only_where_it_merges(self) -> FineTuneJobSpec:
-        if self.output.merged and self.method.type not in MERGEABLE_METHODS:
-            raise ValueError(MERGE_REFUSAL)
-        return self
 
 
 class Phase(StrEnum):

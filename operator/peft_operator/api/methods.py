@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, JsonValue, model_validator
+from pydantic import Field, model_validator
 
 from .base import ApiModel
+from .rules import Rule, RuledModel
 
 
 class MethodType(StrEnum):
@@ -18,10 +20,6 @@ class MethodType(StrEnum):
     PREFIX = "prefix"
     PROMPT = "prompt"
     ADAPTER = "adapter"
-
-
-# Methods whose weights fold into the base model (qlora's into the de-quantized base): a merged export.
-MERGEABLE_METHODS = (MethodType.LORA, MethodType.DORA, MethodType.QLORA, MethodType.IA3)
 
 
 ModuleName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.*\[\]-]+$")]
@@ -137,38 +135,63 @@ class BottleneckParameters(ApiModel):
     )
 
 
-_MEMBER_BY_TYPE: dict[MethodType, str] = {
-    MethodType.LORA: "lora",
-    MethodType.QLORA: "qlora",
-    MethodType.DORA: "dora",
-    MethodType.IA3: "ia3",
-    MethodType.PREFIX: "prefix",
-    MethodType.PROMPT: "prompt",
-    MethodType.ADAPTER: "adapter",
+@dataclass(frozen=True)
+class MethodTraits:
+    """What the operator and the runtime need to know of one method. Adding a method is one entry here
+    (plus its mapping to a PEFT config in the trainer); nothing else lists methods."""
+
+    parameters: type[ApiModel]  # the model of its parameters block, `method.<type>`
+    peft_type: str  # adapter_config.json's peft_type: lora, qlora and dora all save LORA (dora with use_dora)
+    mergeable: bool  # the weights fold into the base model (qlora's into the de-quantized base): output.merged
+    prompt_learning: bool  # virtual tokens prepended to the input: packing would split them from their row
+    needs_gpu: bool  # bitsandbytes 4-bit kernels: no CPU training in a cluster
+    vllm_hot_loads: bool  # vLLM's runtime LoRA API takes it (the built-in engine hot-loads every method)
+
+
+METHODS: dict[MethodType, MethodTraits] = {
+    MethodType.LORA: MethodTraits(LoraParameters, "LORA", True, False, False, True),
+    MethodType.QLORA: MethodTraits(QLoraParameters, "LORA", True, False, True, True),
+    MethodType.DORA: MethodTraits(DoraParameters, "LORA", True, False, False, False),
+    MethodType.IA3: MethodTraits(Ia3Parameters, "IA3", True, False, False, False),
+    MethodType.PREFIX: MethodTraits(PrefixParameters, "PREFIX_TUNING", False, True, False, False),
+    MethodType.PROMPT: MethodTraits(PromptParameters, "PROMPT_TUNING", False, True, False, False),
+    MethodType.ADAPTER: MethodTraits(BottleneckParameters, "BOTTLENECK", False, False, False, False),
 }
+MERGEABLE_METHODS = tuple(t for t, traits in METHODS.items() if traits.mergeable)
+PROMPT_LEARNING_METHODS = frozenset(t for t, traits in METHODS.items() if traits.prompt_learning)
+VLLM_METHODS = tuple(t for t, traits in METHODS.items() if traits.vllm_hot_loads)
 
 
-def _cel_rules() -> list[JsonValue]:
-    rules: list[JsonValue] = [
-        {
-            "rule": f"self.type == '{t.value}' || !has(self.{member})",
-            "message": f"{member} parameters are set but type is not '{t.value}': a job uses exactly one method",
-        }
-        for t, member in _MEMBER_BY_TYPE.items()
-    ]
-    rules.append(
-        {
-            "rule": "self.type != 'qlora' || has(self.qlora)",
-            "message": "type qlora needs qlora.quantization, e.g. qlora: {quantization: {bits: 4}}",
-        }
+def method_of_adapter_config(config: dict[str, Any]) -> str:
+    """Our method name for a saved adapter_config.json (qlora adapters read back as lora: same weights)."""
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type == "LORA":
+        return MethodType.DORA.value if config.get("use_dora") else MethodType.LORA.value
+    named = [t.value for t, traits in METHODS.items() if traits.peft_type == peft_type]
+    return named[0] if named else peft_type.lower()
+
+
+def _only_this_method(method_type: MethodType) -> Rule:
+    member = method_type.value  # each method's parameters block is named after its type
+    return Rule(
+        f"self.type == '{member}' || !has(self.{member})",
+        f"{member} parameters are set but type is not '{member}': a job uses exactly one method; "
+        f"remove the {member} block or create one job per method",
+        lambda m: m.type is method_type or getattr(m, member) is None,
     )
-    return rules
 
 
-class Method(ApiModel):
+class Method(RuledModel):
     """The PEFT method: `type` picks one, and only that method's parameters may be set."""
 
-    model_config = {"json_schema_extra": {"x-kubernetes-validations": _cel_rules()}}
+    RULES = (
+        *(_only_this_method(t) for t in MethodType),
+        Rule(
+            "self.type != 'qlora' || has(self.qlora)",
+            "type qlora needs qlora.quantization, e.g. qlora: {quantization: {bits: 4}}",
+            lambda m: m.type is not MethodType.QLORA or m.qlora is not None,
+        ),
+    )
 
     type: MethodType = Field(description="One of lora, qlora, dora, ia3, prefix, prompt, adapter.")
     lora: LoraParameters | None = Field(default=None, description="Parameters when type is lora.")
@@ -184,33 +207,17 @@ class Method(ApiModel):
     )
 
     @model_validator(mode="after")
-    def _only_the_chosen_method(self) -> Method:
-        wanted = _MEMBER_BY_TYPE[self.type]
-        others = [m for m in _MEMBER_BY_TYPE.values() if m != wanted and getattr(self, m) is not None]
-        if others:
-            raise ValueError(
-                f"type is '{self.type.value}' but parameters for {', '.join(others)} are set; "
-                "a job uses exactly one method: remove the other blocks or create one job per method"
-            )
-        if self.type is MethodType.QLORA and self.qlora is None:
-            raise ValueError("type qlora needs qlora.quantization, e.g. qlora: {quantization: {bits: 4}}")
-        if getattr(self, wanted) is None:
-            # Parameters are optional for every other method: fill in the defaults explicitly.
-            defaults: dict[MethodType, Any] = {
-                MethodType.LORA: LoraParameters,
-                MethodType.DORA: DoraParameters,
-                MethodType.IA3: Ia3Parameters,
-                MethodType.PREFIX: PrefixParameters,
-                MethodType.PROMPT: PromptParameters,
-                MethodType.ADAPTER: BottleneckParameters,
-            }
-            object.__setattr__(self, wanted, defaults[self.type]())
+    def _fill_default_parameters(self) -> Method:
+        # Parameters are optional for every method but qlora (its rule asks for the quantization): fill in
+        # the defaults explicitly.
+        if getattr(self, self.type.value) is None and self.type is not MethodType.QLORA:
+            object.__setattr__(self, self.type.value, METHODS[self.type].parameters())
         return self
 
     @property
     def parameters(self) -> ApiModel:
         """The parameters of the chosen method (always set after validation)."""
-        value = getattr(self, _MEMBER_BY_TYPE[self.type])
+        value = getattr(self, self.type.value)
         assert value is not None
         return value  # type: ignore[no-any-return]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..api import FineTuneJob
+from ..api.methods import METHODS
 from ..local_only import local_only_problems
 
 
@@ -16,6 +17,7 @@ def cluster_problems(job: FineTuneJob) -> list[str]:
             "spec.output.uri": spec.output.uri,
         }
     )
-    if spec.method.type.value == "qlora" and spec.resources.gpus == 0:
-        problems.append("spec.resources.gpus: qlora needs a GPU in a cluster (bitsandbytes 4-bit); request gpus: 1")
+    if METHODS[spec.method.type].needs_gpu and spec.resources.gpus == 0:
+        method = spec.method.type.value
+        problems.append(f"spec.resources.gpus: {method} needs a GPU in a cluster (bitsandbytes 4-bit); request gpus: 1")
     return problems
