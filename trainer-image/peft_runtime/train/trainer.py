@@ -3,6 +3,7 @@
 Everything comes from the TrainingPlan, read once. No transformers.Trainer: one forward per micro-batch,
 a loss summed over the answer tokens only (logits only where there is a target, a chunk at a time), gradient
 accumulation normalised by the step's answer tokens, AdamW, warmup then cosine/linear/constant decay.
+Each stage is one function below `train`; what a stage hands on is one small object.
 """
 
 from __future__ import annotations
@@ -13,21 +14,23 @@ import logging
 import math
 import random
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from peft_operator.api.events import CompletedEvent, PreflightEvent, ProgressEvent
-from peft_operator.api.finetunejob import AdapterRecord, FineTuneJobSpec, LrScheduler, Progress
+from peft_operator.api.finetunejob import AdapterRecord, DatasetReport, FineTuneJobSpec, LrScheduler, Progress
 from peft_operator.api.methods import MERGEABLE_METHODS
 from peft_operator.api.plan import TrainingPlan
 
-from .batches import EpochPlanner, collate, eval_batches
+from .batches import Batch, EpochPlanner, MicroBatch, collate, eval_batches
 from .checkpoints import TrainState, latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from .data import Example, check_tokenizer, prepare_dataset, split_examples, why_unusable
-from .device import CPU_THREADS_ENV, apply_cpu_threads, pick_device, placement
+from .device import CPU_THREADS_ENV, Placement, apply_cpu_threads, pick_device, placement
 from .errors import configuration_error, dataset_invalid, model_unavailable, training_error
 from .gradients import GradientCheck
 from .loss import AnswerLoss
@@ -35,6 +38,7 @@ from .memory import map_large_blocks
 from .methods import (
     PROMPT_LEARNING,
     MethodContext,
+    MethodSetup,
     attach_adapter,
     load_base_model,
     method_setup,
@@ -43,8 +47,8 @@ from .methods import (
 )
 from .output import MERGED_DIR, export_merged, write_adapter
 from .progress import Reporter, format_duration
-from .stopping import Interrupted, stop_on_signal
-from .storage import dataset_files, model_dir, output_location
+from .stopping import Interrupted, StopRequest, stop_on_signal
+from .storage import OutputLocation, dataset_files, model_dir, output_location
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +57,102 @@ LOSS_WINDOW = 10  # steps in the reported "recent" training loss
 
 
 def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> CompletedEvent:
+    run = _setup(plan, reporter, merge)
+    data = _prepare_data(plan, run, reporter)
+    trainee = _build_trainee(plan.spec, run, data, reporter)
+    state = _resume(plan.spec, run.output, trainee, data.total_steps, reporter)
+    clock = _train_loop(plan.spec, run, data, trainee, state, reporter)
+    return _finish(plan.spec, run, data, trainee, state, clock)
+
+
+# ------------------------------------------------------------------------ what the stages hand on
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """Decided before any data or model is loaded."""
+
+    work_dir: Path
+    device: torch.device
+    place: Placement
+    output: OutputLocation
+    merge: bool
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    base_dir: Path
+    report: DatasetReport
+    train_set: list[Example]
+    eval_set: list[Example]
+    planner: EpochPlanner
+    total_steps: int
+    pad_id: int
+
+
+@dataclass
+class Trainee:
+    """The model being trained and everything that updates it."""
+
+    base: Any  # the frozen base model (its config goes into the manifest)
+    model: Any  # base + adapter
+    setup: MethodSetup
+    loss_of: AnswerLoss
+    parameters: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    autocast: Callable[[], AbstractContextManager[Any]]
+
+    def save(self, output: OutputLocation, state: TrainState) -> None:
+        save_checkpoint(output, state, self.model, self.optimizer, self.scheduler, self.scaler)
+
+    @torch.no_grad()
+    def evaluate(self, data: TrainingData, batch_size: int, device: torch.device) -> float:
+        self.model.eval()
+        total, tokens = 0.0, 0
+        for micro_batch in eval_batches([len(e) for e in data.eval_set], batch_size):
+            batch = collate(data.eval_set, micro_batch, data.pad_id, packed=False).to(device)
+            with self.autocast():
+                total += float(self.loss_of(batch))
+            tokens += batch.loss_tokens
+        self.model.train()
+        return round(total / max(tokens, 1), 6)
+
+
+@dataclass
+class SessionClock:
+    """This process's share of the run (a resumed run starts a new one): throughput and ETA."""
+
+    started: float = field(default_factory=time.monotonic)
+    tokens: int = 0
+    steps: int = 0
+    step_seconds: float = 0.0
+    saved_step: int = 0  # the newest step a checkpoint holds
+    batches_in_epoch: int = 0  # micro-batches in the epoch the loop ended in
+
+    def progress(self, state: TrainState, total_steps: int, batches_in_epoch: int) -> Progress:
+        per_step = (time.monotonic() - self.started) / self.steps if self.steps else None
+        return Progress(
+            step=state.step,
+            total_steps=total_steps,
+            epoch=round(state.epoch + state.next_batch / max(batches_in_epoch, 1), 4),
+            loss=round(sum(state.recent_losses) / len(state.recent_losses), 6) if state.recent_losses else None,
+            eval_loss=state.eval_loss,
+            tokens_per_second=round(self.tokens / self.step_seconds, 1) if self.step_seconds > 0 else None,
+            eta=format_duration((total_steps - state.step) * per_step) if per_step is not None else None,
+            percent=min(100, int(100 * state.step / total_steps)) if total_steps else None,
+        )
+
+
+# ---------------------------------------------------------------------------------------- stages
+
+
+def _setup(plan: TrainingPlan, reporter: Reporter, merge: bool) -> RunSetup:
+    """1. What can fail fast, before any data or model is loaded."""
     spec, hp = plan.spec, plan.spec.training
     work_dir = Path(plan.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-
-    # 1. Setup that can fail fast, before any data or model is loaded.
     device = pick_device()
     place = placement(hp.precision, device)
     if device.type == "cpu":
@@ -77,15 +172,18 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
     output.check_writable()
     random.seed(hp.seed)
     torch.manual_seed(hp.seed)
+    return RunSetup(work_dir, device, place, output, merge)
 
-    # 2. Data: tokenizer, rows, preflight, split.
+
+def _prepare_data(plan: TrainingPlan, run: RunSetup, reporter: Reporter) -> TrainingData:
+    """2. Tokenizer, rows, preflight (reported even when it refuses the data), split, step count."""
+    spec, hp = plan.spec, plan.spec.training
     reporter.note(f"Fetching base model {spec.base_model.uri} and reading dataset {spec.dataset.uri}")
-    base_dir = model_dir(spec.base_model.uri, spec.base_model.revision, plan.mounts, work_dir)
+    base_dir = model_dir(spec.base_model.uri, spec.base_model.revision, plan.mounts, run.work_dir)
     tokenizer = _load_tokenizer(base_dir)
     check_tokenizer(tokenizer, spec.dataset.format)
-    dataset = prepare_dataset(
-        dataset_files(spec.dataset.uri, plan.mounts, work_dir), spec.dataset.format, tokenizer, hp.max_seq_length
-    )
+    files = dataset_files(spec.dataset.uri, plan.mounts, run.work_dir)
+    dataset = prepare_dataset(files, spec.dataset.format, tokenizer, hp.max_seq_length)
     reporter.emit(PreflightEvent(dataset=dataset.report))
     if dataset.format_problem is not None:
         raise dataset_invalid(dataset.format_problem)
@@ -97,133 +195,182 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
         math.ceil(len(planner.epoch(e)) / hp.gradient_accumulation) for e in range(hp.epochs or 3)
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    return TrainingData(base_dir, dataset.report, train_set, eval_set, planner, total_steps, pad_id)
 
-    # 3. Model: the frozen base (4-bit for qlora), the adapter, the optimizer and the LR schedule.
-    setup = method_setup(spec.method, MethodContext(model_dir=base_dir, device=device))
+
+def _build_trainee(spec: FineTuneJobSpec, run: RunSetup, data: TrainingData, reporter: Reporter) -> Trainee:
+    """3. The frozen base (4-bit for qlora), the adapter, the optimizer and the LR schedule."""
+    hp = spec.training
+    setup = method_setup(spec.method, MethodContext(model_dir=data.base_dir, device=run.device))
     reporter.note(f"Loading the base model{' in 4 bits' if setup.quantization else ''} and adding the adapter")
     try:
-        base = load_base_model(base_dir, setup, place.dtype, device)
+        base = load_base_model(data.base_dir, setup, run.place.dtype, run.device)
     except Exception as error:
         raise model_unavailable(f"cannot load base model {spec.base_model.uri}: {error}") from error
     model = attach_adapter(base, setup)
     reporter.note(trainable_summary(model))
-    loss_of = AnswerLoss(model, setup)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=hp.learning_rate_value, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(hp.lr_scheduler, hp.warmup_steps, total_steps))
-    scaler = torch.amp.GradScaler(device.type) if place.needs_grad_scaler else None
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=place.autocast)) if place.autocast is not None else nullcontext
+    schedule = _lr_lambda(hp.lr_scheduler, hp.warmup_steps, data.total_steps)
+    autocast_dtype, device_type = run.place.autocast, run.device.type
+    return Trainee(
+        base=base,
+        model=model,
+        setup=setup,
+        loss_of=AnswerLoss(model, setup),
+        parameters=parameters,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        scaler=torch.amp.GradScaler(device_type) if run.place.needs_grad_scaler else None,
+        autocast=(lambda: torch.autocast(device_type, dtype=autocast_dtype)) if autocast_dtype else nullcontext,
     )
 
-    # 4. Resume from the newest complete checkpoint, if there is one.
+
+def _resume(
+    spec: FineTuneJobSpec, output: OutputLocation, trainee: Trainee, total_steps: int, reporter: Reporter
+) -> TrainState:
+    """4. The newest complete checkpoint of this same job, if there is one."""
     state = TrainState(fingerprint=_fingerprint(spec))
     checkpoint = latest_checkpoint(output)
-    if checkpoint is not None:
-        if read_state(checkpoint).fingerprint != state.fingerprint:
-            raise configuration_error(
-                f"{spec.output.uri} holds checkpoints of a different job (base model, data, method or "
-                "training changed); use a new output URI or delete its checkpoints/"
-            )
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
-        reporter.note(f"Resuming from {checkpoint.name} (step {state.step} of {total_steps})")
+    if checkpoint is None:
+        return state
+    if read_state(checkpoint).fingerprint != state.fingerprint:
+        raise configuration_error(
+            f"{spec.output.uri} holds checkpoints of a different job (base model, data, method or "
+            "training changed); use a new output URI or delete its checkpoints/"
+        )
+    state = load_checkpoint(checkpoint, trainee.model, trainee.optimizer, trainee.scheduler, trainee.scaler)
+    reporter.note(f"Resuming from {checkpoint.name} (step {state.step} of {total_steps})")
+    return state
 
-    # 5. The loop: one optimizer step per `gradientAccumulation` micro-batches.
+
+def _train_loop(
+    spec: FineTuneJobSpec, run: RunSetup, data: TrainingData, trainee: Trainee, state: TrainState, reporter: Reporter
+) -> SessionClock:
+    """5. One optimizer step per `gradientAccumulation` micro-batches, until the last step or a stop signal."""
+    hp = spec.training
     eval_every = hp.eval_every or hp.checkpoint_every
-    micro_batches = planner.epoch(state.epoch)
-    session_tokens, session_steps, step_seconds, loop_start = 0, 0, 0.0, time.monotonic()
-    model.train()
-    gradient_check = GradientCheck(model, check_finite=scaler is None)
-    saved_step = state.step
+    micro_batches = data.planner.epoch(state.epoch)
+    clock = SessionClock(saved_step=state.step)
+    gradient_check = GradientCheck(trainee.model, check_finite=trainee.scaler is None)
+    trainee.model.train()
     with stop_on_signal() as stop:
-        while state.step < total_steps and not stop.requested:
+        while state.step < data.total_steps and not stop.requested:
             started = time.monotonic()
             group = micro_batches[state.next_batch : state.next_batch + hp.gradient_accumulation]
-            batches = [collate(train_set, mb, pad_id, hp.packing).to(device) for mb in group]
-            step_loss_tokens = sum(b.loss_tokens for b in batches)
-            loss_sum = 0.0
-            for batch in batches:
-                if stop.requested:
-                    break
-                with autocast():
-                    loss = loss_of(batch) / max(step_loss_tokens, 1)
-                (scaler.scale(loss) if scaler else loss).backward()
-                loss_sum += float(loss.detach()) * max(step_loss_tokens, 1)
-            if stop.requested:  # drop the unfinished step: its micro-batches run again after the resume
-                optimizer.zero_grad(set_to_none=True)
+            batches = [collate(data.train_set, mb, data.pad_id, hp.packing).to(run.device) for mb in group]
+            result = _optimizer_step(trainee, batches, stop, gradient_check, state.step + 1)
+            if result is None:  # stopped mid-step: its micro-batches run again after the resume
                 break
-            if scaler:
-                scaler.unscale_(optimizer)
-            gradient_check.observe(state.step + 1)
-            torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            step_loss = loss_sum / max(step_loss_tokens, 1)
-            if not math.isfinite(step_loss):
-                raise training_error(
-                    f"the training loss became {step_loss} at step {state.step + 1}; lower learningRate "
-                    "or use precision fp32/bf16"
-                )
-            state.step += 1
-            state.next_batch += len(group)
-            state.tokens_seen += sum(b.tokens for b in batches)
-            state.recent_losses = [*state.recent_losses, step_loss][-LOSS_WINDOW:]
+            step_loss, lr = result
+            _advance(state, group, batches, step_loss)
             if state.next_batch >= len(micro_batches):  # epoch done: the next one has its own seeded order
                 state.epoch, state.next_batch = state.epoch + 1, 0
-                micro_batches = planner.epoch(state.epoch)
-            session_tokens += sum(b.tokens for b in batches)
-            session_steps += 1
-            step_seconds += time.monotonic() - started
+                micro_batches = data.planner.epoch(state.epoch)
+            clock.tokens += sum(b.tokens for b in batches)
+            clock.steps += 1
+            clock.step_seconds += time.monotonic() - started
 
-            final = state.step == total_steps
-            if eval_set and (state.step % eval_every == 0 or final):
-                state.eval_loss = _evaluate(model, loss_of, eval_set, hp.batch_size, pad_id, device, autocast)
-            progress = _progress(
-                state, total_steps, len(micro_batches), session_tokens, step_seconds, session_steps, loop_start
-            )
+            final = state.step == data.total_steps
+            if data.eval_set and (state.step % eval_every == 0 or final):
+                state.eval_loss = trainee.evaluate(data, hp.batch_size, run.device)
+            progress = clock.progress(state, data.total_steps, len(micro_batches))
             reporter.emit(ProgressEvent(progress=progress, lr=lr))
             if state.step % hp.checkpoint_every == 0 or final:
-                save_checkpoint(output, state, model, optimizer, scheduler, scaler)
-                saved_step = state.step
-    if stop.requested and state.step < total_steps:
-        if state.step > saved_step:
-            save_checkpoint(output, state, model, optimizer, scheduler, scaler)
-        assert stop.signal is not None
-        kept = f"checkpoint step-{state.step} holds it" if state.step else "no step had finished yet"
-        raise Interrupted(stop.signal, f"stopped by {stop.signal.name} at step {state.step} of {total_steps}; {kept}")
+                trainee.save(run.output, state)
+                clock.saved_step = state.step
+    if stop.requested and state.step < data.total_steps:
+        _checkpoint_and_stop(stop, state, data.total_steps, trainee, run.output, clock)
+    clock.batches_in_epoch = len(micro_batches)
+    return clock
 
-    # 6. Finish: the adapter and its manifest, the merged model if asked, the completed event.
-    if eval_set and state.eval_loss is None:
-        state.eval_loss = _evaluate(model, loss_of, eval_set, hp.batch_size, pad_id, device, autocast)
-    progress = _progress(
-        state, total_steps, len(micro_batches), session_tokens, step_seconds, session_steps, loop_start
-    )
+
+def _optimizer_step(
+    trainee: Trainee, batches: list[Batch], stop: StopRequest, gradient_check: GradientCheck, step: int
+) -> tuple[float, float] | None:
+    """Forward and backward over the step's micro-batches, then one update: (step loss, its LR), or None
+    when a stop signal arrived before the update."""
+    loss_tokens = max(sum(b.loss_tokens for b in batches), 1)
+    loss_sum = 0.0
+    for batch in batches:
+        if stop.requested:
+            break
+        with trainee.autocast():
+            loss = trainee.loss_of(batch) / loss_tokens
+        (trainee.scaler.scale(loss) if trainee.scaler else loss).backward()
+        loss_sum += float(loss.detach()) * loss_tokens
+    if stop.requested:
+        trainee.optimizer.zero_grad(set_to_none=True)
+        return None
+    if trainee.scaler:
+        trainee.scaler.unscale_(trainee.optimizer)
+    gradient_check.observe(step)
+    torch.nn.utils.clip_grad_norm_(trainee.parameters, MAX_GRAD_NORM)
+    if trainee.scaler:
+        trainee.scaler.step(trainee.optimizer)
+        trainee.scaler.update()
+    else:
+        trainee.optimizer.step()
+    lr = float(trainee.scheduler.get_last_lr()[0])
+    trainee.scheduler.step()
+    trainee.optimizer.zero_grad(set_to_none=True)
+    step_loss = loss_sum / loss_tokens
+    if not math.isfinite(step_loss):
+        raise training_error(
+            f"the training loss became {step_loss} at step {step}; lower learningRate or use precision fp32/bf16"
+        )
+    return step_loss, lr
+
+
+def _advance(state: TrainState, group: list[MicroBatch], batches: list[Batch], step_loss: float) -> None:
+    state.step += 1
+    state.next_batch += len(group)
+    state.tokens_seen += sum(b.tokens for b in batches)
+    state.recent_losses = [*state.recent_losses, step_loss][-LOSS_WINDOW:]
+
+
+def _checkpoint_and_stop(
+    stop: StopRequest,
+    state: TrainState,
+    total_steps: int,
+    trainee: Trainee,
+    output: OutputLocation,
+    clock: SessionClock,
+) -> None:
+    """A stop signal: keep the last finished step, then end the process the way the Job expects."""
+    if state.step > clock.saved_step:
+        trainee.save(output, state)
+    assert stop.signal is not None
+    kept = f"checkpoint step-{state.step} holds it" if state.step else "no step had finished yet"
+    raise Interrupted(stop.signal, f"stopped by {stop.signal.name} at step {state.step} of {total_steps}; {kept}")
+
+
+def _finish(
+    spec: FineTuneJobSpec, run: RunSetup, data: TrainingData, trainee: Trainee, state: TrainState, clock: SessionClock
+) -> CompletedEvent:
+    """6. The adapter and its manifest, the merged model if asked, the completed event."""
+    if data.eval_set and state.eval_loss is None:
+        state.eval_loss = trainee.evaluate(data, spec.training.batch_size, run.device)
+    progress = clock.progress(state, data.total_steps, clock.batches_in_epoch)
     metrics = {"steps": float(state.step), "tokens": float(state.tokens_seen), "epochs": float(progress.epoch or 0)}
     if progress.loss is not None:
         metrics["loss"] = progress.loss
     if state.eval_loss is not None:
         metrics["evalLoss"] = state.eval_loss
-    metrics["trainableParameters"] = float(sum(p.numel() for p in parameters))
+    metrics["trainableParameters"] = float(sum(p.numel() for p in trainee.parameters))
     written = write_adapter(
-        model,
-        output.local_dir,
+        trainee.model,
+        run.output.local_dir,
         spec=spec,
-        model_config=base.config,
-        target_modules=target_modules(model, setup),
-        dataset=dataset.report,
+        model_config=trainee.base.config,
+        target_modules=target_modules(trainee.model, trainee.setup),
+        dataset=data.report,
         metrics=metrics,
     )
     files = list(written.files)
-    if merge:
-        files = export_merged(base_dir, output.local_dir, place.dtype) + files
-    output.publish(files, marker=files[-1])  # manifest.json last: on S3 it marks the adapter complete
+    if run.merge:
+        files = export_merged(data.base_dir, run.output.local_dir, run.place.dtype) + files
+    run.output.publish(files, marker=files[-1])  # manifest.json last: on S3 it marks the adapter complete
     return CompletedEvent(
         adapter=AdapterRecord(
             uri=spec.output.uri,
@@ -233,10 +380,13 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
             base_model_revision=spec.base_model.revision,
             method=spec.method.type.value,
             rank=spec.method.rank,
-            merged_uri=f"{spec.output.uri.rstrip('/')}/{MERGED_DIR}" if merge else None,
+            merged_uri=f"{spec.output.uri.rstrip('/')}/{MERGED_DIR}" if run.merge else None,
         ),
         progress=progress,
     )
+
+
+# --------------------------------------------------------------------------------------- helpers
 
 
 def _load_tokenizer(base_dir: Path) -> Any:
@@ -248,22 +398,7 @@ def _load_tokenizer(base_dir: Path) -> Any:
         raise model_unavailable(f"cannot load the tokenizer in {base_dir}: {error}") from error
 
 
-@torch.no_grad()
-def _evaluate(
-    model: Any, loss_of: AnswerLoss, examples: list[Example], batch_size: int, pad_id: int, device: Any, autocast: Any
-) -> float:
-    model.eval()
-    total, tokens = 0.0, 0
-    for micro_batch in eval_batches([len(e) for e in examples], batch_size):
-        batch = collate(examples, micro_batch, pad_id, packed=False).to(device)
-        with autocast():
-            total += float(loss_of(batch))
-        tokens += batch.loss_tokens
-    model.train()
-    return round(total / max(tokens, 1), 6)
-
-
-def _lr_lambda(kind: LrScheduler, warmup: int, total: int) -> Any:
+def _lr_lambda(kind: LrScheduler, warmup: int, total: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
@@ -275,29 +410,6 @@ def _lr_lambda(kind: LrScheduler, warmup: int, total: int) -> Any:
         return 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
 
     return factor
-
-
-def _progress(
-    state: TrainState,
-    total_steps: int,
-    batches_in_epoch: int,
-    session_tokens: int,
-    step_seconds: float,
-    session_steps: int,
-    loop_start: float,
-) -> Progress:
-    elapsed = time.monotonic() - loop_start
-    per_step = elapsed / session_steps if session_steps else None
-    return Progress(
-        step=state.step,
-        total_steps=total_steps,
-        epoch=round(state.epoch + state.next_batch / max(batches_in_epoch, 1), 4),
-        loss=round(sum(state.recent_losses) / len(state.recent_losses), 6) if state.recent_losses else None,
-        eval_loss=state.eval_loss,
-        tokens_per_second=round(session_tokens / step_seconds, 1) if step_seconds > 0 else None,
-        eta=format_duration((total_steps - state.step) * per_step) if per_step is not None else None,
-        percent=min(100, int(100 * state.step / total_steps)) if total_steps else None,
-    )
 
 
 def _fingerprint(spec: FineTuneJobSpec) -> str:
