@@ -140,3 +140,66 @@ def test_a_file_adapter_fails_alone_and_is_never_sent_to_the_agents(
     assert "uri" not in adapter, "a refused source is not recorded as served"
     assert "AdapterFailed" in wait_for("a Warning Event", lambda: _warnings(admin, namespace, "tenants"))
     assert "tenants" in _deployments(admin, namespace), "the other adapters' engine still runs"
+
+
+def test_a_token_secret_without_its_key_is_a_condition_with_the_fix_and_clears_once_the_key_is_there(
+    operator: OperatorProcess, admin: ApiClient, namespace: str
+) -> None:
+    CoreV1Api(admin).create_namespaced_secret(
+        namespace, {"metadata": {"name": "engine-admin"}, "stringData": {"other": "x"}}
+    )
+    _adapterdeployment(admin, namespace, "no-token-key", tokenSecretRef={"name": "engine-admin", "key": "token"})
+    ready = wait_for(
+        "Ready=False SecretKeyNotFound",
+        lambda: (
+            (c := _condition(admin, namespace, "no-token-key", "Ready")) and c["reason"] == "SecretKeyNotFound" and c
+        ),
+    )
+    assert ready["message"] == (
+        "spec.tokenSecretRef: Secret engine-admin has no key token (it has: other); add the key and the adapters load."
+    )
+    assert _condition(admin, namespace, "no-token-key", "Degraded")["reason"] == "SecretKeyNotFound"
+    assert "SecretKeyNotFound" in wait_for("a Warning Event", lambda: _warnings(admin, namespace, "no-token-key"))
+    assert "no-token-key" not in _deployments(admin, namespace)
+    CoreV1Api(admin).patch_namespaced_secret("engine-admin", namespace, {"stringData": {"token": "s3cret"}})
+    wait_for("the engine Deployment after the fix", lambda: "no-token-key" in _deployments(admin, namespace), 60)
+    assert "Traceback" not in operator.log_text()
+
+
+def test_a_target_deployment_without_the_named_container_is_a_condition_with_the_fix(
+    operator: OperatorProcess, admin: ApiClient, namespace: str
+) -> None:
+    labels = {"app": "vllm"}
+    AppsV1Api(admin).create_namespaced_deployment(
+        namespace,
+        {
+            "metadata": {"name": "vllm"},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "server", "image": "vllm/vllm-openai:v0.11.0"}]},
+                },
+            },
+        },
+    )
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "AdapterDeployment",
+        "metadata": {"name": "wrong-container"},
+        "spec": {"baseModel": {"uri": BASE}, "targetRef": {"name": "vllm", "container": "engine"}},
+    }
+    CustomObjectsApi(admin).create_namespaced_custom_object(GROUP, VERSION, namespace, "adapterdeployments", body)
+    ready = wait_for(
+        "Ready=False TargetContainerNotFound",
+        lambda: (
+            (c := _condition(admin, namespace, "wrong-container", "Ready"))
+            and c["reason"] == "TargetContainerNotFound"
+            and c
+        ),
+    )
+    assert ready["message"] == (
+        "Deployment vllm has no container named engine (it has: server); fix targetRef.container."
+    )
+    assert "TargetContainerNotFound" in wait_for("a Warning", lambda: _warnings(admin, namespace, "wrong-container"))
+    assert "Traceback" not in operator.log_text()

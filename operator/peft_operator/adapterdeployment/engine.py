@@ -261,6 +261,16 @@ def _with_our_gate(gates: list[dict[str, str]] | None) -> list[dict[str, str]]:
     )
 
 
+def target_container(adep: AdapterDeployment, deployment: dict[str, Any]) -> dict[str, Any] | None:
+    """The engine container of a targetRef Deployment: the one named in targetRef.container, else the first."""
+    target = adep.spec.target_ref
+    assert target is not None
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    if not target.container:
+        return containers[0]  # type: ignore[no-any-return]
+    return next((c for c in containers if c["name"] == target.container), None)
+
+
 def render_target_patch(
     adep: AdapterDeployment, deployment: dict[str, Any], settings: OperatorSettings
 ) -> dict[str, Any]:
@@ -268,11 +278,9 @@ def render_target_patch(
     the agent sidecar, the shared /adapters volume, vLLM's runtime-LoRA switch and flags, the readiness
     gate. Applied once (the annotation records it); adapter changes never touch the Deployment again."""
     target = adep.spec.target_ref
+    engine = target_container(adep, deployment)
     assert target is not None and adep.metadata.name is not None
-    containers = deployment["spec"]["template"]["spec"]["containers"]
-    engine = next((c for c in containers if c["name"] == target.container), None) if target.container else containers[0]
-    if engine is None:
-        raise ValueError(f"Deployment {target.name} has no container named {target.container}")
+    assert engine is not None, "the reconciler checks targetRef.container first"
     args = list(engine.get("args") or [])
     wanted = [
         "--enable-lora",

@@ -8,7 +8,9 @@ import logging
 import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from kubernetes.client import ApiClient
@@ -21,6 +23,7 @@ from ..conditions import set_condition
 from ..events import KubeEvent, post_event
 from ..local_only import local_only_problems
 from ..naming import ADAPTERS_READY_GATE, LABEL_ADAPTERDEPLOYMENT, PATCHED_ANNOTATION, admin_token_secret_name
+from ..secret_refs import SecretReference, first_missing
 from ..settings import OperatorSettings
 from .agent_client import AgentClient, AgentRefusal, AgentUnreachableError
 from .engine import (
@@ -30,6 +33,7 @@ from .engine import (
     render_engine_deployment,
     render_engine_service,
     render_target_patch,
+    target_container,
 )
 from .sources import DesiredAdapter, resolve_adapters
 from .status import LoadFailure, PodReport, compute_status, failed_adapters, may_retry, pod_is_complete
@@ -91,23 +95,38 @@ def _serving_pods(client: ApiClient, namespace: str, name: str) -> list[dict[str
     ]
 
 
-def _admin_token(client: ApiClient, adep: AdapterDeployment) -> str:
+@dataclass(frozen=True)
+class Blocked:
+    """A user mistake that stops serving: Ready=False and Degraded with this reason and a sentence with the
+    fix. It heals on a later pass once fixed (the resync re-checks), and never becomes a retry loop."""
+
+    reason: str
+    message: str
+
+
+def _admin_token(client: ApiClient, adep: AdapterDeployment) -> str | Blocked:
     meta = adep.metadata
-    assert meta.namespace is not None and meta.name is not None
+    namespace = meta.namespace
+    assert namespace is not None and meta.name is not None
     ref = adep.spec.token_secret_ref
     if ref is not None:
-        token = kube.read_secret_key(client, meta.namespace, ref.name, ref.key)
-        if token is None:
-            raise SpecError(
-                AdapterDeployment.KIND, meta.name, [f"spec.tokenSecretRef: Secret {ref.name} has no key {ref.key}"]
+        token_ref = SecretReference("spec.tokenSecretRef", ref.name, ref.key)
+        lookup = partial(kube.secret_keys, client, namespace)
+        if (missing := first_missing([token_ref], namespace, lookup, "the adapters load")) is not None:
+            return Blocked(missing.reason, missing.message)
+        token = kube.read_secret_key(client, namespace, ref.name, ref.key)
+        if not token:
+            return Blocked(
+                "SecretKeyNotFound",
+                f"spec.tokenSecretRef: key {ref.key} of Secret {ref.name} is empty; put the admin token in it.",
             )
         return token
     name = admin_token_secret_name(meta.name)
-    existing = kube.read_secret_key(client, meta.namespace, name, "token")
+    existing = kube.read_secret_key(client, namespace, name, "token")
     if existing is not None:
         return existing
     kube.ensure_namespaced(client, render_admin_token_secret(adep, secrets.token_urlsafe(32)))
-    token = kube.read_secret_key(client, meta.namespace, name, "token")
+    token = kube.read_secret_key(client, namespace, name, "token")
     assert token is not None
     return token
 
@@ -119,7 +138,7 @@ def _adapter_claims(desired: list[DesiredAdapter]) -> list[str]:
 
 def _ensure_engine(
     client: ApiClient, adep: AdapterDeployment, settings: OperatorSettings, desired: list[DesiredAdapter]
-) -> tuple[int, str | None]:
+) -> tuple[int, Blocked | None]:
     """Create or patch the engine; return (desired replicas, a problem that blocks serving)."""
     meta = adep.metadata
     assert meta.namespace is not None and meta.name is not None
@@ -132,15 +151,33 @@ def _ensure_engine(
     assert target is not None
     existing = kube.read_deployment(client, meta.namespace, target.name)
     if existing is None:
-        return 0, f"Deployment {target.name} (targetRef) does not exist in this namespace."
+        return 0, Blocked("TargetNotFound", f"Deployment {target.name} (targetRef) does not exist in this namespace.")
+    if target_container(adep, existing) is None:
+        names = ", ".join(c["name"] for c in existing["spec"]["template"]["spec"]["containers"])
+        message = f"Deployment {target.name} has no container named {target.container} (it has: {names}); fix targetRef.container."
+        return 0, Blocked("TargetContainerNotFound", message)
     if (existing["metadata"].get("annotations") or {}).get(PATCHED_ANNOTATION) != meta.name:
-        try:
-            patch = render_target_patch(adep, existing, settings)
-        except ValueError as error:  # no such container
-            return 0, f"{error}; fix targetRef.container."
+        patch = render_target_patch(adep, existing, settings)
         kube.patch_deployment(client, meta.namespace, target.name, patch)
         log.info("Patched Deployment %s/%s for runtime adapter loading", meta.namespace, target.name)
     return int(existing["spec"].get("replicas", 1)), None
+
+
+def _prepare(
+    client: ApiClient, adep: AdapterDeployment, settings: OperatorSettings, current: AdapterDeploymentStatus
+) -> tuple[str, list[DesiredAdapter], int] | Blocked:
+    """The admin token, the adapters to serve and the engine's replicas; or what blocks serving."""
+    token = _admin_token(client, adep)
+    if isinstance(token, Blocked):
+        return token
+    namespace = adep.metadata.namespace
+    desired = resolve_adapters(
+        adep,
+        lambda job: kube.get_custom(client, FineTuneJob.PLURAL, namespace or "", job),
+        {a.name: a for a in current.adapters},
+    )
+    replicas, blocked = _ensure_engine(client, adep, settings, desired)
+    return blocked if blocked is not None else (token, desired, replicas)
 
 
 def _set_gate(client: ApiClient, pod: dict[str, Any], ready: bool, now: datetime) -> None:
@@ -212,21 +249,16 @@ def reconcile_adapterdeployment(
         if problems:
             raise SpecError(AdapterDeployment.KIND, name, problems)
         with kube.creating_children():
-            token = _admin_token(client, adep)
-            desired = resolve_adapters(
-                adep,
-                lambda job: kube.get_custom(client, FineTuneJob.PLURAL, namespace, job),
-                {a.name: a for a in current.adapters},
-            )
-            replicas, blocked = _ensure_engine(client, adep, settings, desired)
+            prepared = _prepare(client, adep, settings, current)
     except SpecError as error:
         status, events = _refused(current, generation, "InvalidSpec", "; ".join(error.problems), now)
     except kube.ChildNotCreatedError as error:
         status, events = _refused(current, generation, error.reason, str(error), now)
     else:
-        if blocked is not None:
-            status, events = _refused(current, generation, "TargetNotFound", blocked, now)
+        if isinstance(prepared, Blocked):
+            status, events = _refused(current, generation, prepared.reason, prepared.message, now)
         else:
+            token, desired, replicas = prepared
             previous = {a.name: a for a in current.adapters}
             held_back = frozenset(
                 a.name for a in desired if a.loadable and not may_retry(previous.get(a.name), a.sha256, now)
