@@ -50,7 +50,7 @@ crds: install
 lint: install
 	$(BIN)/ruff check operator trainer-image tests bench
 	$(BIN)/ruff format --check operator trainer-image tests bench
-	$(BIN)/mypy operator/peft_operator
+	$(BIN)/mypy operator/peft_operator trainer-image/peft_runtime
 	$(BIN)/pytest -q tests/unit/test_import_direction.py
 
 clean:

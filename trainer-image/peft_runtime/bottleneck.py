@@ -64,7 +64,7 @@ class Bottleneck(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        update = self.up(self.act(self.down(hidden.to(self.down.weight.dtype))))
+        update: torch.Tensor = self.up(self.act(self.down(hidden.to(self.down.weight.dtype))))
         return hidden + update.to(hidden.dtype)
 
 
@@ -117,11 +117,11 @@ def _after(adapter: Bottleneck) -> Any:
 class BottleneckModel(nn.Module):
     """A frozen base model with bottleneck adapters; forward and generate are the base model's."""
 
-    def __init__(self, model: nn.Module, config: BottleneckConfig):
+    def __init__(self, model: Any, config: BottleneckConfig):  # a transformers causal LM
         super().__init__()
         for parameter in model.parameters():
             parameter.requires_grad_(False)
-        self.base_model = model
+        self.base_model: Any = model
         hidden = int(model.config.hidden_size)
         config.hidden_size, config.num_layers = hidden, len(_decoder_layers(model))
         config.base_model_name_or_path = config.base_model_name_or_path or getattr(model, "name_or_path", None)
@@ -144,7 +144,7 @@ class BottleneckModel(nn.Module):
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         return self.base_model.generate(*args, **kwargs)
 
-    def get_base_model(self) -> nn.Module:
+    def get_base_model(self) -> Any:
         return self.base_model
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
@@ -174,7 +174,7 @@ class BottleneckModel(nn.Module):
             wrapped.eval()
         return wrapped
 
-    def remove(self) -> nn.Module:
+    def remove(self) -> Any:
         """Detach the adapters and return the untouched base model."""
         for handle in self._hooks:
             handle.remove()

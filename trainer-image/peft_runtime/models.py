@@ -12,6 +12,7 @@ import fcntl
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 SMOLLM2_HF_URI = "hf://HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_DIR_NAME = "smollm2-135m-instruct"
@@ -66,7 +67,7 @@ def _convert_smollm2(target: Path) -> None:
     for key in ("quantization_config", "_model_name_or_path", "_name_or_path", "architectures"):
         settings.pop(key, None)
     config = LlamaConfig(**settings, architectures=["LlamaForCausalLM"])
-    plain = LlamaForCausalLM(config)
+    plain: Any = LlamaForCausalLM(config)
     plain.load_state_dict(loaded.state_dict(), strict=True)
     plain.generation_config = loaded.generation_config
     partial = target.with_name(target.name + ".partial")

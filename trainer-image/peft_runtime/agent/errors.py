@@ -28,7 +28,7 @@ class EngineRejected(ServingError):
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         if reason:  # the built-in engine says why (RankTooLarge, ...): keep its word
-            self.reason = reason  # type: ignore[assignment]
+            self.reason = reason
 
 
 class EngineUnavailable(ServingError):

@@ -76,12 +76,14 @@ class Batch:
     loss_tokens: int
 
     def to(self, device: torch.device) -> Batch:
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(device, non_blocking=True)
+
         return Batch(
-            move(self.input_ids),  # type: ignore[arg-type]
-            move(self.targets),  # type: ignore[arg-type]
-            move(self.attention_mask),
-            move(self.position_ids),
+            move(self.input_ids),
+            move(self.targets),
+            None if self.attention_mask is None else move(self.attention_mask),
+            None if self.position_ids is None else move(self.position_ids),
             self.tokens,
             self.loss_tokens,
         )
@@ -108,10 +110,10 @@ def collate(examples: Sequence[Example], micro_batch: MicroBatch, pad_id: int, p
     width = max(len(ids) for ids in rows_ids)
     lengths = [len(ids) for ids in rows_ids]
     input_ids = torch.full((len(rows_ids), width), pad_id, dtype=torch.long)
-    targets = torch.full((len(rows_ids), width), IGNORE, dtype=torch.long)
+    target_ids = torch.full((len(rows_ids), width), IGNORE, dtype=torch.long)
     for row, (ids, row_targets) in enumerate(zip(rows_ids, rows_targets, strict=True)):
         input_ids[row, : len(ids)] = torch.tensor(ids)
-        targets[row, : len(ids)] = torch.tensor(row_targets)
+        target_ids[row, : len(ids)] = torch.tensor(row_targets)
     attention_mask = position_ids = None
     if packed:
         position_ids = torch.zeros((len(rows_ids), width), dtype=torch.long)
@@ -122,11 +124,11 @@ def collate(examples: Sequence[Example], micro_batch: MicroBatch, pad_id: int, p
         attention_mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
     return Batch(
         input_ids=input_ids,
-        targets=targets,
+        targets=target_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
         tokens=sum(lengths),
-        loss_tokens=int((targets != IGNORE).sum()),
+        loss_tokens=int((target_ids != IGNORE).sum()),
     )
 
 

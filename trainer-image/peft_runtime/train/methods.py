@@ -224,7 +224,7 @@ def load_base_model(model_dir: Path, setup: MethodSetup, dtype: torch.dtype, dev
     kwargs: dict[str, Any] = {"dtype": dtype}
     if setup.quantization is not None:
         kwargs.update(quantization_config=setup.quantization, device_map={"": device})
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     if setup.quantization is None:
         model.to(device)
     else:
