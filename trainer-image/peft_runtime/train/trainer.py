@@ -211,7 +211,7 @@ def _build_trainee(spec: FineTuneJobSpec, run: RunSetup, data: TrainingData, rep
     reporter.note(trainable_summary(model))
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=hp.learning_rate_value, weight_decay=0.0)
-    schedule = _lr_lambda(hp.lr_scheduler, hp.warmup_steps, data.total_steps)
+    schedule = learning_rate_factor(hp.lr_scheduler, hp.warmup_steps, data.total_steps)
     autocast_dtype, device_type = run.place.autocast, run.device.type
     return Trainee(
         base=base,
@@ -398,7 +398,7 @@ def _load_tokenizer(base_dir: Path) -> Any:
         raise model_unavailable(f"cannot load the tokenizer in {base_dir}: {error}") from error
 
 
-def _lr_lambda(kind: LrScheduler, warmup: int, total: int) -> Callable[[int], float]:
+def learning_rate_factor(kind: LrScheduler, warmup: int, total: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)

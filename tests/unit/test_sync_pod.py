@@ -1,0 +1,79 @@
+"""Unit (pure logic, a fake agent in memory instead of the HTTP agent): one engine pod's sync makes its
+loaded set equal to the desired adapters, and a problem with one adapter never stops the others."""
+
+from __future__ import annotations
+
+from peft_operator.adapterdeployment.agent_client import AgentRefusal, AgentUnreachableError
+from peft_operator.adapterdeployment.reconcile import sync_pod
+from peft_operator.adapterdeployment.sources import DesiredAdapter
+from peft_operator.api.adapterdeployment import AdapterState
+from peft_operator.api.agent import AdapterList, AdapterReport, EngineInfo
+
+A, B, C = "a" * 64, "b" * 64, "c" * 64
+
+
+class FakeAgent:
+    """What the engine holds, and every call the sync made, in order."""
+
+    def __init__(self, holds: dict[str, str], refuse: dict[str, str] | None = None, reachable: bool = True):
+        self.holds = dict(holds)
+        self.refuse = refuse or {}
+        self.reachable = reachable
+        self.calls: list[str] = []
+
+    def loaded(self) -> AdapterList:
+        if not self.reachable:
+            raise AgentUnreachableError("connection refused")
+        reports = [AdapterReport(name=n, state=AdapterState.LOADED, digest=d) for n, d in self.holds.items()]
+        return AdapterList(engine=EngineInfo(url="http://engine", engine="builtin"), adapters=reports)
+
+    def load(self, name: str, uri: str, sha256: str, credentials_env_prefix: str | None = None) -> AdapterReport:
+        self.calls.append(f"load {name} {sha256[:1]}")
+        if name in self.refuse:
+            raise AgentRefusal(422, self.refuse[name], f"{name} cannot be loaded")
+        self.holds[name] = sha256
+        return AdapterReport(name=name, state=AdapterState.LOADED, digest=sha256)
+
+    def unload(self, name: str) -> None:
+        self.calls.append(f"unload {name}")
+        self.holds.pop(name)
+
+
+def _desired(name: str, sha256: str) -> DesiredAdapter:
+    return DesiredAdapter(name, uri=f"s3://adapters/{name}", sha256=sha256)
+
+
+def test_sync_unloads_removed_loads_new_replaces_changed_and_keeps_the_rest() -> None:
+    agent = FakeAgent(holds={"kept": A, "changed": A, "removed": A})
+    desired = [_desired("kept", A), _desired("changed", B), _desired("new", C)]
+
+    report = sync_pod(agent, "engine-0", desired, held_back=frozenset())  # type: ignore[arg-type]
+
+    assert agent.calls == ["unload removed", "load changed b", "load new c"]  # nothing for the unchanged one
+    assert agent.holds == {"kept": A, "changed": B, "new": C}
+    assert report.reachable and report.loaded == {"kept": A, "changed": B, "new": C}
+
+
+def test_one_refused_adapter_fails_alone_and_held_back_ones_are_not_retried() -> None:
+    agent = FakeAgent(holds={}, refuse={"corrupt": "DigestMismatch"})
+    desired = [_desired("corrupt", A), _desired("good", B), _desired("backing-off", C)]
+
+    report = sync_pod(agent, "engine-0", desired, held_back=frozenset({"backing-off"}))  # type: ignore[arg-type]
+
+    assert agent.calls == ["load corrupt a", "load good b"]
+    assert report.loaded == {"good": B}
+    assert report.failures["corrupt"].reason == "DigestMismatch"
+
+
+def test_adapters_not_loadable_yet_are_neither_loaded_nor_unloaded_elsewhere() -> None:
+    agent = FakeAgent(holds={})
+    waiting = DesiredAdapter("training", waiting="Waiting for FineTuneJob t-v1 (Running) to succeed.")
+
+    report = sync_pod(agent, "engine-0", [waiting], held_back=frozenset())  # type: ignore[arg-type]
+
+    assert agent.calls == [] and report.loaded == {} and report.failures == {}
+
+
+def test_an_unreachable_agent_is_reported_without_raising() -> None:
+    report = sync_pod(FakeAgent(holds={}, reachable=False), "engine-1", [_desired("x", A)], frozenset())  # type: ignore[arg-type]
+    assert not report.reachable and report.error == "connection refused"
