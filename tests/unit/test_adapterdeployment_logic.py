@@ -103,7 +103,14 @@ def test_target_patch_adds_sidecar_flags_and_keeps_the_users_gates_and_args() ->
     patch = render_target_patch(adep, existing, SETTINGS)
     pod = patch["spec"]["template"]["spec"]
     engine = next(c for c in pod["containers"] if c["name"] == "vllm")
-    assert engine["args"] == ["--model=/models/llama", "--max-lora-rank=16", "--enable-lora", "--max-cpu-loras=128"]
+    # the user's own --max-lora-rank stays; vLLM's default --max-loras (1 per batch) would serialize tenants
+    assert engine["args"] == [
+        "--model=/models/llama",
+        "--max-lora-rank=16",
+        "--enable-lora",
+        "--max-loras=16",
+        "--max-cpu-loras=128",
+    ]
     assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in engine["env"]
     assert [c["name"] for c in pod["containers"]] == ["vllm", "adapter-agent"]
     assert pod["readinessGates"] == [

