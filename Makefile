@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # The integration tests need the control plane built from Go modules; without Go they skip (outside CI).
 CONTROLPLANE_IF_GO := $(if $(shell command -v go || ls /usr/local/go/bin/go 2>/dev/null),controlplane,)
+# The chart's Argo CD health checks run in gopher-lua, built from a Go module too (seconds; skip without Go).
+LUARUNNER_IF_GO := $(if $(CONTROLPLANE_IF_GO),luarunner,)
 
 .PHONY: install install-operator test test-unit test-slow crds lint demo clean
 
@@ -33,7 +35,7 @@ $(OPERATOR_STAMP): pyproject.toml constraints.txt
 	touch $@
 
 ## Everything but the slow SmolLM2 runs: unit, integration (real kube-apiserver), runtime (tiny models).
-test: install $(CONTROLPLANE_IF_GO)
+test: install $(CONTROLPLANE_IF_GO) $(LUARUNNER_IF_GO)
 	$(BIN)/pytest -m "not slow and not images"
 
 test-unit: install

@@ -14,5 +14,5 @@ chart-argocd-cm: install
 	$(BIN)/python -m tests.chart.argocd_cm
 
 ## The chart's tests: render/lint/validate/Lua (seconds), then the install on the real apiserver.
-chart-test: install $(CONTROLPLANE_IF_GO)
+chart-test: install $(CONTROLPLANE_IF_GO) $(LUARUNNER_IF_GO)
 	$(BIN)/python -m pytest tests/chart

@@ -1,16 +1,18 @@
-"""Argo CD health checks for FineTuneJob and AdapterDeployment, run in a real Lua runtime (lupa).
+"""Argo CD health checks for FineTuneJob and AdapterDeployment, run in gopher-lua opened as Argo CD opens it.
 
 The objects the scripts judge are PRODUCED by the operator's own pure status functions
 (`finetunejob.status.compute_status`, `adapterdeployment.status.compute_status`, the progress endpoint's
 `status_patch`) and serialized the way the operator writes them (`to_wire()`), so a change in what the
-operator reports shows up here. Argo CD runs these scripts in gopher-lua (Lua 5.1); they are checked on
-Lua 5.1 and 5.4."""
+operator reports shows up here. The VM is gopher-lua v1.1.2 (Argo CD's) with only base, table, package and a
+safe os open (tests/chart/luarunner.py): a script that calls `string.format` or `math.floor` errors here
+as it does in an Argo CD without `useOpenLibs`."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,13 +28,14 @@ from peft_operator.finetunejob.progress_server import status_patch
 from peft_operator.finetunejob.status import Observation
 from peft_operator.finetunejob.status import compute_status as finetunejob_status
 from tests.chart.argocd_cm import ARGOCD_DIR, HEALTH_CHECKS, PATCH, render_patch
+from tests.chart.luarunner import LuaError, LuaRunnerMissing, ensure_runner, run_health
+from tests.integration.conftest import _in_ci
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 SHA = "a" * 64
 ADAPTER = AdapterRecord(
     uri="s3://tenant-a-adapters/support-bot/v1", sha256=SHA, size_bytes=10, base_model="hf://o/m", method="lora", rank=8
 )
-LUA_VERSIONS = ["lua51", "lua54"]
 
 Health = Callable[[dict[str, Any]], dict[str, str]]
 
@@ -40,39 +43,47 @@ Health = Callable[[dict[str, Any]], dict[str, str]]
 # --------------------------------------------------------------------------- the Lua runtime
 
 
-def _to_lua(runtime: Any, value: Any) -> Any:
-    """A JSON-like value as Lua sees it in Argo CD: objects and arrays become tables, nulls vanish."""
-    if isinstance(value, dict):
-        return runtime.table_from({k: _to_lua(runtime, v) for k, v in value.items() if v is not None})
-    if isinstance(value, list):
-        return runtime.table_from([_to_lua(runtime, v) for v in value])
-    return value
+@pytest.fixture(scope="session")
+def luarunner() -> Path:
+    try:
+        return ensure_runner()
+    except LuaRunnerMissing as e:
+        if _in_ci():
+            pytest.fail(f"CI is set and the gopher-lua runner cannot be built: {e}", pytrace=False)
+        pytest.skip(str(e))
 
 
-def _health_check(version: str, filename: str) -> Health:
-    import importlib
-
-    lua = importlib.import_module(f"lupa.{version}")
-    source = (ARGOCD_DIR / filename).read_text()
-
-    def run(obj: dict[str, Any]) -> dict[str, str]:
-        runtime = lua.LuaRuntime(unpack_returned_tuples=True)
-        # Argo CD hands the object over as JSON: only JSON types reach the script.
-        runtime.globals().obj = _to_lua(runtime, json.loads(json.dumps(obj)))
-        result = runtime.execute(source)
-        return dict(result.items())
-
-    return run
+@pytest.fixture
+def finetunejob_health(luarunner: Path) -> Health:
+    return lambda obj: run_health(luarunner, ARGOCD_DIR / "health-finetunejob.lua", obj)
 
 
-@pytest.fixture(params=LUA_VERSIONS)
-def finetunejob_health(request: pytest.FixtureRequest) -> Health:
-    return _health_check(request.param, "health-finetunejob.lua")
+@pytest.fixture
+def adapterdeployment_health(luarunner: Path) -> Health:
+    return lambda obj: run_health(luarunner, ARGOCD_DIR / "health-adapterdeployment.lua", obj)
 
 
-@pytest.fixture(params=LUA_VERSIONS)
-def adapterdeployment_health(request: pytest.FixtureRequest) -> Health:
-    return _health_check(request.param, "health-adapterdeployment.lua")
+def test_the_sandbox_has_no_string_or_math_library_unless_opened(luarunner: Path, tmp_path: Path) -> None:
+    """The runner is as strict as Argo CD: the calls the scripts used to make fail without useOpenLibs."""
+    script = tmp_path / "probe.lua"
+    script.write_text('return { status = "Healthy", message = string.format("%d", math.floor(obj.n)) }')
+    with pytest.raises(LuaError, match="format"):
+        run_health(luarunner, script, {"n": 1.5})
+    assert run_health(luarunner, script, {"n": 1.5}, open_libs=True) == {"status": "Healthy", "message": "1"}
+
+
+def test_the_sandbox_turns_an_unknown_health_status_into_unknown(luarunner: Path, tmp_path: Path) -> None:
+    script = tmp_path / "probe.lua"
+    script.write_text('return { status = "Fine", message = "" .. #obj.items .. " items" }')
+    health = run_health(luarunner, script, {"items": [1, 2]})
+    assert health == {"status": "Unknown", "message": "Lua returned an invalid health status"}
+
+
+@pytest.mark.parametrize("loss", [1.23456, 0.61, 2.0, 0.0123456, 10.04567, 123.456, 0.0, 7.0e-4])
+def test_loss_has_four_significant_digits_like_percent_4g(finetunejob_health: Health, loss: float) -> None:
+    obj = _finetunejob(None)
+    obj["status"] = {"phase": "Running", "observedGeneration": 1, "progress": {"percent": 5, "loss": loss}}
+    assert finetunejob_health(obj)["message"] == f"Running 5% (loss {loss:.4g})"
 
 
 # --------------------------------------------------------------------------- FineTuneJob objects
@@ -119,7 +130,7 @@ def _observe(obs: Observation, current: FineTuneJobStatus | None = None) -> Fine
 
 def _running_with_progress() -> FineTuneJobStatus:
     running = _observe(Observation(generation=1, job=_job(active=1), pods=[_pod()]))
-    report = ProgressEvent(progress=Progress(step=40, total_steps=100, epoch=1.2, loss=1.2345, eta="5m0s", percent=40))
+    report = ProgressEvent(progress=Progress(step=40, total_steps=100, epoch=1.2, loss=1.23456, eta="5m0s", percent=40))
     patch = status_patch(running, report)
     assert patch is not None
     return FineTuneJobStatus.model_validate({**running.to_wire(), **patch})
@@ -150,7 +161,7 @@ def test_running_finetunejob_is_progressing_with_its_percent(finetunejob_health:
     health = finetunejob_health(_finetunejob(status))
     assert health == {
         "status": "Progressing",
-        "message": "The trainer is running. 40% (step 40/100, loss 1.234, eta 5m0s)",
+        "message": "The trainer is running. 40% (step 40/100, loss 1.235, eta 5m0s)",
     }
 
 
@@ -205,6 +216,29 @@ def test_finetunejob_status_of_an_older_generation_is_progressing(finetunejob_he
     status = _observe(Observation(generation=1, queue="gpu-small", job=_job(suspend=True)))
     health = finetunejob_health(_finetunejob(status, generation=2))
     assert health == {"status": "Progressing", "message": "Waiting for the operator to observe generation 2"}
+
+
+def test_finetunejob_cancelled_while_queued_is_degraded(finetunejob_health: Health) -> None:
+    queued = _observe(Observation(generation=1, queue="gpu-small", job=_job(suspend=True)))
+    status = _observe(Observation(generation=1, queue="gpu-small", cancelled=True), queued)
+    assert status.phase is Phase.CANCELLED
+    assert finetunejob_health(_finetunejob(status))["status"] == "Degraded"
+
+
+def test_running_finetunejob_of_an_older_generation_waits_for_the_operator(finetunejob_health: Health) -> None:
+    health = finetunejob_health(_finetunejob(_running_with_progress(), generation=2))
+    assert health == {"status": "Progressing", "message": "Waiting for the operator to observe generation 2"}
+
+
+def test_finished_finetunejob_keeps_its_health_when_the_spec_changes_later(finetunejob_health: Health) -> None:
+    """A finished job does not run again, so a newer generation does not make it Progressing."""
+    failed = FailedEvent(reason=FailureReason.DATASET_INVALID, message="dataset: row 3 has no 'messages' field")
+    job = _job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}], failed=1)
+    status = _observe(Observation(generation=1, job=job, pods=[_finished_pod(failed, 3)]), _running_with_progress())
+    assert finetunejob_health(_finetunejob(status, generation=2))["status"] == "Degraded"
+    cancelled = _observe(Observation(generation=1, cancelled=True), _running_with_progress())
+    health = finetunejob_health(_finetunejob(cancelled, generation=2))
+    assert health == {"status": "Degraded", "message": "FineTuneJob cancelled"}
 
 
 # --------------------------------------------------------------------------- AdapterDeployment objects

@@ -2,6 +2,8 @@
 -- (resource.customizations.health.peft.dev_AdapterDeployment).
 -- Ready=True: Healthy (every adapter loaded and answering on every replica). Degraded=True: Degraded.
 -- Anything else, no status yet, or a status older than the spec (observedGeneration): Progressing.
+-- Argo CD opens only Lua's base, table, package and a safe os for this script (string and math only when an
+-- admin sets resource.customizations.useOpenLibs.peft.dev_AdapterDeployment): arithmetic and tables.
 local hs = { status = "Progressing", message = "Waiting for the operator to report status" }
 if obj.status == nil then
   return hs
@@ -29,7 +31,7 @@ if observed == nil and ready ~= nil then
   observed = ready.observedGeneration
 end
 if generation ~= nil and observed ~= nil and observed < generation then
-  hs.message = "Waiting for the operator to observe generation " .. math.floor(generation)
+  hs.message = "Waiting for the operator to observe generation " .. (generation - generation % 1)
   return hs
 end
 

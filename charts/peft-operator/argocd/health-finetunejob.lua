@@ -1,6 +1,8 @@
 -- Argo CD health of peft.dev/v1alpha1 FineTuneJob (resource.customizations.health.peft.dev_FineTuneJob).
 -- Succeeded: Healthy. Failed, Cancelled: Degraded. Queued (waiting for Kueue): Suspended.
 -- Pending, Running, no status yet: Progressing, with the training progress when the trainer reported it.
+-- Argo CD opens only Lua's base, table, package and a safe os for this script (string and math only when an
+-- admin sets resource.customizations.useOpenLibs.peft.dev_FineTuneJob): arithmetic and tables, nothing more.
 local hs = { status = "Progressing", message = "Waiting for the operator to report status" }
 if obj.status == nil or obj.status.phase == nil then
   return hs
@@ -27,20 +29,50 @@ local function message_of(type)
   return nil
 end
 
+-- n rounded down to a whole number (math.floor, without the math library).
+local function whole(n)
+  return n - n % 1
+end
+
+-- x to 4 significant digits, as string.format("%.4g", x) would write the losses a trainer reports.
+local function four_digits(x)
+  local magnitude = x
+  if magnitude < 0 then
+    magnitude = -magnitude
+  end
+  if magnitude == 0 then
+    return 0
+  end
+  local exponent = 0
+  while magnitude >= 10 do
+    magnitude = magnitude / 10
+    exponent = exponent + 1
+  end
+  while magnitude < 1 do
+    magnitude = magnitude * 10
+    exponent = exponent - 1
+  end
+  local decimals = 3 - exponent
+  if decimals >= 0 then
+    return whole(x * 10 ^ decimals + 0.5) / 10 ^ decimals
+  end
+  return whole(x / 10 ^ -decimals + 0.5) * 10 ^ -decimals
+end
+
 local function progress_text(p)
   local parts = {}
   if p.totalSteps ~= nil and p.totalSteps > 0 then
-    table.insert(parts, "step " .. math.floor(p.step or 0) .. "/" .. math.floor(p.totalSteps))
+    table.insert(parts, "step " .. whole(p.step or 0) .. "/" .. whole(p.totalSteps))
   elseif p.step ~= nil then
-    table.insert(parts, "step " .. math.floor(p.step))
+    table.insert(parts, "step " .. whole(p.step))
   end
   if p.loss ~= nil then
-    table.insert(parts, "loss " .. string.format("%.4g", p.loss))
+    table.insert(parts, "loss " .. four_digits(p.loss))
   end
   if p.eta ~= nil and p.eta ~= "" then
     table.insert(parts, "eta " .. p.eta)
   end
-  local text = math.floor(p.percent) .. "%"
+  local text = whole(p.percent) .. "%"
   if #parts > 0 then
     text = text .. " (" .. table.concat(parts, ", ") .. ")"
   end
@@ -53,16 +85,18 @@ if phase == "Succeeded" then
   hs.message = message_of("Succeeded") or "Training finished"
   return hs
 end
-if phase == "Failed" or phase == "Cancelled" then
+-- The terminal phases in lower case, for the message (without string.lower).
+local ended = { Failed = "failed", Cancelled = "cancelled" }
+if ended[phase] ~= nil then
   hs.status = "Degraded"
-  hs.message = message_of("Failed") or ("FineTuneJob " .. string.lower(phase))
+  hs.message = message_of("Failed") or ("FineTuneJob " .. ended[phase])
   return hs
 end
 
 -- Not finished: a status older than the object describes nothing yet.
 local generation = obj.metadata ~= nil and obj.metadata.generation or nil
 if generation ~= nil and status.observedGeneration ~= nil and status.observedGeneration < generation then
-  hs.message = "Waiting for the operator to observe generation " .. math.floor(generation)
+  hs.message = "Waiting for the operator to observe generation " .. whole(generation)
   return hs
 end
 if phase == "Queued" then
