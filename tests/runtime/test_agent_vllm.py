@@ -1,7 +1,9 @@
-"""The agent in front of vLLM. No vLLM here (no GPU, no wheel): a protocol double answers the three routes
-exactly as vLLM's OpenAIServingModels does (vllm/entrypoints/openai/serving_models.py): model cards owned by
-"vllm" with `root` = the LoRA path and `parent` = the base; a second load under a loaded name is a 400
-"has already been loaded"; unloading an unknown name is a 404 "cannot be found"; success is plain text."""
+"""The agent's mapping of vLLM's answers, against a STAND-IN for vLLM (unit-level: no vLLM process). The
+stand-in answers the three routes as vLLM 0.32's OpenAIServingModels does (vllm/entrypoints/openai/models/
+serving.py): model cards owned by "vllm" with `root` = the LoRA path and `parent` = the base; a second load
+under a held name is a 400 unless `load_inplace`; a worker failure (over-rank, unreadable weights) is a 500
+with the worker's message; unloading an unknown name is a 404; success is plain text. The same behaviour
+against real vLLM is tested in tests/vllm/ (`make test-vllm`)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 pytestmark = pytest.mark.timeout(60)
 
 
-class VllmDouble:
+class VllmStandIn:
     def __init__(self) -> None:
         self.loras: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
@@ -49,14 +51,22 @@ class VllmDouble:
 
     async def load(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.calls.append(("load", body["lora_name"]))
+        self.calls.append(("load-inplace" if body.get("load_inplace") else "load", body["lora_name"]))
         if body["lora_name"] == "too-big":  # what vLLM says when an adapter exceeds --max-lora-rank
-            message = "LoRA rank 64 is greater than max_lora_rank 16."
+            message = "Worker failed with error 'LoRA rank 64 is greater than max_lora_rank 16.', please check the stack trace above for the root cause"
             return web.json_response(
-                {"object": "error", "message": message, "type": "BadRequestError", "code": 400}, status=400
+                {"error": {"message": message, "type": "InternalServerError", "param": None, "code": 500}}, status=500
             )
-        if body["lora_name"] in self.loras:
-            message = f"The lora adapter '{body['lora_name']}' has already been loaded."
+        if body["lora_name"] == "corrupt":  # what vLLM says when the safetensors file is not one
+            message = "Worker failed with error 'Error while deserializing header: invalid JSON in header', please check the stack trace above for the root cause"
+            return web.json_response(
+                {"error": {"message": message, "type": "InternalServerError", "param": None, "code": 500}}, status=500
+            )
+        if body["lora_name"] in self.loras and not body.get("load_inplace"):
+            message = (
+                f"The lora adapter '{body['lora_name']}' has already been loaded. If you want to load the adapter "
+                "in place, set 'load_inplace' to True."
+            )
             return web.json_response(
                 {"object": "error", "message": message, "type": "InvalidUserInput", "code": 400}, status=400
             )
@@ -78,9 +88,9 @@ class VllmDouble:
 def vllm() -> Any:
     from peft_runtime.serving.http_edge import BackgroundServer
 
-    double = VllmDouble()
-    server = BackgroundServer(double.app).start()
-    server.double = double  # type: ignore[attr-defined]
+    stand_in = VllmStandIn()
+    server = BackgroundServer(stand_in.app).start()
+    server.stand_in = stand_in  # type: ignore[attr-defined]
     yield server
     server.stop()
 
@@ -123,17 +133,17 @@ def call(server: Any, method: str, path: str, body: Any = None) -> tuple[int, An
     return call_json(server.url + path, method, body, TOKEN)
 
 
-def test_replacing_an_adapter_on_vllm_unloads_the_old_one_first(
+def test_replacing_an_adapter_on_vllm_loads_the_new_version_in_place(
     vllm: Any, agent: Any, adapters: dict[str, TestAdapter]
 ) -> None:
     v1, v2 = adapters["v1"], adapters["v2"]
     assert call(agent, "PUT", "/v1/adapters/tenant-a", {"uri": v1.path.as_uri(), "sha256": v1.sha256})[0] == 200
-    vllm.double.calls.clear()
+    vllm.stand_in.calls.clear()
 
     status, body = call(agent, "PUT", "/v1/adapters/tenant-a", {"uri": v2.path.as_uri(), "sha256": v2.sha256})
 
     assert (status, body["digest"]) == (200, v2.sha256), body
-    assert vllm.double.calls == [("unload", "tenant-a"), ("load", "tenant-a")]
+    assert vllm.stand_in.calls == [("load-inplace", "tenant-a")]  # no gap: the old one serves until then
     status, listing = call(agent, "GET", "/v1/adapters")
     assert listing["engine"] == {"url": vllm.url, "baseModel": BASE, "engine": "vllm"}
     assert [(a["name"], a["digest"]) for a in listing["adapters"]] == [("tenant-a", v2.sha256)]
@@ -144,12 +154,12 @@ def test_methods_vllm_cannot_serve_are_refused_before_it_is_asked(
     vllm: Any, agent: Any, adapters: dict[str, TestAdapter], method: str
 ) -> None:
     made = adapters[method]
-    vllm.double.calls.clear()
+    vllm.stand_in.calls.clear()
     status, body = call(agent, "PUT", "/v1/adapters/tenant-d", {"uri": made.path.as_uri(), "sha256": made.sha256})
     assert (status, body["error"]["reason"]) == (400, "UnsupportedMethod"), body
     assert f"trained with '{method}'" in body["error"]["message"]
     assert "built-in engine" in body["error"]["message"]
-    assert vllm.double.calls == []
+    assert vllm.stand_in.calls == []
 
 
 def test_deleting_what_vllm_does_not_hold_succeeds(agent: Any) -> None:
@@ -157,14 +167,18 @@ def test_deleting_what_vllm_does_not_hold_succeeds(agent: Any) -> None:
     assert (status, body["unloaded"]) == (200, False)
 
 
-def test_an_engine_refusal_keeps_vllms_message_and_leaves_no_files(
-    agent: Any, adapters: dict[str, TestAdapter]
+@pytest.mark.parametrize(
+    ("name", "reason", "words"),
+    [("too-big", "RankTooLarge", "max_lora_rank 16"), ("corrupt", "AdapterCorrupt", "deserializing header")],
+)
+def test_vllms_500s_for_a_bad_adapter_become_its_reason_with_vllms_words_and_leave_no_files(
+    agent: Any, adapters: dict[str, TestAdapter], name: str, reason: str, words: str
 ) -> None:
     v1 = adapters["v1"]
-    status, body = call(agent, "PUT", "/v1/adapters/too-big", {"uri": v1.path.as_uri(), "sha256": v1.sha256})
-    assert (status, body["error"]["reason"]) == (422, "EngineRejected"), body
-    assert "max_lora_rank" in body["error"]["message"]
-    assert not (agent.volume / "too-big" / v1.sha256).exists()
+    status, body = call(agent, "PUT", f"/v1/adapters/{name}", {"uri": v1.path.as_uri(), "sha256": v1.sha256})
+    assert (status, body["error"]["reason"]) == (422, reason), body
+    assert words in body["error"]["message"]
+    assert not (agent.volume / name / v1.sha256).exists()
     status, listing = call(agent, "GET", "/v1/adapters")
-    failed = {a["name"]: a for a in listing["adapters"]}["too-big"]
-    assert (failed["state"], failed["reason"]) == ("Failed", "EngineRejected")
+    failed = {a["name"]: a for a in listing["adapters"]}[name]
+    assert (failed["state"], failed["reason"]) == ("Failed", reason)

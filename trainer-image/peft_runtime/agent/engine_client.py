@@ -1,14 +1,21 @@
 """The engine's runtime-LoRA API on localhost, as the built-in server and vLLM both speak it:
 GET /v1/models (adapters have `parent` = the base model, `root` = the path they were loaded from),
-POST /v1/load_lora_adapter {lora_name, lora_path}, POST /v1/unload_lora_adapter {lora_name}."""
+POST /v1/load_lora_adapter {lora_name, lora_path[, load_inplace]}, POST /v1/unload_lora_adapter {lora_name}.
+
+vLLM (0.32, vllm/entrypoints/openai/models/serving.py) answers a load with plain text, refuses a second load
+under a held name with a 400 unless `load_inplace` is true, answers an unknown path with a 404, and reports
+whatever its worker raised while reading the adapter (over-rank, unreadable weights) as a 500 carrying the
+worker's message: those 500s are the adapter's fault, not the engine's, and get the adapter's reason."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from peft_runtime.serving.errors import AdapterCorrupt, RankTooLarge, ServingError
 from peft_runtime.serving.http_edge import TokenSource
 
 from .errors import EngineRejected, EngineUnavailable
@@ -48,10 +55,6 @@ class EngineClient:
                     payload: Any = await response.json(content_type=None) if text else None
                 except ValueError:
                     payload = text  # vLLM answers load/unload with plain text
-                if response.status >= 500:
-                    raise EngineUnavailable(
-                        f"the engine failed {method} {path} ({response.status}): {_message(payload)}"
-                    )
                 return response.status, payload
         except (TimeoutError, aiohttp.ClientError) as error:
             detail = str(error) or type(error).__name__  # a timeout has no message of its own
@@ -59,6 +62,7 @@ class EngineClient:
 
     async def view(self) -> EngineView:
         status, payload = await self._call("GET", "/v1/models")
+        _raise_if_engine_failed(status, payload, "GET /v1/models")
         if status != 200 or not isinstance(payload, dict):
             raise EngineUnavailable(f"the engine's /v1/models answered {status}: {_message(payload)}")
         cards = payload.get("data") or []
@@ -68,11 +72,15 @@ class EngineClient:
         adapters = {c["id"]: c.get("root") for c in cards if c.get("parent")}
         return EngineView(base.get("id"), adapters)
 
-    async def load(self, name: str, path: str) -> None:
-        status, payload = await self._call("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+    async def load(self, name: str, path: str, *, replace: bool = False) -> None:
+        """`replace`: the engine holds `name` already; vLLM swaps it in place (the old version keeps serving
+        until the new one is loaded, and stays if the new one fails). The built-in engine replaces by name."""
+        body: dict[str, Any] = {"lora_name": name, "lora_path": path}
+        if replace and self.kind == "vllm":
+            body["load_inplace"] = True
+        status, payload = await self._call("POST", "/v1/load_lora_adapter", body)
         if status != 200:
-            reason = payload.get("error", {}).get("reason") if isinstance(payload, dict) else None
-            raise EngineRejected(f"the engine refused to load '{name}' ({status}): {_message(payload)}", reason)
+            raise load_failure(name, status, payload)
 
     async def unload(self, name: str) -> bool:
         """True when the engine held the adapter and let it go; False when it did not have it."""
@@ -81,6 +89,7 @@ class EngineClient:
             return True
         if status == 404 or "not found" in _message(payload).lower() or "cannot be found" in _message(payload):
             return False
+        _raise_if_engine_failed(status, payload, f"unload '{name}'")
         raise EngineRejected(f"the engine refused to unload '{name}' ({status}): {_message(payload)}")
 
 
@@ -92,3 +101,34 @@ def _message(payload: Any) -> str:
             return str(error.get("message", error))
         return str(error)
     return str(payload or "")
+
+
+# vLLM's worker: "LoRA rank 64 is greater than max_lora_rank 16." (vllm/lora/models.py)
+_VLLM_RANK = re.compile(r"LoRA rank (\d+) is greater than max_lora_rank (\d+)")
+# A vLLM 500 naming the engine itself (not the adapter): the engine is gone or broken, try again later.
+_ENGINE_DOWN = ("EngineDeadError", "EngineCore", "engine core")
+
+
+def load_failure(name: str, status: int, payload: Any) -> ServingError:
+    """The per-adapter error for a refused load: the built-in engine's own reason, vLLM's rank and
+    unreadable-adapter 500s mapped to RankTooLarge and AdapterCorrupt, a dead engine EngineUnavailable,
+    anything else EngineRejected, always with the engine's own words."""
+    message = _message(payload)
+    reason = payload.get("error", {}).get("reason") if isinstance(payload, dict) else None
+    rank = _VLLM_RANK.search(message)
+    if rank:
+        return RankTooLarge(
+            f"the engine refused '{name}': the adapter has rank {rank[1]}, above the engine's --max-lora-rank "
+            f"{rank[2]} (limits.maxRank): retrain with a smaller r or raise limits.maxRank ({message})"
+        )
+    if status >= 500 and any(marker in message for marker in _ENGINE_DOWN):
+        return EngineUnavailable(f"the engine failed while loading '{name}' ({status}): {message}")
+    if status >= 500 and reason is None:
+        # vLLM's worker raised while reading the adapter's files: they are not a loadable LoRA adapter.
+        return AdapterCorrupt(f"the engine could not read adapter '{name}' ({status}): {message}")
+    return EngineRejected(f"the engine refused to load '{name}' ({status}): {message}", reason)
+
+
+def _raise_if_engine_failed(status: int, payload: Any, what: str) -> None:
+    if status >= 500:
+        raise EngineUnavailable(f"the engine failed {what} ({status}): {_message(payload)}")

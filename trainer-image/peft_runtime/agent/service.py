@@ -61,9 +61,7 @@ class AdapterAgent:
             self._attempts[name] = AdapterReport(name=name, state=AdapterState.LOADING, digest=request.sha256)
             try:
                 path = await asyncio.to_thread(self._materialize, name, request)
-                if name in view.adapters and self.engine.kind != "builtin":
-                    await self.engine.unload(name)  # vLLM refuses a second load under the same name
-                await self.engine.load(name, str(path))
+                await self.engine.load(name, str(path), replace=name in view.adapters)
             except ServingError as error:
                 if view.adapters.get(name) != str(target):  # the engine did not take it: no files left behind
                     await asyncio.to_thread(shutil.rmtree, target, True)
