@@ -1,7 +1,7 @@
 # Benchmarks: each prints ratios against a baseline measured in the same run (never timed unit tests).
-.PHONY: bench bench-operator bench-trainer bench-qlora bench-serving bench-hotload
+.PHONY: bench bench-operator bench-trainer bench-qlora bench-serving bench-hotload bench-quality
 
-bench: bench-operator bench-trainer bench-qlora bench-serving bench-hotload
+bench: bench-operator bench-trainer bench-qlora bench-serving bench-hotload bench-quality
 
 ## FineTuneJob controller at 50 and 500 jobs against the real apiserver.
 bench-operator: install controlplane
@@ -22,3 +22,7 @@ bench-serving: install
 ## Hot-load latency through the agent vs restarting the server with the adapter.
 bench-hotload: install
 	$(BIN)/python bench/hotload_latency.py --model smollm2 --threads 1
+
+## Each PEFT method's held-out score and eval loss vs full fine-tuning on SmolLM2 (same task, data and steps).
+bench-quality: install
+	$(BIN)/python bench/quality.py --steps 30 --threads 1
