@@ -69,6 +69,10 @@ def pod_spec(
     """A pod spec with the operator's security and the user's scheduling. The first container is the one
     that uses the GPUs: it gets the shared-memory mount on GPU pods. `fields` adds kind-specific ones
     (restartPolicy, readinessGates, ...)."""
+    if resources.gpus:
+        gpu_container = {**containers[0], "volumeMounts": [*containers[0]["volumeMounts"], dict(SHM_MOUNT)]}
+        containers = [gpu_container, *containers[1:]]
+        volumes = [*volumes, dict(SHM_VOLUME)]
     spec: dict[str, Any] = {
         **fields,
         "automountServiceAccountToken": False,
@@ -83,9 +87,6 @@ def pod_spec(
         "containers": containers,
         "volumes": volumes,
     }
-    if resources.gpus:
-        volumes.append(dict(SHM_VOLUME))
-        containers[0]["volumeMounts"].append(dict(SHM_MOUNT))
     if resources.node_selector:
         spec["nodeSelector"] = dict(resources.node_selector)
     if resources.tolerations:

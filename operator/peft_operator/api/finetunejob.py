@@ -10,7 +10,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from .base import ApiModel, Condition, DnsLabel, ObjectMeta, SecretKeyRef, SecretRef
-from .methods import MERGEABLE_METHODS, Method
+from .methods import MERGEABLE_METHODS, Method, MethodType
 from .rules import Rule, RuledModel
 from .uris import DatasetUri, ModelUri, OutputUri
 
@@ -256,9 +256,11 @@ class RunPolicy(ApiModel):
         return value
 
 
+_NOT_MERGEABLE = [t.value for t in MethodType if t not in MERGEABLE_METHODS]
 MERGE_REFUSAL = (
-    "output.merged needs a method whose weights merge into the base model (lora, dora, qlora, ia3); "
-    "serve prefix, prompt and adapter methods hot-loaded, or set output.merged to false"
+    "output.merged needs a method whose weights merge into the base model "
+    f"({', '.join(t.value for t in MERGEABLE_METHODS)}); serve {', '.join(_NOT_MERGEABLE[:-1])} and "
+    f"{_NOT_MERGEABLE[-1]} methods hot-loaded, or set output.merged to false"
 )
 
 

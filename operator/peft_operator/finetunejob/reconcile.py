@@ -26,6 +26,8 @@ from .status import TERMINAL_PHASES, Observation, Verdict, compute_status
 from .validation import cluster_problems
 
 log = logging.getLogger(__name__)
+# The periodic re-check (`wants_resync` says of which jobs): a missed event heals within this many seconds.
+RESYNC_SECONDS = 30.0
 
 
 def _validate(body: dict[str, Any]) -> tuple[FineTuneJob | None, str | None]:
@@ -108,10 +110,6 @@ def reconcile_finetunejob(client: ApiClient, namespace: str, name: str, settings
             client, FineTuneJob.PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion")
         )
     return status.phase
-
-
-# The periodic re-check: a missed event heals within this many seconds.
-RESYNC_SECONDS = 30.0
 
 
 def wants_resync(body: dict[str, Any]) -> bool:
