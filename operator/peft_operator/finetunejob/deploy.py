@@ -14,7 +14,7 @@ from typing import Any
 from kubernetes.client import ApiClient, ApiException
 
 from .. import kube
-from ..api import AdapterDeployment, FineTuneJob, FineTuneJobStatus
+from ..api import API_VERSION, AdapterDeployment, FineTuneJob, FineTuneJobStatus
 from ..conditions import condition_is_true, set_condition
 from ..events import KubeEvent
 
@@ -63,7 +63,7 @@ def deploy_adapter(client: ApiClient, job: FineTuneJob, status: FineTuneJobStatu
     else:
         entry = {"name": adapter_name, "source": {"fineTuneJobRef": {"name": meta.name}}}
         body = {
-            "apiVersion": "peft.dev/v1alpha1",
+            "apiVersion": API_VERSION,
             "kind": AdapterDeployment.KIND,
             "metadata": {"name": deploy.adapter_deployment, "namespace": meta.namespace},
             "spec": {"adapters": [entry]},
