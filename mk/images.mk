@@ -8,7 +8,7 @@
 # With buildah, images live in $(IMAGES_DIR) (git-ignored), never in system folders; when no registry can be
 # reached the base image is made locally from Debian (tests/images/local_base.sh says how it differs from
 # the official python:3.11.14-slim-bookworm) and `make push` refuses such images.
-.PHONY: images image-base image-operator image-runtime push test-images images-clean
+.PHONY: images image-base image-operator image-runtime push test-images images-prune images-clean
 
 REGISTRY ?= ghcr.io/peft-operator
 IMAGE_VERSION := $(shell awk '/^appVersion:/ {gsub(/["\047]/, "", $$2); print $$2}' charts/peft-operator/Chart.yaml)
@@ -86,6 +86,14 @@ endif
 ## Build both images with buildah and start them for real under podman (minutes; see README).
 test-images: install $(CONTROLPLANE_IF_GO)
 	IMAGES_DIR=$(IMAGES_DIR) $(BIN)/pytest -m images --durations=0 tests/images
+
+## Remove the layers no tagged image uses any more (each change of README.md or of the runtime's dependencies
+## leaves a ~5.8 GB one behind); the cache of the current images stays.
+## Also removes buildah's working containers left by interrupted builds: not while a build runs.
+images-prune:
+	-@$(BUILDAH) rm --all >/dev/null 2>&1
+	@while [ -n "$$($(BUILDAH) rmi --prune 2>/dev/null)" ]; do :; done
+	@du -sh $(IMAGES_DIR)/storage 2>/dev/null || true
 
 ## Everything buildah and podman keep for this repository (base, layers, both images).
 images-clean:
