@@ -327,6 +327,10 @@ class ControlPlane:
         :meth:`start_controller_manager` later).
     disable_admission_plugins:
         Passed to ``--disable-admission-plugins`` (default ``ServiceAccount``, as envtest).
+    enable_admission_plugins:
+        Passed to ``--enable-admission-plugins``, on top of the defaults (default
+        ``OwnerReferencesPermissionEnforcement``, as OpenShift: setting
+        ``blockOwnerDeletion`` on a child needs ``update`` on the owner's ``finalizers``).
     extra_apiserver_args / extra_controller_manager_args:
         Appended to the generated command lines (later flags win).
     """
@@ -339,6 +343,7 @@ class ControlPlane:
         controller_manager: bool = False,
         build: bool | None = None,
         disable_admission_plugins: Sequence[str] = ("ServiceAccount",),
+        enable_admission_plugins: Sequence[str] = ("OwnerReferencesPermissionEnforcement",),
         extra_apiserver_args: Sequence[str] = (),
         extra_controller_manager_args: Sequence[str] = (),
         keep_workdir: bool | None = None,
@@ -350,6 +355,7 @@ class ControlPlane:
         self.workdir: Path | None = None
         self.want_controller_manager = controller_manager
         self.disable_admission_plugins = list(disable_admission_plugins)
+        self.enable_admission_plugins = list(enable_admission_plugins)
         self.extra_apiserver_args = list(extra_apiserver_args)
         self.extra_controller_manager_args = list(extra_controller_manager_args)
         if keep_workdir is None:
@@ -706,6 +712,8 @@ class ControlPlane:
             "--profiling=false",
             "--v=1",
         ]
+        if self.enable_admission_plugins:
+            args.append(f"--enable-admission-plugins={','.join(self.enable_admission_plugins)}")
         if self.disable_admission_plugins:
             args.append(f"--disable-admission-plugins={','.join(self.disable_admission_plugins)}")
         args += self.extra_apiserver_args
