@@ -13,8 +13,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import core_schema
 
 from .api import GROUP, VERSION, AdapterDeployment, FineTuneJob
-from .api import adapterdeployment as adapterdeployment_api
-from .api.finetunejob import MAX_NAME_LENGTH
+from .api.rules import cel_validations
 
 JsonSchema = dict[str, Any]
 
@@ -95,7 +94,7 @@ def _model_schema(model: type[BaseModel], keep_defaults: bool) -> JsonSchema:
     return structural_schema(full, full.get("$defs", {}), keep_defaults)
 
 
-def _resource_schema(kind: type[BaseModel], rules: list[dict[str, str]]) -> JsonSchema:
+def _resource_schema(kind: type[FineTuneJob] | type[AdapterDeployment]) -> JsonSchema:
     fields = kind.model_fields
     spec_type = fields["spec"].annotation
     status_type = fields["status"].annotation.__args__[0]  # type: ignore[union-attr]
@@ -112,15 +111,14 @@ def _resource_schema(kind: type[BaseModel], rules: list[dict[str, str]]) -> Json
             "status": _model_schema(status_type, keep_defaults=False),
         },
     }
-    if rules:
-        schema["x-kubernetes-validations"] = rules
+    # Rules on metadata.name live at the root: the apiserver takes no CEL inside metadata.
+    schema["x-kubernetes-validations"] = cel_validations((kind.NAME_RULE,))
     return schema
 
 
 def _crd(
     kind: type[FineTuneJob] | type[AdapterDeployment],
     columns: list[dict[str, Any]],
-    rules: list[dict[str, str]],
 ) -> dict[str, Any]:
     name = kind.KIND
     return {
@@ -145,7 +143,7 @@ def _crd(
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": columns,
-                    "schema": {"openAPIV3Schema": _resource_schema(kind, rules)},
+                    "schema": {"openAPIV3Schema": _resource_schema(kind)},
                 }
             ],
         },
@@ -173,13 +171,6 @@ def finetunejob_crd() -> dict[str, Any]:
             _column("Adapter", ".status.adapter.uri", "string", "Where the trained adapter is.", priority=1),
             _AGE,
         ],
-        rules=[
-            {
-                "rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
-                "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters "
-                "(the Job and pod labels derived from it must fit in 63)",
-            }
-        ],
     )
 
 
@@ -192,13 +183,6 @@ def adapterdeployment_crd() -> dict[str, Any]:
             _column("Replicas", ".status.readyReplicas", "integer", "Pods serving every adapter."),
             _column("Engine", ".spec.runtime.engine", "string", "builtin or vllm.", priority=1),
             _AGE,
-        ],
-        rules=[
-            {
-                "rule": f"self.metadata.name.size() <= {adapterdeployment_api.MAX_NAME_LENGTH} && "
-                f"self.metadata.name.matches('{adapterdeployment_api.NAME_PATTERN}')",
-                "message": adapterdeployment_api.NAME_RULE_MESSAGE,
-            }
         ],
     )
 

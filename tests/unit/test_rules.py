@@ -10,10 +10,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from peft_operator.api.adapterdeployment import AdapterDeploymentSpec, AdapterSource
-from peft_operator.api.finetunejob import FineTuneJobSpec, Training
+from peft_operator.api.adapterdeployment import AdapterDeployment, AdapterDeploymentSpec, AdapterSource
+from peft_operator.api.finetunejob import FineTuneJob, FineTuneJobSpec, Training
 from peft_operator.api.methods import METHODS, Method, MethodType, method_of_adapter_config
 from peft_operator.api.rules import RuledModel, cel_validations
+from peft_operator.api.validation import SpecError, parse_object
 
 ROOT = Path(__file__).resolve().parents[2]
 RULED = (AdapterSource, AdapterDeploymentSpec, Training, FineTuneJobSpec, Method)
@@ -59,6 +60,20 @@ def test_the_model_refuses_with_the_cel_rules_message(
         model.model_validate(body)
     (rule,) = [r for r in model.RULES if r.message.startswith(message)]
     assert rule.message in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [(FineTuneJob, "x" * 53), (AdapterDeployment, "a.b")], ids=["ftj-too-long", "adep-dots"]
+)
+def test_a_name_rule_is_the_crds_root_rule_and_the_models_refusal(
+    kind: type[FineTuneJob] | type[AdapterDeployment], name: str
+) -> None:
+    crd = yaml.safe_load((ROOT / "crds" / f"{kind.PLURAL}.peft.dev.yaml").read_text())
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert root["x-kubernetes-validations"] == cel_validations((kind.NAME_RULE,))
+    with pytest.raises(SpecError) as refused:
+        parse_object(kind, {"metadata": {"name": name}, "spec": {}})
+    assert f"metadata: {kind.NAME_RULE.message}" in refused.value.problems
 
 
 def test_every_method_has_traits_and_adapter_configs_map_back() -> None:

@@ -23,6 +23,12 @@ class Rule:
     holds: Callable[[Any], bool] | None
 
 
+def check(rule: Rule, value: Any) -> None:
+    """Refuse `value` with the rule's message when the rule does not hold for it."""
+    if rule.holds is not None and not rule.holds(value):
+        raise ValueError(rule.message)
+
+
 def cel_validations(rules: tuple[Rule, ...]) -> list[dict[str, str]]:
     return [{"rule": rule.cel, "message": rule.message} for rule in rules]
 
@@ -42,6 +48,5 @@ class RuledModel(ApiModel):
     @model_validator(mode="after")
     def _check_rules(self) -> Self:
         for rule in self.RULES:
-            if rule.holds is not None and not rule.holds(self):
-                raise ValueError(rule.message)
+            check(rule, self)
         return self
