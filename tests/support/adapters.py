@@ -1,5 +1,6 @@
-"""Test adapters made directly with peft (no training): random, non-zero LoRA weights, so adapters really
-change the output, saved with a manifest.json as the trainer writes it.
+"""Test adapters made directly (no training) for every method the trainer produces, and LoHa, which it does
+not: random, non-zero weights, so adapters really change the output, saved with a manifest.json as the
+trainer writes it; plus the references served answers are compared with.
 
     adapter = make_lora_adapter(tiny_model_dir, tmp / "tenant-a", seed=1)
     adapter.path, adapter.sha256   # the directory, and the digest an AdapterDeployment would name
