@@ -27,8 +27,8 @@ class EngineRejected(ServingError):
 
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
-        if reason:  # the built-in engine says why (RankTooLarge, ...): keep its word
-            self.reason = reason
+        if reason is not None and reason in Reason.__members__.values():
+            self.reason = Reason(reason)  # the built-in engine says why (RankTooLarge, ...): keep its word
 
 
 class EngineUnavailable(ServingError):
