@@ -258,3 +258,32 @@ def test_unreachable_agent_is_degraded_and_its_pod_not_ready() -> None:
 def test_each_adapter_credentials_secret_gets_its_own_env_prefix() -> None:
     agent = _containers(render_engine_deployment(_adep(), SETTINGS))["adapter-agent"]
     assert agent["envFrom"] == [{"prefix": "ADAPTER_TENANT_B_S3_", "secretRef": {"name": "tenant-b-s3"}}]
+
+
+def test_an_adapter_from_a_finetunejob_is_read_with_the_jobs_output_credentials() -> None:
+    """A private bucket is read with the keys the job wrote it with (spec.output.credentialsSecretRef),
+    and the agent gets that Secret under its own prefix."""
+    job = {
+        "spec": {"output": {"uri": "s3://tenant-a-adapters/support-bot", "credentialsSecretRef": {"name": "a-out"}}},
+        "status": {
+            "phase": "Succeeded",
+            "adapter": {
+                "uri": "s3://tenant-a-adapters/support-bot/v1",
+                "sha256": A,
+                "sizeBytes": 1,
+                "baseModel": "hf://o/m",
+                "method": "lora",
+            },
+        },
+    }
+    desired = resolve_adapters(_adep(), {"support-bot-v1": job}.get)
+    assert desired[0].credentials_secret == "a-out"
+    secrets = sorted({a.credentials_secret for a in desired if a.credentials_secret})
+    agent = _containers(render_engine_deployment(_adep(), SETTINGS, adapter_secrets=secrets))["adapter-agent"]
+    assert agent["envFrom"] == [
+        {"prefix": "ADAPTER_A_OUT_", "secretRef": {"name": "a-out"}},
+        {"prefix": "ADAPTER_TENANT_B_S3_", "secretRef": {"name": "tenant-b-s3"}},
+    ]
+    # Without output credentials the job's adapter is read with the agent's ambient ones, as before.
+    del job["spec"]["output"]["credentialsSecretRef"]
+    assert resolve_adapters(_adep(), {"support-bot-v1": job}.get)[0].credentials_secret is None

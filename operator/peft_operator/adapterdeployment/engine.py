@@ -6,6 +6,7 @@ sidecar, volume and flags are patched into the user's Deployment once (`render_t
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from ..api import AdapterDeployment, Scheme, parse_uri
@@ -73,7 +74,9 @@ def claim_volumes(claims: list[str]) -> tuple[list[dict[str, Any]], list[dict[st
     return volumes, mounts
 
 
-def _agent_container(adep: AdapterDeployment, settings: OperatorSettings, engine_port: int) -> dict[str, Any]:
+def _agent_container(
+    adep: AdapterDeployment, settings: OperatorSettings, engine_port: int, adapter_secrets: Sequence[str] = ()
+) -> dict[str, Any]:
     spec = adep.spec
     args = [
         "peft-runtime",
@@ -89,8 +92,12 @@ def _agent_container(adep: AdapterDeployment, settings: OperatorSettings, engine
     if spec.base_model.revision:
         args.append(f"--base-model-revision={spec.base_model.revision}")
     env = [_token_env(adep), {"name": "HOME", "value": "/tmp"}]
-    # One entry per credentials Secret, however many adapters share it.
-    secrets = sorted({a.source.credentials_secret_ref.name for a in spec.adapters if a.source.credentials_secret_ref})
+    # One entry per credentials Secret, however many adapters share it: the spec's, and those of the
+    # FineTuneJobs whose output the adapters come from (`adapter_secrets`).
+    secrets = sorted(
+        {a.source.credentials_secret_ref.name for a in spec.adapters if a.source.credentials_secret_ref}
+        | set(adapter_secrets)
+    )
     env_from = [{"prefix": adapter_credentials_prefix(name), "secretRef": {"name": name}} for name in secrets]
     container: dict[str, Any] = {
         "name": AGENT_CONTAINER,
@@ -186,16 +193,20 @@ def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model
 
 
 def render_engine_deployment(
-    adep: AdapterDeployment, settings: OperatorSettings, adapter_claims: list[str] | None = None
+    adep: AdapterDeployment,
+    settings: OperatorSettings,
+    adapter_claims: list[str] | None = None,
+    adapter_secrets: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """`adapter_claims`: PVCs that pvc:// adapters live on; a new claim means one rolling update."""
+    """`adapter_claims`: PVCs that pvc:// adapters live on; `adapter_secrets`: credentials Secrets of the
+    resolved adapters (a FineTuneJob's output Secret). A new claim or Secret means one rolling update."""
     meta, spec = adep.metadata, adep.spec
     assert meta.name is not None and spec.runtime is not None
     labels = adapterdeployment_labels(meta.name)
     model, model_volumes, model_mounts = _model_location(adep)
     engine = _engine_container(adep, settings, model)
     engine["volumeMounts"] += model_mounts
-    agent = _agent_container(adep, settings, ENGINE_PORT)
+    agent = _agent_container(adep, settings, ENGINE_PORT, adapter_secrets)
     claim_vols, claim_mounts = claim_volumes(adapter_claims or [])
     agent["volumeMounts"] += claim_mounts
     volumes: list[dict[str, Any]] = [

@@ -144,7 +144,8 @@ def _ensure_engine(
     assert meta.namespace is not None and meta.name is not None
     if adep.spec.runtime is not None:
         kube.ensure_namespaced(client, render_engine_service(adep))
-        deployment = render_engine_deployment(adep, settings, _adapter_claims(desired))
+        secrets = sorted({a.credentials_secret for a in desired if a.credentials_secret})
+        deployment = render_engine_deployment(adep, settings, _adapter_claims(desired), secrets)
         kube.server_side_apply(client, deployment, field_manager=kube.FIELD_MANAGER)
         return adep.spec.runtime.replicas, None
     target = adep.spec.target_ref

@@ -36,6 +36,14 @@ class DesiredAdapter:
         return self.uri is not None and self.sha256 is not None
 
 
+def _output_credentials(job: dict[str, Any]) -> str | None:
+    """The Secret the job wrote its output with (spec.output.credentialsSecretRef): a private bucket is read
+    with the same keys it was written with."""
+    ref = ((job.get("spec") or {}).get("output") or {}).get("credentialsSecretRef") or {}
+    name = ref.get("name")
+    return name if isinstance(name, str) and name else None
+
+
 def _from_job(adapter: AdapterSpec, job: dict[str, Any] | None, served: AdapterStatus | None) -> DesiredAdapter:
     assert adapter.source.fine_tune_job_ref is not None
     job_name = adapter.source.fine_tune_job_ref.name
@@ -52,7 +60,11 @@ def _from_job(adapter: AdapterSpec, job: dict[str, Any] | None, served: AdapterS
     status = FineTuneJobStatus.model_validate(job.get("status") or {})
     if status.phase is Phase.SUCCEEDED and status.adapter is not None:
         return DesiredAdapter(
-            adapter.name, uri=status.adapter.uri, sha256=status.adapter.sha256, fine_tune_job=job_name
+            adapter.name,
+            uri=status.adapter.uri,
+            sha256=status.adapter.sha256,
+            credentials_secret=_output_credentials(job),
+            fine_tune_job=job_name,
         )
     if status.phase in (Phase.FAILED, Phase.CANCELLED):
         return DesiredAdapter(
