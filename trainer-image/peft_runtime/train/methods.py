@@ -29,8 +29,6 @@ from ..bottleneck import BottleneckConfig, BottleneckModel
 from .errors import configuration_error
 from .memory import release_freed_memory
 
-PROMPT_LEARNING = frozenset({MethodType.PREFIX, MethodType.PROMPT})
-
 
 @dataclass(frozen=True)
 class MethodContext:

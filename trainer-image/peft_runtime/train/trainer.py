@@ -24,7 +24,7 @@ import torch
 
 from peft_operator.api.events import CompletedEvent, PreflightEvent, ProgressEvent
 from peft_operator.api.finetunejob import AdapterRecord, DatasetReport, FineTuneJobSpec, LrScheduler, Progress
-from peft_operator.api.methods import MERGEABLE_METHODS
+from peft_operator.api.methods import MERGEABLE_METHODS, PROMPT_LEARNING_METHODS
 from peft_operator.api.plan import TrainingPlan
 
 from .batches import Batch, EpochPlanner, MicroBatch, collate, eval_batches
@@ -36,7 +36,6 @@ from .gradients import GradientCheck
 from .loss import AnswerLoss
 from .memory import map_large_blocks
 from .methods import (
-    PROMPT_LEARNING,
     MethodContext,
     MethodSetup,
     attach_adapter,
@@ -158,7 +157,7 @@ def _setup(plan: TrainingPlan, reporter: Reporter, merge: bool) -> RunSetup:
     if device.type == "cpu":
         map_large_blocks()  # CPU tensors live in malloc's heap: do not let freed ones stay resident
         reporter.note(f"Training on CPU with {apply_cpu_threads()} threads (${CPU_THREADS_ENV} sets them)")
-    if hp.packing and spec.method.type in PROMPT_LEARNING:
+    if hp.packing and spec.method.type in PROMPT_LEARNING_METHODS:
         raise configuration_error(
             f"packing does not work with method {spec.method.type.value} (peft ignores position ids for it); "
             "set training.packing to false"
