@@ -109,6 +109,13 @@ def test_ctrl_c_in_local_mode_checkpoints_and_says_how_to_resume(tiny_model_dir:
     assert [p.name for p in checkpoints.iterdir() if (p / "COMPLETE").is_file()] == [f"step-{step}"]
 
 
+def _local_train(job: Path, *options: str, cpu_threads: str) -> subprocess.CompletedProcess[str]:
+    """`peft-runtime local train -f job.yaml [options]` as a separate process, as a person runs it."""
+    command = [sys.executable, "-m", "peft_runtime.cli", "local", "train", "-f", str(job), *options]
+    env = {**os.environ, "PEFT_CPU_THREADS": cpu_threads}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
 def test_local_train_at_a_terminal_shows_what_it_does_the_dataset_and_a_progress_bar(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -116,19 +123,8 @@ def test_local_train_at_a_terminal_shows_what_it_does_the_dataset_and_a_progress
     rows = chat_rows(40)
     rows[5] = rows[0]  # one duplicate: its warning must reach the terminal, not only manifest.json
     write_jsonl(tmp_path / "data" / "chat.jsonl", rows)
-    command = [
-        sys.executable,
-        "-m",
-        "peft_runtime.cli",
-        "local",
-        "train",
-        "-f",
-        str(_job_yaml(tmp_path, str(tiny_model_dir))),
-    ]
-    command += ["--work-dir", str(tmp_path / "work"), "--output", "bar"]
-    done = subprocess.run(
-        command, cwd=ROOT, env={**os.environ, "PEFT_CPU_THREADS": "1"}, capture_output=True, text=True, timeout=300
-    )
+    job = _job_yaml(tmp_path, str(tiny_model_dir))
+    done = _local_train(job, "--work-dir", str(tmp_path / "work"), "--output", "bar", cpu_threads="1")
 
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout == ""  # no JSON lines under a bar
@@ -144,19 +140,7 @@ def test_local_train_at_a_terminal_shows_what_it_does_the_dataset_and_a_progress
 
 def test_a_cpu_thread_count_that_is_not_a_number_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
     write_jsonl(tmp_path / "data" / "chat.jsonl", chat_rows(20))
-    command = [
-        sys.executable,
-        "-m",
-        "peft_runtime.cli",
-        "local",
-        "train",
-        "-f",
-        str(_job_yaml(tmp_path, str(tiny_model_dir))),
-    ]
-    command += ["--output", "json"]
-    done = subprocess.run(
-        command, cwd=ROOT, env={**os.environ, "PEFT_CPU_THREADS": "two"}, capture_output=True, text=True, timeout=300
-    )
+    done = _local_train(_job_yaml(tmp_path, str(tiny_model_dir)), "--output", "json", cpu_threads="two")
     assert done.returncode == 3
     failed = json.loads(done.stdout.splitlines()[-1])
     assert failed["reason"] == "ConfigurationError"
