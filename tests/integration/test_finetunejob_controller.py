@@ -269,20 +269,6 @@ def test_runtime_deadline_fails_the_job(operator: OperatorProcess, admin: ApiCli
     assert "2s" in _condition(failed, "Failed")["message"]
 
 
-def test_queued_job_waits_for_kueue_then_runs(operator: OperatorProcess, admin: ApiClient, namespace: str) -> None:
-    _create(admin, _example("finetunejob-qlora.yaml", namespace))
-    queued = _wait_phase(admin, namespace, "smollm2-qlora", "Queued")
-    assert "gpu-small" in _condition(queued, "Queued")["message"]
-    job = _jobs(admin, namespace)[0]
-    assert job.spec.suspend is True and job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-small"
-    assert kubelet.pods_of(admin, namespace, "peft.dev/finetunejob=smollm2-qlora") == []
-    BatchV1Api(admin).patch_namespaced_job(
-        job.metadata.name, namespace, {"spec": {"suspend": False}}, _content_type="application/merge-patch+json"
-    )  # as Kueue admits
-    kubelet.set_running(admin, _pod(admin, namespace, "smollm2-qlora"))
-    _wait_phase(admin, namespace, "smollm2-qlora", "Running")
-
-
 def test_cancel_annotation_deletes_the_job(operator: OperatorProcess, admin: ApiClient, namespace: str) -> None:
     _create(admin, _example("finetunejob-lora.yaml", namespace))
     wait_for("the training Job", lambda: _jobs(admin, namespace))
