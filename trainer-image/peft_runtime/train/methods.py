@@ -117,7 +117,7 @@ def _prefix(p: PrefixParameters, _: MethodContext) -> MethodSetup:
 def _prompt(p: PromptParameters, context: MethodContext) -> MethodSetup:
     from peft import PromptTuningConfig, PromptTuningInit, TaskType
 
-    from_text = {}
+    from_text: dict[str, Any] = {}
     if p.init_text:
         from_text = {
             "prompt_tuning_init": PromptTuningInit.TEXT,
