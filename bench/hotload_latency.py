@@ -125,9 +125,9 @@ def main() -> None:
 
     from peft_runtime.agent.app import create_app as agent_app
     from peft_runtime.agent.cli import build_agent
+    from peft_runtime.common.http_edge import BackgroundServer, TokenSource
     from peft_runtime.serving.app import create_app as server_app
     from peft_runtime.serving.engine import Engine, EngineConfig
-    from peft_runtime.serving.http_edge import BackgroundServer, TokenSource
 
     os.environ["PEFT_ADMIN_TOKEN"] = TOKEN
     scratch = Path(tempfile.mkdtemp(prefix="bench-hotload-"))

@@ -70,9 +70,9 @@ def serving(model_dir: Path, outputs: dict[str, Path], token_file: Path) -> Iter
     """The real server on loopback with every output folder loaded; yields its URL."""
     import torch
 
+    from peft_runtime.common.http_edge import BackgroundServer, TokenSource
     from peft_runtime.serving.app import create_app
     from peft_runtime.serving.engine import Engine, EngineConfig
-    from peft_runtime.serving.http_edge import BackgroundServer, TokenSource
 
     threads = torch.get_num_threads()
     token_file.write_text(_TOKEN)

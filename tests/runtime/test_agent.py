@@ -44,9 +44,9 @@ class EngineUnderTest:
         self._start()
 
     def _start(self) -> None:
+        from peft_runtime.common.http_edge import BackgroundServer, TokenSource
         from peft_runtime.serving.app import create_app
         from peft_runtime.serving.engine import Engine, EngineConfig
-        from peft_runtime.serving.http_edge import BackgroundServer, TokenSource
 
         self.engine = Engine(
             EngineConfig(model_dir=self.model_dir, served_name=BASE, max_adapters=8, max_rank=8, threads=1)

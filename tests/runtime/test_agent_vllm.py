@@ -86,7 +86,7 @@ class VllmStandIn:
 
 @pytest.fixture(scope="module")
 def vllm() -> Any:
-    from peft_runtime.serving.http_edge import BackgroundServer
+    from peft_runtime.common.http_edge import BackgroundServer
 
     stand_in = VllmStandIn()
     server = BackgroundServer(stand_in.app).start()

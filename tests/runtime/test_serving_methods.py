@@ -57,9 +57,9 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, adapters: dict[str, Path]) -> Any:
     import torch
 
+    from peft_runtime.common.http_edge import BackgroundServer, TokenSource
     from peft_runtime.serving.app import create_app
     from peft_runtime.serving.engine import Engine, EngineConfig
-    from peft_runtime.serving.http_edge import BackgroundServer, TokenSource
 
     threads = torch.get_num_threads()
     token_file = tmp_path_factory.mktemp("methods-secrets") / "token"

@@ -16,8 +16,7 @@ from peft_operator.api.plan import DATASET_CREDENTIALS_PREFIX, OUTPUT_CREDENTIAL
 from peft_runtime.agent.errors import SourceUnavailable
 from peft_runtime.agent.fetch import fetch
 from peft_runtime.agent.roots import SourceRoots
-from peft_runtime.train.errors import TrainerError
-from peft_runtime.train.storage import download_s3
+from peft_runtime.common.storage import StorageError, download_s3
 from tests.runtime.builders import chat_rows, make_plan, run_training, write_jsonl
 from tests.runtime.conftest import S3Server
 from tests.support.s3_server import Credentials
@@ -32,7 +31,7 @@ def test_prefixed_endpoint_and_keys_win_over_the_plain_ones(
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
     uri = parse_uri(f"s3://{s3_bucket}/data/train.jsonl")
 
-    with pytest.raises(TrainerError):
+    with pytest.raises(StorageError):
         download_s3(uri, tmp_path / "plain")
     downloaded = download_s3(uri, tmp_path / "prefixed", DATASET_CREDENTIALS_PREFIX)
     assert downloaded.read_text() == '{"text": "hi"}\n'
@@ -69,7 +68,7 @@ def test_one_tenants_keys_cannot_read_another_tenants_bucket(
     uri = parse_uri(f"s3://{a.bucket}/data/private.jsonl")
 
     _with_prefix(monkeypatch, DATASET_CREDENTIALS_PREFIX, s3_server.env_for(b.credentials))
-    with pytest.raises(TrainerError, match="AccessDenied"):
+    with pytest.raises(StorageError, match="AccessDenied"):
         download_s3(uri, tmp_path / "b", DATASET_CREDENTIALS_PREFIX)
     _with_prefix(monkeypatch, DATASET_CREDENTIALS_PREFIX, s3_server.env_for(a.credentials))
     assert download_s3(uri, tmp_path / "a", DATASET_CREDENTIALS_PREFIX).read_text() == '{"text": "a only"}\n'

@@ -39,3 +39,38 @@ def test_the_api_package_loads_pydantic_and_nothing_of_either_side() -> None:
     modules, loaded = _import_every_module("peft_operator.api")
     assert "peft_operator.api.agent" in modules
     assert not loaded & {"peft_runtime", "torch", "kopf", "kubernetes", "aiohttp"}
+
+
+RUNTIME = ROOT / "trainer-image" / "peft_runtime"
+RUNTIME_LAYERS = ("train", "serving", "agent")
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """The peft_runtime subpackages a module imports (absolute or relative), read from its source."""
+    import ast
+
+    package = path.relative_to(RUNTIME).parts[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 2 and node.module:  # from ..common.x import y
+                found.add(node.module.split(".")[0])
+            elif node.level == 1:
+                found.add(package)
+            elif node.module and node.module.startswith("peft_runtime."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("peft_runtime.")}
+    return found
+
+
+def test_train_serve_and_agent_import_the_common_layer_and_never_each_other() -> None:
+    """Unit (reads source, imports nothing): the runtime's three parts share code only through common/."""
+    crossings = []
+    for layer in RUNTIME_LAYERS:
+        for path in sorted((RUNTIME / layer).rglob("*.py")):
+            for imported in _runtime_imports(path) & set(RUNTIME_LAYERS) - {layer}:
+                crossings.append(f"{path.relative_to(RUNTIME)} imports peft_runtime.{imported}")
+    common = {imported for path in (RUNTIME / "common").rglob("*.py") for imported in _runtime_imports(path)}
+    assert crossings == []
+    assert common <= {"common"}  # the common layer depends on nothing above it

@@ -12,14 +12,15 @@ import sys
 from collections.abc import Sequence
 
 from . import local_cli  # local train
-from .serving import cli as serving_cli  # serve, agent
+from .agent import cli as agent_cli  # agent
+from .serving import cli as serving_cli  # serve
 from .train import cli as train_cli  # train
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peft-runtime", description="PEFT runtime: train, serve, agent, local.")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train_cli, serving_cli, local_cli):
+    for module in (train_cli, serving_cli, agent_cli, local_cli):
         module.register(subcommands)
     return parser
 

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from peft_operator.api.agent import ADAPTERS_PATH, HEALTH_PATH, ErrorBody, ErrorDetail, LoadAdapterRequest
-from peft_runtime.serving.http_edge import TokenSource, error_middleware, json_response, read_body
+from peft_runtime.common.http_edge import TokenSource, error_middleware, json_response, read_body
 
 from .service import AdapterAgent
 

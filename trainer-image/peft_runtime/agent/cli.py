@@ -1,4 +1,4 @@
-"""The `agent` subcommand: argparse only (registered by peft_runtime.serving.cli)."""
+"""The `agent` subcommand: argparse only (registered by peft_runtime.cli)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from ..common.options import add_adapter_checks, add_http_options, add_pvc_root
 
 
 def register(subcommands: Any) -> None:
@@ -26,7 +28,7 @@ def register(subcommands: Any) -> None:
     parser.add_argument(
         "--adapter-root", type=Path, default=Path("/adapters"), help="the volume shared with the engine"
     )
-    parser.add_argument("--pvc-root", type=Path, default=Path("/pvc"), help="where pvc://<claim>/ volumes are mounted")
+    add_pvc_root(parser)
     parser.add_argument(
         "--file-root",
         type=Path,
@@ -36,25 +38,19 @@ def register(subcommands: Any) -> None:
             "in local mode and refused inside a cluster"
         ),
     )
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=8001)
-    parser.add_argument("--token-file", type=Path, help="bearer token for this API (or PEFT_ADMIN_TOKEN)")
+    add_http_options(parser, port=8001, token_help="bearer token for this API")
     parser.add_argument(
         "--engine-token-file", type=Path, help="bearer token for the engine's load API (default: this API's token)"
     )
-    parser.add_argument("--base-model-uri", help="refuse adapters trained on another base model")
-    parser.add_argument("--base-model-revision", help="refuse adapters trained on another revision")
+    add_adapter_checks(parser)
     parser.add_argument("--base-model-dir", type=Path, help="the base model's files: check target modules and shapes")
-    parser.add_argument("--max-adapters", type=int, default=32)
-    parser.add_argument("--max-rank", type=int, default=64)
     parser.add_argument("--engine-timeout", type=float, default=300.0, help="seconds to wait for one engine call")
-    parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(run=run)
 
 
 def build_agent(args: argparse.Namespace) -> Any:
     """The AdapterAgent the arguments describe (used by `run`, tests and benchmarks)."""
-    from peft_runtime.serving.http_edge import TokenSource
+    from peft_runtime.common.http_edge import TokenSource
 
     from .compat import Compatibility
     from .engine_client import EngineClient
@@ -86,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from aiohttp import web
 
-    from peft_runtime.serving.http_edge import TokenSource
+    from peft_runtime.common.http_edge import TokenSource
 
     from .app import create_app
 

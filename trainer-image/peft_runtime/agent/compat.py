@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_operator.api.manifest import AdapterManifest
-from peft_runtime.serving.errors import AdapterCorrupt, IncompatibleBaseModel, RankTooLarge, UnsupportedMethod
+from peft_runtime.common.errors import AdapterCorrupt, IncompatibleBaseModel, RankTooLarge, UnsupportedMethod
 
 ENGINE_METHODS = {
     # the built-in engine hot-loads everything the trainer produces (docs/serving.md)

@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 
-from peft_runtime.serving.errors import AdapterCorrupt, RankTooLarge, ServingError
-from peft_runtime.serving.http_edge import TokenSource
+from peft_runtime.common.errors import AdapterCorrupt, RankTooLarge, ServingError
+from peft_runtime.common.http_edge import TokenSource
 
 from .errors import EngineRejected, EngineUnavailable
 

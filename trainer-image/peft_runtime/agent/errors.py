@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from peft_operator.api.agent import Reason
-from peft_runtime.serving.errors import ServingError
+from peft_runtime.common.errors import ServingError
 
 
 class SourceNotFound(ServingError):

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 from peft_operator.api.manifest import MANIFEST_FILE_NAME
 from peft_operator.api.uris import Scheme, StorageUri
-from peft_runtime.serving.errors import AdapterCorrupt
+from peft_runtime.common.errors import AdapterCorrupt
 
 from .errors import InsufficientStorage, SourceNotFound, SourceUnavailable
 from .roots import SourceRoots
@@ -85,7 +85,7 @@ def _local_getter(source: Path, uri: StorageUri) -> Callable[[str, Path], None]:
 def _s3_getter(uri: StorageUri, credentials_env_prefix: str) -> Callable[[str, Path], None]:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from peft_runtime.train.storage import s3_client
+    from peft_runtime.common.storage import s3_client
 
     prefix = f"{uri.path}/" if uri.path else ""
     client = s3_client(credentials_env_prefix)

@@ -16,8 +16,8 @@ from pathlib import Path
 from peft_operator.api.adapterdeployment import AdapterState
 from peft_operator.api.agent import AdapterList, AdapterReport, EngineInfo, LoadAdapterRequest, UnloadReport
 from peft_operator.api.uris import parse_uri
+from peft_runtime.common.errors import AdapterCorrupt, ChecksumMismatch, ServingError, TooManyAdapters
 from peft_runtime.digest import DigestMismatchError, verify_adapter_dir
-from peft_runtime.serving.errors import AdapterCorrupt, ChecksumMismatch, ServingError, TooManyAdapters
 
 from .compat import Compatibility
 from .engine_client import EngineClient

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from peft_operator.api.agent import SHA256_DIR_RE
 from peft_operator.api.base import DNS_LABEL_RE
-from peft_runtime.serving.errors import BadRequest
+from peft_runtime.common.errors import BadRequest
 
 STAGING = ".staging"
 

@@ -24,8 +24,7 @@ from peft_operator.api.manifest import MANIFEST_FILE_NAME, AdapterManifest
 from peft_runtime.bottleneck import PEFT_TYPE as BOTTLENECK_TYPE
 from peft_runtime.digest import DigestMismatchError, sha256_file, verify_adapter_dir
 
-from .bottleneck_rows import BottleneckAdapter, read_bottleneck
-from .errors import (
+from ..common.errors import (
     AdapterCorrupt,
     BadRequest,
     ChecksumMismatch,
@@ -33,6 +32,7 @@ from .errors import (
     RankTooLarge,
     UnsupportedMethod,
 )
+from .bottleneck_rows import BottleneckAdapter, read_bottleneck
 from .ia3 import Ia3Vectors, read_ia3
 from .virtual_tokens import VirtualTokens, read_virtual_tokens
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
+from ..common.http_edge import TokenSource, error_middleware, json_response, read_body
 from .engine import Engine, Submission
 from .generation import Finished, TextDelta
-from .http_edge import TokenSource, error_middleware, json_response, read_body
 from .protocol import (
     AdminResult,
     AssistantMessage,

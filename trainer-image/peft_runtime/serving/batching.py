@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 
-from .errors import ServingError
+from ..common.errors import ServingError
 from .generation import Batch, BatchRunner, GenerationRequest, Row
 from .metrics import ServingMetrics
 

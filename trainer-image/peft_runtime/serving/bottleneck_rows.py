@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..bottleneck import Bottleneck, BottleneckConfig, adapter_blocks, bottleneck_size, module_key
-from .errors import AdapterCorrupt, IncompatibleBaseModel
+from ..common.errors import AdapterCorrupt, IncompatibleBaseModel
 from .lora_batching import RowAdapters
 from .row_hooks import RowHooks, row_indices
 

@@ -1,4 +1,4 @@
-"""The `serve` and `agent` subcommands: argparse only; torch is imported when `serve` runs."""
+"""The `serve` subcommand: argparse only; torch is imported when `serve` runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from peft_runtime.agent import cli as agent_cli
+from ..common.options import add_adapter_checks, add_http_options, add_pvc_root
 
 
 def register(subcommands: Any) -> None:
@@ -29,14 +29,9 @@ def register(subcommands: Any) -> None:
     parser.add_argument(
         "--served-model-name", help="the base model's name in `model` (default: --model, without hf://, as vLLM)"
     )
-    parser.add_argument("--pvc-root", type=Path, default=Path("/mnt/pvc"), help="where pvc://<claim>/ is mounted")
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-adapters", type=int, default=32, help="adapters loaded at once (default 32)")
-    parser.add_argument("--max-rank", type=int, default=64, help="highest LoRA rank accepted (default 64)")
-    parser.add_argument("--token-file", type=Path, help="bearer token for the load/unload API (or PEFT_ADMIN_TOKEN)")
-    parser.add_argument("--base-model-uri", help="refuse adapters whose manifest.json names another base model")
-    parser.add_argument("--base-model-revision", help="refuse adapters trained on another revision")
+    add_pvc_root(parser)
+    add_http_options(parser, port=8000, token_help="bearer token for the load/unload API")
+    add_adapter_checks(parser)
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH", help="load at start-up")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
@@ -45,9 +40,7 @@ def register(subcommands: Any) -> None:
     parser.add_argument("--max-prefill-tokens", type=int, default=8192, help="prompt tokens prefilled at once")
     parser.add_argument("--default-max-tokens", type=int, default=256, help="chat completions without max_tokens")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(run=run)
-    agent_cli.register(subcommands)
 
 
 def _adapters(values: list[str]) -> dict[str, Path]:
@@ -61,27 +54,31 @@ def _adapters(values: list[str]) -> dict[str, Path]:
 
 
 def resolve_model(model: str, revision: str | None, pvc_root: Path) -> Path:
-    """The local directory of `--model` (a path, or a URI that the trainer's storage code fetches)."""
+    """The local directory of `--model` (a path, or a URI fetched like the trainer fetches it)."""
     if "://" not in model:
         return Path(model)
     import tempfile
 
     from peft_operator.api.plan import Mounts
     from peft_runtime.models import local_model_uri
-    from peft_runtime.train.storage import model_dir
+
+    from ..common.storage import StorageError, fetch_model_dir
 
     uri = local_model_uri(model)  # the hf:// name of a model this project ships maps to its local copy
     scratch = Path(tempfile.mkdtemp(prefix="peft-serve-"))
-    return model_dir(uri, revision, Mounts(pvc_root=str(pvc_root)), scratch)
+    try:
+        return fetch_model_dir(uri, revision, Mounts(pvc_root=str(pvc_root)), scratch)
+    except StorageError as error:
+        raise SystemExit(f"cannot serve --model {model}: {error}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from aiohttp import web
 
+    from ..common.http_edge import TokenSource
     from .app import create_app
     from .engine import Engine, EngineConfig
-    from .http_edge import TokenSource
 
     engine = Engine(
         EngineConfig(

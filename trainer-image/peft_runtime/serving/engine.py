@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
+from ..common.errors import BadRequest
 from .adapters import BaseModelInfo
 from .batching import BatchScheduler
-from .errors import BadRequest
 from .generation import BatchRunner, Event, Finished, GenerationRequest, SamplingParams, TextDelta
 from .metrics import ServingMetrics
 from .protocol import ChatMessage

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .errors import ServingError
+from ..common.errors import ServingError
 from .registry import AdapterRegistry
 from .virtual_tokens import prefill_inputs
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import AdapterCorrupt, IncompatibleBaseModel
+from ..common.errors import AdapterCorrupt, IncompatibleBaseModel
 from .lora_batching import RowAdapters
 from .row_hooks import RowHooks
 

@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 
+from ..common.errors import AdapterCorrupt, AdapterNotFound, ModelNotFound, NameConflict, ServingError, TooManyAdapters
 from .adapters import BaseModelInfo, PreparedAdapter, prepare_adapter
 from .bottleneck_rows import BottleneckAdapter, BottleneckRows
-from .errors import AdapterCorrupt, AdapterNotFound, ModelNotFound, NameConflict, ServingError, TooManyAdapters
 from .ia3 import Ia3Rows, Ia3Vectors
 from .lora_batching import BASE_ROW, RowAdapters, install, refresh
 from .virtual_tokens import VirtualTokens, embed_with_soft_prompts

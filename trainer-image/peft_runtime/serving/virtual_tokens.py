@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .errors import AdapterCorrupt, IncompatibleBaseModel
+from ..common.errors import AdapterCorrupt, IncompatibleBaseModel
 
 _WEIGHTS_KEY = "prompt_embeddings"  # what peft saves for both methods (the projected prefix, if projected)
 
