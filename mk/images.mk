@@ -8,7 +8,7 @@
 # With buildah, images live in $(IMAGES_DIR) (git-ignored), never in system folders; when no registry can be
 # reached the base image is made locally from Debian (tests/images/local_base.sh says how it differs from
 # the official python:3.11.14-slim-bookworm) and `make push` refuses such images.
-.PHONY: images image-base image-operator image-runtime push test-images images-prune images-clean
+.PHONY: images image-base image-operator image-runtime push test-images images-prune images-clean image-tools
 
 REGISTRY ?= ghcr.io/peft-operator
 IMAGE_VERSION := $(shell awk '/^appVersion:/ {gsub(/["\047]/, "", $$2); print $$2}' charts/peft-operator/Chart.yaml)
@@ -82,6 +82,15 @@ else
 	@echo "helm values: image.repository=$(REGISTRY)/operator image.tag=$(IMAGE_TAG) image.digest=$$(docker inspect --format '{{index .RepoDigests 0}}' $(OPERATOR_IMAGE) | cut -d@ -f2)"
 	@echo "             runtimeImage.repository=$(REGISTRY)/runtime runtimeImage.tag=$(IMAGE_TAG) runtimeImage.digest=$$(docker inspect --format '{{index .RepoDigests 0}}' $(RUNTIME_IMAGE) | cut -d@ -f2)"
 endif
+
+## buildah, podman, runc and debootstrap from Debian's packages, when this machine lacks them (root). Its own
+## make call before `make images`: which tool builds is decided when make reads this file.
+image-tools:
+	@if command -v buildah >/dev/null && command -v podman >/dev/null && command -v debootstrap >/dev/null; then \
+	  echo "image-tools: buildah, podman and debootstrap are installed"; \
+	else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah podman runc debootstrap uidmap; \
+	fi
 
 ## Build both images with buildah and start them for real under podman (minutes; see README).
 test-images: install $(CONTROLPLANE_IF_GO)
