@@ -92,6 +92,37 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
     )
 
 
+def _hot_load(adapters: dict[str, Path], agent_url: str, engine_url: str, token: str) -> list[str]:
+    """Step 4: each tenant's adapter through the agent's PUT; the engine's model list afterwards."""
+    print("4. Hot-load both adapters through the agent (no restart)")
+    for tenant, directory in adapters.items():
+        request = LoadAdapterRequest(uri=directory.resolve().as_uri(), sha256=sha256_file(directory / "manifest.json"))
+        started = time.monotonic()
+        report = _call(agent_url + adapter_path(tenant), request.to_wire(), token, method="PUT")
+        took = 1000 * (time.monotonic() - started)
+        print(f"  {tenant}: {report['state']} in {took:.0f} ms (sha256 {report['digest'][:12]}...)")
+    models = [m["id"] for m in _call(f"{engine_url}/v1/models", method="GET")["data"]]
+    print(f"  /v1/models: {', '.join(models)}")
+    return models
+
+
+def _ask_in_one_batch(engine_url: str, names: list[str]) -> None:
+    """Step 5: the same question to the base model and each tenant at once, so they share batches."""
+    print(f'5. The same question to the base model and each tenant, in one mixed batch: "{QUESTION}"')
+
+    def ask(name: str) -> tuple[str, str, float]:
+        body = {"model": name, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 40, "temperature": 0}
+        started = time.monotonic()
+        answer = _call(f"{engine_url}/v1/chat/completions", body)["choices"][0]["message"]["content"]
+        return name, answer.strip(), time.monotonic() - started
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        for name, answer, seconds in pool.map(ask, names):
+            label = "base" if name == names[0] else name
+            print(f"\n  [{label}] ({seconds:.1f} s)\n  {answer}")
+    print()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--retrain", action="store_true", help="train the adapters even if they exist")
@@ -144,38 +175,8 @@ def main(argv: list[str] | None = None) -> None:
         _wait_healthy(f"{agent_url}/health", processes[1], work / "agent.log", "the agent")
         print(f"  serving SmolLM2-135M-Instruct at {engine_url} ({time.monotonic() - started:.0f} s to start)")
 
-        print("4. Hot-load both adapters through the agent (no restart)")
-        for tenant, directory in adapters.items():
-            request = LoadAdapterRequest(
-                uri=directory.resolve().as_uri(), sha256=sha256_file(directory / "manifest.json")
-            )
-            started = time.monotonic()
-            report = _call(agent_url + adapter_path(tenant), request.to_wire(), token, method="PUT")
-            print(
-                f"  {tenant}: {report['state']} in {1000 * (time.monotonic() - started):.0f} ms (sha256 {report['digest'][:12]}...)"
-            )
-        models = [m["id"] for m in _call(f"{engine_url}/v1/models", method="GET")["data"]]
-        print(f"  /v1/models: {', '.join(models)}")
-
-        print(f'5. The same question to the base model and each tenant, in one mixed batch: "{QUESTION}"')
-        names = [models[0], *TENANTS]
-
-        def ask(name: str) -> tuple[str, str, float]:
-            body = {
-                "model": name,
-                "messages": [{"role": "user", "content": QUESTION}],
-                "max_tokens": 40,
-                "temperature": 0,
-            }
-            started = time.monotonic()
-            answer = _call(f"{engine_url}/v1/chat/completions", body)["choices"][0]["message"]["content"]
-            return name, answer.strip(), time.monotonic() - started
-
-        with ThreadPoolExecutor(len(names)) as pool:
-            for name, answer, seconds in pool.map(ask, names):
-                label = "base" if name == names[0] else name
-                print(f"\n  [{label}] ({seconds:.1f} s)\n  {answer}")
-        print()
+        models = _hot_load(adapters, agent_url, engine_url, token)
+        _ask_in_one_batch(engine_url, [models[0], *TENANTS])
     finally:
         for process in processes:
             process.terminate()
