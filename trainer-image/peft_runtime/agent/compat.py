@@ -17,17 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from peft_operator.api.manifest import AdapterManifest
+from peft_operator.api.methods import METHODS, VLLM_METHODS, method_of_adapter_config
 from peft_runtime.common.errors import AdapterCorrupt, IncompatibleBaseModel, RankTooLarge, UnsupportedMethod
 
 ENGINE_METHODS = {
     # the built-in engine hot-loads everything the trainer produces (docs/serving.md)
-    "builtin": ("lora", "qlora", "dora", "ia3", "prefix", "prompt", "adapter"),
-    # vLLM serves plain LoRA weights (qlora adapters are such weights); it has no DoRA, IA3, prefix/prompt
-    # tuning or bottleneck adapters
-    "vllm": ("lora", "qlora"),
+    "builtin": tuple(m.value for m in METHODS),
+    # vLLM serves plain LoRA weights (qlora adapters are such weights): the API's method table says which
+    "vllm": tuple(m.value for m in VLLM_METHODS),
 }
-# adapter_config.json's peft_type -> our method name (LORA is lora or dora, by use_dora)
-_PEFT_TYPE_METHODS = {"IA3": "ia3", "PREFIX_TUNING": "prefix", "PROMPT_TUNING": "prompt", "BOTTLENECK": "adapter"}
 _ELSEWHERE = {
     "builtin": "",
     "vllm": "; serve it on the built-in engine (runtime.engine: builtin), or merged if the method merges "
@@ -65,10 +63,7 @@ def _config_method(adapter_dir: Path) -> str | None:
     config = _adapter_config(adapter_dir)
     if not config:
         return None
-    peft_type = str(config.get("peft_type", "LORA")).upper()
-    if peft_type == "LORA":
-        return "dora" if config.get("use_dora") else "lora"
-    return _PEFT_TYPE_METHODS.get(peft_type, peft_type.lower())
+    return method_of_adapter_config(config)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from peft_operator.api.manifest import MANIFEST_FILE_NAME, AdapterManifest
+from peft_operator.api.methods import METHODS, method_of_adapter_config
 from peft_runtime.bottleneck import PEFT_TYPE as BOTTLENECK_TYPE
 from peft_runtime.digest import DigestMismatchError, sha256_file, verify_adapter_dir
 
@@ -36,9 +37,9 @@ from .bottleneck_rows import BottleneckAdapter, read_bottleneck
 from .ia3 import Ia3Vectors, read_ia3
 from .virtual_tokens import VirtualTokens, read_virtual_tokens
 
-SERVABLE_METHODS = ("lora", "qlora", "dora", "ia3", "prefix", "prompt", "adapter")
-# adapter_config.json's peft_type -> the method name used in manifests and in PreparedAdapter.method
-_OWN_METHODS = {"IA3": "ia3", "PREFIX_TUNING": "prefix", "PROMPT_TUNING": "prompt", BOTTLENECK_TYPE: "adapter"}
+SERVABLE_METHODS = tuple(m.value for m in METHODS)  # every method the trainer produces
+# peft_types the engine applies with its own code (LoRA goes through peft's layers)
+_OWN_PEFT_TYPES = {traits.peft_type for traits in METHODS.values()} - {"LORA"}
 _PEFT_TYPES_TEXT = "LORA, IA3, PREFIX_TUNING, PROMPT_TUNING or BOTTLENECK"
 _READ_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 _PEFT_PREFIX = "base_model.model."
@@ -122,7 +123,7 @@ def prepare_adapter(name: str, path: Path, base: BaseModelInfo, *, max_rank: int
     digest = _check_manifest(path, base)
     raw = _read_raw_config(path)
     peft_type = str(raw.get("peft_type", "")).upper()
-    if peft_type in _OWN_METHODS:
+    if peft_type in _OWN_PEFT_TYPES:
         return _prepare_own(name, path, peft_type, raw, base, digest, device)
     if peft_type != "LORA":
         raise UnsupportedMethod(
@@ -170,7 +171,8 @@ def _prepare_own(
         )
     else:
         own = read_virtual_tokens(name, peft_type, weights, base.config, dtype=base.dtype, device=device)
-    return PreparedAdapter(name, path, _OWN_METHODS[peft_type], None, {}, own, 0, digest, size)
+    method = method_of_adapter_config({"peft_type": peft_type})
+    return PreparedAdapter(name, path, method, None, {}, own, 0, digest, size)
 
 
 def _check_manifest(path: Path, base: BaseModelInfo) -> str | None:
