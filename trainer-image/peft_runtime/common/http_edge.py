@@ -96,19 +96,6 @@ def error_middleware(body: ErrorBodyFactory) -> Any:
     return middleware
 
 
-async def serve_forever(app: web.Application, host: str, port: int) -> None:
-    """Run `app` until cancelled (the CLI's main coroutine)."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    log.info("Listening on http://%s:%d", host, port)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
-
-
 class BackgroundServer:
     """An aiohttp application on a loopback port, served from its own thread and event loop."""
 
