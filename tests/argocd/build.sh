@@ -12,17 +12,9 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 OUT="${LUARUNNER_BIN:-$REPO/.argocd/bin}"
 
-if [[ -z "${GO:-}" ]]; then
-  if command -v go >/dev/null 2>&1; then
-    GO=go
-  elif [[ -x /usr/local/go/bin/go ]]; then
-    GO=/usr/local/go/bin/go
-  else
-    echo "luarunner: no Go toolchain found (install Go >= 1.26 or set GO=...)" >&2
-    exit 1
-  fi
-fi
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" CGO_ENABLED=0
+# shellcheck source=../go_toolchain.sh
+source "$HERE/../go_toolchain.sh"
+use_go luarunner
 
 cd "$HERE/luarunner"
 want="$({ "$GO" version; cat go.mod go.sum "$HERE/build.sh" *.go; } | sha256sum | cut -d' ' -f1)"

@@ -19,17 +19,9 @@ OUT="${CONTROLPLANE_BIN:-$REPO/.controlplane/bin}"
 JOBS="${CONTROLPLANE_BUILD_JOBS:-2}"
 BINARIES=(kube-apiserver kube-controller-manager kubectl etcd)
 
-if [[ -z "${GO:-}" ]]; then
-  if command -v go >/dev/null 2>&1; then
-    GO=go
-  elif [[ -x /usr/local/go/bin/go ]]; then
-    GO=/usr/local/go/bin/go
-  else
-    echo "controlplane: no Go toolchain found (install Go >= 1.26 or set GO=...)" >&2
-    exit 1
-  fi
-fi
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" CGO_ENABLED=0
+# shellcheck source=../go_toolchain.sh
+source "$HERE/../go_toolchain.sh"
+use_go controlplane
 
 cd "$HERE"
 
