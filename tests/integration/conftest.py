@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.support.controlplane import REPO_ROOT, BinariesMissing, ControlPlane, ControlPlaneError
+from tests.support.operator_process import OperatorProcess, operator_kubeconfig
 
 CRD_DIR = REPO_ROOT / "crds"
 
@@ -88,6 +89,23 @@ def crds_installed(controlplane: ControlPlane) -> list[str]:
     controlplane.kubectl("apply", "--server-side", "--field-manager=peft-tests", *(f"--filename={f}" for f in files))
     controlplane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names))
     return names
+
+
+@pytest.fixture(scope="module")
+def operator(
+    controller_manager: ControlPlane,
+    crds_installed: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[OperatorProcess]:
+    """The operator as a real process, one per test module, with exactly the chart's RBAC rules (a role
+    named after the module)."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")
+    kubeconfig = operator_kubeconfig(controller_manager, role=f"peft-operator-{module}")
+    process = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log").start()
+    yield process
+    process.stop()
+    print(f"\n--- operator log tail ---\n{process.log_tail(40)}")
 
 
 @pytest.fixture

@@ -5,31 +5,20 @@ name the schema allows really gets its Deployment, Service and labels."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes.client import ApiClient, AppsV1Api, BatchV1Api, CoreV1Api, CustomObjectsApi
 
-from tests.support.controlplane import REPO_ROOT, ControlPlane
+from tests.support.controlplane import REPO_ROOT
 from tests.support.kubelet import wait_for
-from tests.support.operator_process import OperatorProcess, operator_kubeconfig
+from tests.support.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION = "peft.dev", "v1alpha1"
 BASE = "hf://HuggingFaceTB/SmolLM2-135M-Instruct"
 SHA = "b" * 64
-
-
-@pytest.fixture(scope="module")
-def operator(
-    controller_manager: ControlPlane, crds_installed: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    kubeconfig = operator_kubeconfig(controller_manager, role="peft-operator-refusals")
-    process = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log").start()
-    yield process
-    process.stop()
 
 
 def _adapterdeployment(admin: ApiClient, namespace: str, name: str, **spec: Any) -> None:

@@ -10,7 +10,6 @@ import base64
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +28,6 @@ from tests.support.secrets import create_referenced_secrets
 pytestmark = pytest.mark.integration
 EXAMPLES = REPO_ROOT / "examples"
 GROUP, VERSION = "peft.dev", "v1alpha1"
-
-
-@pytest.fixture(scope="module")
-def operator(
-    controller_manager: ControlPlane, crds_installed: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    process = OperatorProcess(operator_kubeconfig(controller_manager), log).start()
-    yield process
-    process.stop()
-    print(f"\n--- operator log tail ---\n{process.log_tail(40)}")
 
 
 def _example(name: str, namespace: str, **spec_changes: Any) -> dict[str, Any]:

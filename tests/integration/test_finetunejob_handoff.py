@@ -5,7 +5,6 @@ and the job starts by itself once the Secret appears."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,23 +14,13 @@ from kubernetes.client import ApiClient, BatchV1Api, CoreV1Api, CustomObjectsApi
 from peft_operator.api.events import CompletedEvent
 from peft_operator.api.finetunejob import AdapterRecord, Progress
 from tests.support import kubelet
-from tests.support.controlplane import REPO_ROOT, ControlPlane
+from tests.support.controlplane import REPO_ROOT
 from tests.support.kubelet import wait_for
-from tests.support.operator_process import OperatorProcess, operator_kubeconfig
+from tests.support.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION = "peft.dev", "v1alpha1"
 BASE = "hf://HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-@pytest.fixture(scope="module")
-def operator(
-    controller_manager: ControlPlane, crds_installed: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    kubeconfig = operator_kubeconfig(controller_manager, role="peft-operator-handoff")
-    process = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log").start()
-    yield process
-    process.stop()
 
 
 def _job(namespace: str, name: str, **spec: Any) -> dict[str, Any]:

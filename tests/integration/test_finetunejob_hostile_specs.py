@@ -4,7 +4,7 @@ CEL rules can judge; the operator refuses the rest in status and Events, and kee
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,9 @@ import pytest
 import yaml
 from kubernetes.client import ApiClient, ApiException, BatchV1Api, CoreV1Api, CustomObjectsApi
 
-from tests.support.controlplane import REPO_ROOT, ControlPlane
+from tests.support.controlplane import REPO_ROOT
 from tests.support.kubelet import wait_for
-from tests.support.operator_process import OperatorProcess, operator_kubeconfig
+from tests.support.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.integration
 EXAMPLES = REPO_ROOT / "examples"
@@ -133,16 +133,6 @@ def test_there_are_more_than_thirty_hostile_cases() -> None:
         + len(BROKEN_OPERATOR_EXAMPLES)
     )
     assert total >= 30, total
-
-
-@pytest.fixture(scope="module")
-def operator(
-    controller_manager: ControlPlane, crds_installed: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    kubeconfig = operator_kubeconfig(controller_manager, role="peft-operator-hostile")
-    process = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log").start()
-    yield process
-    process.stop()
 
 
 def _create(admin: ApiClient, namespace: str, body: dict[str, Any]) -> None:

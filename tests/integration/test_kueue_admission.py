@@ -18,7 +18,7 @@ from tests.support import kubelet
 from tests.support.controlplane import REPO_ROOT, ControlPlane
 from tests.support.kubelet import wait_for
 from tests.support.kueue import Kueue, KueueMissing, ensure_kueue
-from tests.support.operator_process import OperatorProcess, operator_kubeconfig
+from tests.support.operator_process import OperatorProcess
 from tests.support.secrets import create_referenced_secrets
 
 pytestmark = pytest.mark.integration
@@ -40,17 +40,6 @@ def kueue(
     yield process
     process.stop()
     print(f"\n--- kueue log tail ---\n{process.log_tail(20)}")
-
-
-@pytest.fixture(scope="module")
-def operator(
-    controller_manager: ControlPlane, crds_installed: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    process = OperatorProcess(operator_kubeconfig(controller_manager), log).start()
-    yield process
-    process.stop()
-    print(f"\n--- operator log tail ---\n{process.log_tail(40)}")
 
 
 def _queues(namespace: str, cluster_queue: str) -> list[dict[str, Any]]:
