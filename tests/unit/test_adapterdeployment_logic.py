@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from peft_operator.adapterdeployment.engine import render_engine_deployment, render_engine_service, render_target_patch
+from peft_operator.adapterdeployment.engine import render_engine_deployment, render_engine_service
 from peft_operator.adapterdeployment.sources import DesiredAdapter, resolve_adapters
 from peft_operator.adapterdeployment.status import (
     MAX_LOAD_ATTEMPTS,
@@ -19,6 +19,7 @@ from peft_operator.adapterdeployment.status import (
     may_retry,
     pod_is_complete,
 )
+from peft_operator.adapterdeployment.target import render_target_patch
 from peft_operator.api import AdapterDeployment, AdapterDeploymentStatus
 from peft_operator.api.adapterdeployment import AdapterState, AdapterStatus
 from peft_operator.settings import OperatorSettings

@@ -1,7 +1,7 @@
 """Render the engine pods: the base-model server plus the adapter agent sidecar sharing /adapters.
 
-With `runtime` the operator owns a Deployment and Service built here; with `targetRef` the same
-sidecar, volume and flags are patched into the user's Deployment once (`render_target_patch`)."""
+With `runtime` the operator owns a Deployment and Service built here; with `targetRef` the same agent
+sidecar goes into the user's Deployment (target.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ from ..naming import (
     AGENT_PORT,
     ENGINE_CONTAINER,
     ENGINE_PORT,
-    LABEL_ADAPTERDEPLOYMENT,
-    PATCHED_ANNOTATION,
     adapterdeployment_labels,
     admin_token_secret_name,
     engine_name,
@@ -74,7 +72,7 @@ def claim_volumes(claims: list[str]) -> tuple[list[dict[str, Any]], list[dict[st
     return volumes, mounts
 
 
-def _agent_container(
+def agent_container(
     adep: AdapterDeployment, settings: OperatorSettings, engine_port: int, adapter_secrets: Sequence[str] = ()
 ) -> dict[str, Any]:
     spec = adep.spec
@@ -206,7 +204,7 @@ def render_engine_deployment(
     model, model_volumes, model_mounts = _model_location(adep)
     engine = _engine_container(adep, settings, model)
     engine["volumeMounts"] += model_mounts
-    agent = _agent_container(adep, settings, ENGINE_PORT, adapter_secrets)
+    agent = agent_container(adep, settings, ENGINE_PORT, adapter_secrets)
     claim_vols, claim_mounts = claim_volumes(adapter_claims or [])
     agent["volumeMounts"] += claim_mounts
     volumes: list[dict[str, Any]] = [
@@ -272,62 +270,3 @@ def endpoint(adep: AdapterDeployment) -> str | None:
     if adep.spec.target_ref is not None:
         return None
     return f"http://{engine_name(meta.name or '')}.{meta.namespace}.svc:{ENGINE_PORT}/v1"
-
-
-def _with_our_gate(gates: list[dict[str, str]] | None) -> list[dict[str, str]]:
-    """readinessGates has no merge key: keep the user's gates and add ours."""
-    gates = list(gates or [])
-    return (
-        gates if {"conditionType": ADAPTERS_READY_GATE} in gates else [*gates, {"conditionType": ADAPTERS_READY_GATE}]
-    )
-
-
-def target_container(adep: AdapterDeployment, deployment: dict[str, Any]) -> dict[str, Any] | None:
-    """The engine container of a targetRef Deployment: the one named in targetRef.container, else the first."""
-    target = adep.spec.target_ref
-    assert target is not None
-    containers = deployment["spec"]["template"]["spec"]["containers"]
-    if not target.container:
-        return containers[0]  # type: ignore[no-any-return]
-    return next((c for c in containers if c["name"] == target.container), None)
-
-
-def render_target_patch(
-    adep: AdapterDeployment, deployment: dict[str, Any], settings: OperatorSettings
-) -> dict[str, Any]:
-    """A strategic-merge patch that equips an existing engine Deployment for runtime adapter loading:
-    the agent sidecar, the shared /adapters volume, vLLM's runtime-LoRA switch and flags, the readiness
-    gate. Applied once (the annotation records it); adapter changes never touch the Deployment again."""
-    target = adep.spec.target_ref
-    engine = target_container(adep, deployment)
-    assert target is not None and adep.metadata.name is not None
-    assert engine is not None, "the reconciler checks targetRef.container first"
-    args = list(engine.get("args") or [])
-    wanted = vllm_lora_args(adep.spec.limits)
-    flags = {a.split("=", 1)[0] for a in args + list(engine.get("command") or [])}
-    args += [w for w in wanted if w.split("=", 1)[0] not in flags]
-    engine_patch = {
-        "name": engine["name"],
-        "args": args,
-        "env": [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}],
-        "volumeMounts": [{"name": "peft-adapters", "mountPath": ADAPTER_ROOT}],
-    }
-    agent = _agent_container(adep, settings, target.port)
-    agent["volumeMounts"] = [
-        {"name": "peft-adapters", "mountPath": ADAPTER_ROOT},
-        {"name": "peft-agent-tmp", "mountPath": "/tmp"},
-    ]
-    return {
-        "metadata": {"annotations": {PATCHED_ANNOTATION: adep.metadata.name}},
-        "spec": {
-            "template": {
-                # Our label on the pods lets the operator find them whatever the Deployment's selector is.
-                "metadata": {"labels": {LABEL_ADAPTERDEPLOYMENT: adep.metadata.name}},
-                "spec": {
-                    "readinessGates": _with_our_gate(deployment["spec"]["template"]["spec"].get("readinessGates")),
-                    "containers": [engine_patch, agent],
-                    "volumes": [{"name": "peft-adapters", "emptyDir": {}}, {"name": "peft-agent-tmp", "emptyDir": {}}],
-                },
-            }
-        },
-    }

@@ -32,11 +32,10 @@ from .engine import (
     render_admin_token_secret,
     render_engine_deployment,
     render_engine_service,
-    render_target_patch,
-    target_container,
 )
 from .sources import DesiredAdapter, resolve_adapters
 from .status import LoadFailure, PodReport, compute_status, failed_adapters, may_retry, pod_is_complete
+from .target import render_target_patch, target_container
 
 log = logging.getLogger(__name__)
 AgentFactory = Callable[[str, str], AgentClient]
