@@ -57,6 +57,7 @@ class Reason(StrEnum):
     RANK_TOO_LARGE = "RankTooLarge"  # rank above the engine's maxRank
     UNSUPPORTED_METHOD = "UnsupportedMethod"  # the engine cannot hot-load this PEFT method
     TOO_MANY_ADAPTERS = "TooManyAdapters"  # maxAdapters already loaded
+    RESIDENT_SLOTS_BUSY = "ResidentSlotsBusy"  # every resident adapter stayed pinned or in use past the wait
     NAME_CONFLICT = "NameConflict"  # the adapter name is the base model's served name
     INSUFFICIENT_STORAGE = "InsufficientStorage"  # the shared volume is full
     ENGINE_REJECTED = "EngineRejected"  # the engine refused the load (its message says why)

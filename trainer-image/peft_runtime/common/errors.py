@@ -62,3 +62,7 @@ class RankTooLarge(ServingError):
 
 class TooManyAdapters(ServingError):
     status, reason = 507, Reason.TOO_MANY_ADAPTERS
+
+
+class ResidentSlotsBusy(ServingError):
+    status, reason = 503, Reason.RESIDENT_SLOTS_BUSY

@@ -34,6 +34,8 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "auto"
     max_adapters: int = 32
+    max_resident: int | None = None  # adapters in memory at once (default: max_adapters, i.e. all)
+    resident_wait_s: float = 30.0  # how long a cold request waits for a memory slot to free up
     max_rank: int = 64
     max_batch_size: int = 64
     batch_window_ms: float = 5.0
@@ -82,9 +84,13 @@ class Engine:
             model,
             self.base,
             max_adapters=config.max_adapters,
+            max_resident=config.max_resident,
+            resident_wait_s=config.resident_wait_s,
             max_rank=config.max_rank,
             device=self.device,
-            on_change=lambda: self.metrics.adapters_loaded.set(self.registry.count()),
+            on_change=self._count_adapters,
+            on_cold_load=self.metrics.adapter_cold_load_seconds.observe,
+            on_evict=self.metrics.adapter_evictions.inc,
         )
         runner = BatchRunner(
             self.registry, self.tokenizer, eos_ids=_eos_ids(model, self.tokenizer), max_model_len=self.max_model_len
@@ -110,6 +116,23 @@ class Engine:
     def start(self) -> Engine:
         self.scheduler.start()
         return self
+
+    def _count_adapters(self) -> None:
+        self.metrics.adapters_loaded.set(self.registry.count())
+        self.metrics.adapters_resident.set(self.registry.resident_count())
+
+    @contextlib.asynccontextmanager
+    async def holding(self, adapter: str | None) -> AsyncIterator[None]:
+        """Keep a request's adapter in memory from admission to its last token, cold-loading it first when
+        it was evicted (off the event loop: a load reads files)."""
+        if adapter is None:
+            yield
+            return
+        await asyncio.to_thread(self.registry.hold, adapter)
+        try:
+            yield
+        finally:
+            self.registry.unhold(adapter)
 
     def stop(self) -> None:
         self.scheduler.stop()

@@ -37,7 +37,17 @@ class ServingMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.adapters_loaded = Gauge("peft_serve_adapters_loaded", "Adapters loaded now.", registry=r)
+        self.adapters_loaded = Gauge("peft_serve_adapters_loaded", "Adapters registered now.", registry=r)
+        self.adapters_resident = Gauge("peft_serve_adapters_resident", "Adapters in memory now.", registry=r)
+        self.adapter_evictions = Counter(
+            "peft_serve_adapter_evictions", "Adapters evicted from memory to make room.", registry=r
+        )
+        self.adapter_cold_load_seconds = Histogram(
+            "peft_serve_adapter_cold_load_seconds",
+            "Time to bring an evicted adapter back for a request.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.adapter_loads = Counter(
             "peft_serve_adapter_loads", "Adapter load requests, by result.", ["result"], registry=r
         )

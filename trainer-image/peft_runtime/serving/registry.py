@@ -15,7 +15,13 @@ LoRA-family adapters live in one peft model (lora_batching.py routes rows throug
 bottleneck adapters and prefix/prompt tuning are applied by the engine's own code (ia3.py,
 bottleneck_rows.py, virtual_tokens.py). Rows of every method mix in one batch: each applies per row.
 
-Each load gets a fresh internal adapter name. Replacing or unloading an adapter takes its public name
+More adapters can be registered (`max_adapters`) than held in memory (`max_resident`): a load verifies the
+files and keeps the weights only while a slot is free (or the adapter is pinned); a request for one that is
+not resident loads it first (`hold`, a cold load), evicting the least recently used adapter that is neither
+pinned nor in use, and waits at most `resident_wait_s` for one to become free. Replaced adapters whose last
+rows are still generating keep their weights a little beyond the bound, until those rows finish.
+
+Each load (and each cold load) gets a fresh internal adapter name. Replacing or unloading an adapter takes its public name
 away at once (new requests see the new version, or a 404), while rows already generating with the old weights
 finish with them; the old weights are dropped when their last row releases them.
 """
@@ -36,7 +42,15 @@ from typing import Any
 
 import torch
 
-from ..common.errors import AdapterCorrupt, AdapterNotFound, ModelNotFound, NameConflict, ServingError, TooManyAdapters
+from ..common.errors import (
+    AdapterCorrupt,
+    AdapterNotFound,
+    ModelNotFound,
+    NameConflict,
+    ResidentSlotsBusy,
+    ServingError,
+    TooManyAdapters,
+)
 from .adapters import BaseModelInfo, PreparedAdapter, prepare_adapter
 from .bottleneck_rows import BottleneckAdapter, BottleneckRows
 from .ia3 import Ia3Rows, Ia3Vectors
@@ -56,7 +70,11 @@ class LoadedAdapter:
     digest: str | None
     size_bytes: int
     loaded_at: float
-    users: int = 0
+    pinned: bool = False
+    resident: bool = True  # weights in memory; False once evicted (the files stay registered)
+    last_used: float = 0.0  # time.monotonic() of the last request; the eviction order
+    users: int = 0  # rows generating with these weights
+    holds: int = 0  # requests that need it resident (from admission to their last token)
     retired: bool = False
 
 
@@ -76,16 +94,23 @@ class AdapterRegistry:
         max_adapters: int,
         max_rank: int,
         device: str,
+        max_resident: int | None = None,
+        resident_wait_s: float = 30.0,
         on_change: Callable[[], None] | None = None,
+        on_cold_load: Callable[[float], None] | None = None,
+        on_evict: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
         self.base = base
         self.max_adapters = max_adapters
+        self.max_resident = min(max_resident or max_adapters, max_adapters)
+        self.resident_wait_s = resident_wait_s
         self.max_rank = max_rank
         self.device = device
         self.model_lock = threading.RLock()
         self._admin = threading.Lock()
         self._state = threading.Lock()
+        self._room = threading.Condition(self._state)  # notified when a request or row lets go of an adapter
         self._peft: Any = None  # a PeftModel, created by the first load
         self._by_name: dict[str, LoadedAdapter] = {}
         self._retired: dict[str, LoadedAdapter] = {}
@@ -97,6 +122,8 @@ class AdapterRegistry:
         self._bottleneck = BottleneckRows(model, self._rows)
         self._virtual: dict[str, VirtualTokens] = {}  # prefix/prompt tuning; replaced, never changed in place
         self._on_change = on_change or (lambda: None)
+        self._on_cold_load = on_cold_load or (lambda seconds: None)
+        self._on_evict = on_evict or (lambda: None)
 
     # ------------------------------------------------------------------------------------ queries
 
@@ -107,6 +134,10 @@ class AdapterRegistry:
     def count(self) -> int:
         with self._state:
             return len(self._by_name)
+
+    def resident_count(self) -> int:
+        with self._state:
+            return sum(a.resident for a in self._by_name.values())
 
     def check_model(self, model: str | None) -> str | None:
         """The adapter name a request's `model` selects (None for the base model), or ModelNotFound."""
@@ -128,7 +159,10 @@ class AdapterRegistry:
             adapter = self._by_name.get(name)
             if adapter is None:
                 raise ModelNotFound(f"adapter '{name}' was unloaded")
+            if not adapter.resident:  # only for callers that skipped `hold`
+                raise ResidentSlotsBusy(f"adapter '{name}' is not in memory; requests load it through hold()")
             adapter.users += 1
+            adapter.last_used = time.monotonic()
             return adapter.internal
 
     def virtual_tokens(self, internal: str | None) -> VirtualTokens | None:
@@ -148,6 +182,7 @@ class AdapterRegistry:
             drop = adapter.retired and adapter.users == 0
             if drop:
                 del self._retired[internal]
+            self._room.notify_all()
         if drop:  # not on the generation thread: dropping waits for the admin lock and rebuilds stacks
             self._dropper.submit(self._drop_retired, internal)
 
@@ -157,7 +192,9 @@ class AdapterRegistry:
 
     # ------------------------------------------------------------------------------------ changes
 
-    def load(self, name: str, path: Path) -> LoadOutcome:
+    def load(self, name: str, path: Path, *, pinned: bool = False) -> LoadOutcome:
+        """Verify and register an adapter. It takes a memory slot if one is free (a replacement takes its
+        predecessor's); a pinned one makes room by evicting; the others wait for their first request."""
         started = time.perf_counter()
         with self._admin:
             if name == self.base.served_name:
@@ -165,15 +202,23 @@ class AdapterRegistry:
             with self._state:
                 current = self._by_name.get(name)
                 count = len(self._by_name)
-            if current is not None and current.path == path:
+            if current is not None and current.path == path and current.pinned == pinned:
                 return LoadOutcome("unchanged", current, time.perf_counter() - started)
             if current is None and count >= self.max_adapters:
                 raise TooManyAdapters(
                     f"{count} adapters are loaded, the server's maxAdapters: unload one or raise limits.maxAdapters"
                 )
             prepared = prepare_adapter(name, path, self.base, max_rank=self.max_rank, device=self.device)
+            if current is not None and current.resident:
+                resident = True
+            elif pinned:
+                self._make_room(for_pinned=True)
+                resident = True
+            else:
+                resident = self.resident_count() < self.max_resident
             internal = f"adapter_{next(self._ids)}"
-            self._attach(internal, prepared)
+            if resident:
+                self._attach(internal, prepared)
             adapter = LoadedAdapter(
                 name=name,
                 internal=internal,
@@ -183,8 +228,13 @@ class AdapterRegistry:
                 digest=prepared.digest,
                 size_bytes=prepared.size_bytes,
                 loaded_at=time.time(),
+                pinned=pinned,
+                resident=resident,
+                last_used=time.monotonic(),
             )
             with self._state:
+                if current is not None:  # requests admitted for the old version now need the new one
+                    adapter.holds, current.holds = current.holds, 0
                 self._by_name[name] = adapter
             if current is not None:
                 self._retire(current)
@@ -199,10 +249,84 @@ class AdapterRegistry:
                 adapter = self._by_name.pop(name, None)
             if adapter is None:
                 raise AdapterNotFound(f"no adapter named '{name}' is loaded")
-            self._retire(adapter)
+            if adapter.resident:
+                self._retire(adapter)
         self._on_change()
         log.info("Unloaded adapter %s", name)
         return adapter
+
+    def hold(self, name: str) -> None:
+        """Keep adapter `name` in memory for one request (until `unhold`), loading it first when it is not
+        resident: a cold load, which evicts the least recently used adapter that is neither pinned nor in use
+        and waits at most `resident_wait_s` for one. Blocks: call it off the event loop."""
+        if self._hold_if_resident(name):
+            return
+        started = time.perf_counter()
+        with self._admin:
+            if self._hold_if_resident(name):
+                return
+            with self._state:
+                adapter = self._by_name.get(name)
+            if adapter is None:
+                raise ModelNotFound(f"adapter '{name}' was unloaded")
+            self._make_room(for_pinned=False)
+            prepared = prepare_adapter(name, adapter.path, self.base, max_rank=self.max_rank, device=self.device)
+            if prepared.digest != adapter.digest:
+                raise AdapterCorrupt(f"adapter '{name}' changed on disk since it was loaded: load it again")
+            internal = f"adapter_{next(self._ids)}"
+            self._attach(internal, prepared)
+            with self._state:
+                adapter.internal, adapter.resident = internal, True
+                adapter.holds += 1
+                adapter.last_used = time.monotonic()
+        self._on_cold_load(time.perf_counter() - started)
+        self._on_change()
+        log.info("Cold-loaded adapter %s in %.0f ms", name, (time.perf_counter() - started) * 1000)
+
+    def unhold(self, name: str) -> None:
+        with self._state:
+            adapter = self._by_name.get(name)
+            if adapter is not None and adapter.holds > 0:
+                adapter.holds -= 1
+                self._room.notify_all()
+
+    def _hold_if_resident(self, name: str) -> bool:
+        with self._state:
+            adapter = self._by_name.get(name)
+            if adapter is None or not adapter.resident:
+                return False
+            adapter.holds += 1
+            adapter.last_used = time.monotonic()
+            return True
+
+    def _make_room(self, *, for_pinned: bool) -> None:
+        """Evict least recently used idle, unpinned adapters until one more fits (caller holds `_admin`)."""
+        deadline = time.monotonic() + self.resident_wait_s
+        while True:
+            with self._state:
+                resident = [a for a in self._by_name.values() if a.resident]
+                if len(resident) < self.max_resident:
+                    return
+                if for_pinned and all(a.pinned for a in resident):
+                    raise TooManyAdapters(
+                        f"all {self.max_resident} memory slots (maxResident) hold pinned adapters: "
+                        "unpin one or raise limits.maxResident"
+                    )
+                idle = [a for a in resident if not a.pinned and a.holds == 0 and a.users == 0]
+                if not idle:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise ResidentSlotsBusy(
+                            f"all {self.max_resident} resident adapters stayed pinned or in use for "
+                            f"{self.resident_wait_s:.0f} s: retry, or raise limits.maxResident"
+                        )
+                    self._room.wait(remaining)
+                    continue
+                victim = min(idle, key=lambda a: a.last_used)
+                victim.resident = False
+            self._detach(victim.internal)
+            self._on_evict()
+            log.info("Evicted adapter %s (least recently used) to make room", victim.name)
 
     def _retire(self, adapter: LoadedAdapter) -> None:
         with self._state:
