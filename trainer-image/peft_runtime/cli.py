@@ -13,14 +13,15 @@ from collections.abc import Sequence
 
 from . import local_cli  # local train
 from .agent import cli as agent_cli  # agent
+from .gate import cli as gate_cli  # gate
 from .serving import cli as serving_cli  # serve
 from .train import cli as train_cli  # train
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peft-runtime", description="PEFT runtime: train, serve, agent, local.")
+    parser = argparse.ArgumentParser(prog="peft-runtime", description="PEFT runtime: train, serve, agent, gate, local.")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train_cli, serving_cli, agent_cli, local_cli):
+    for module in (train_cli, serving_cli, agent_cli, gate_cli, local_cli):
         module.register(subcommands)
     return parser
 
