@@ -76,7 +76,7 @@ async def models(request: web.Request) -> web.Response:
     base = engine.base
     cards = [ModelCard(id=base.served_name, root=base.root, max_model_len=engine.max_model_len)]
     cards += [
-        ModelCard(id=a.name, root=str(a.path), parent=base.served_name, created=int(a.loaded_at))
+        ModelCard(id=a.name, root=str(a.path), parent=base.served_name, created=int(a.loaded_at), resident=a.resident)
         for a in engine.registry.adapters()
     ]
     return json_response(ModelList(data=cards))
@@ -86,51 +86,55 @@ async def completions(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     body = CompletionRequest.model_validate(await read_body(request))
     adapter = engine.registry.check_model(body.model)
-    prompts = [engine.encode(p) for p in body.prompts()]
-    params = [
-        engine.sampling(len(p), max_tokens=body.max_tokens, default=COMPLETIONS_DEFAULT_MAX_TOKENS, fields=body)
-        for p in prompts
-    ]
-    label = body.model or engine.base.served_name
-    submission = Submission(engine, adapter, label, prompts, params).start()
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _stream(request, submission, _completion_chunks(submission, label, include_usage))
-    choices = await submission.collect()
-    return json_response(
-        CompletionResponse(
-            model=label,
-            choices=[
-                CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason) for i, c in enumerate(choices)
-            ],
-            usage=_usage(submission),
+    async with engine.holding(adapter):  # an evicted adapter is loaded back first
+        prompts = [engine.encode(p) for p in body.prompts()]
+        params = [
+            engine.sampling(len(p), max_tokens=body.max_tokens, default=COMPLETIONS_DEFAULT_MAX_TOKENS, fields=body)
+            for p in prompts
+        ]
+        label = body.model or engine.base.served_name
+        submission = Submission(engine, adapter, label, prompts, params).start()
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await _stream(request, submission, _completion_chunks(submission, label, include_usage))
+        choices = await submission.collect()
+        return json_response(
+            CompletionResponse(
+                model=label,
+                choices=[
+                    CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason) for i, c in enumerate(choices)
+                ],
+                usage=_usage(submission),
+            )
         )
-    )
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     body = ChatCompletionRequest.model_validate(await read_body(request))
     adapter = engine.registry.check_model(body.model)
-    prompt = engine.encode_chat(body.messages)
-    params = engine.sampling(
-        len(prompt), max_tokens=body.token_limit(), default=engine.config.default_max_tokens, fields=body
-    )
-    label = body.model or engine.base.served_name
-    submission = Submission(engine, adapter, label, [prompt], [params]).start()
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _stream(request, submission, _chat_chunks(submission, label, include_usage))
-    [choice] = await submission.collect()
-    return json_response(
-        ChatCompletionResponse(
-            model=label,
-            choices=[
-                ChatChoice(index=0, message=AssistantMessage(content=choice.text), finish_reason=choice.finish_reason)
-            ],
-            usage=_usage(submission),
+    async with engine.holding(adapter):  # an evicted adapter is loaded back first
+        prompt = engine.encode_chat(body.messages)
+        params = engine.sampling(
+            len(prompt), max_tokens=body.token_limit(), default=engine.config.default_max_tokens, fields=body
         )
-    )
+        label = body.model or engine.base.served_name
+        submission = Submission(engine, adapter, label, [prompt], [params]).start()
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await _stream(request, submission, _chat_chunks(submission, label, include_usage))
+        [choice] = await submission.collect()
+        return json_response(
+            ChatCompletionResponse(
+                model=label,
+                choices=[
+                    ChatChoice(
+                        index=0, message=AssistantMessage(content=choice.text), finish_reason=choice.finish_reason
+                    )
+                ],
+                usage=_usage(submission),
+            )
+        )
 
 
 async def load_lora_adapter(request: web.Request) -> web.Response:
@@ -138,7 +142,9 @@ async def load_lora_adapter(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = LoadLoRAAdapterRequest.model_validate(await read_body(request))
     try:
-        outcome = await asyncio.to_thread(engine.registry.load, body.lora_name, Path(body.lora_path))
+        outcome = await asyncio.to_thread(
+            engine.registry.load, body.lora_name, Path(body.lora_path), pinned=body.pinned
+        )
     except Exception:
         engine.metrics.adapter_loads.labels("error").inc()
         raise

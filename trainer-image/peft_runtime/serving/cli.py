@@ -32,6 +32,17 @@ def register(subcommands: Any) -> None:
     add_pvc_root(parser)
     add_http_options(parser, port=8000, token_help="bearer token for the load/unload API")
     add_adapter_checks(parser)
+    parser.add_argument(
+        "--max-resident",
+        type=int,
+        help="adapters held in memory at once; the others load on their next request (default: --max-adapters)",
+    )
+    parser.add_argument(
+        "--resident-wait-seconds",
+        type=float,
+        default=30.0,
+        help="how long a request for an evicted adapter waits for a free memory slot (default 30)",
+    )
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH", help="load at start-up")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
@@ -89,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
             max_adapters=args.max_adapters,
+            max_resident=args.max_resident,
+            resident_wait_s=args.resident_wait_seconds,
             max_rank=args.max_rank,
             max_batch_size=args.max_batch_size,
             batch_window_ms=args.batch_window_ms,

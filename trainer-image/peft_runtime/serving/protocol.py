@@ -184,6 +184,9 @@ class ModelCard(BaseModel):
     root: str | None = Field(default=None, description="The base model's directory, or the adapter's path.")
     parent: str | None = Field(default=None, description="For an adapter: the base model's served name.")
     max_model_len: int | None = None
+    resident: bool | None = Field(
+        default=None, description="For an adapter (built-in extension): its weights are in memory now."
+    )
 
 
 class ModelList(BaseModel):
@@ -196,6 +199,7 @@ class LoadLoRAAdapterRequest(Request):
 
     lora_name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
     lora_path: str = Field(min_length=1, max_length=4096)
+    pinned: bool = Field(default=False, description="Built-in extension: never evict it to make room for another.")
 
 
 class UnloadLoRAAdapterRequest(Request):
