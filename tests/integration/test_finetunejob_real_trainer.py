@@ -4,23 +4,19 @@ the termination message, and the recorded adapter is the one on disk."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 
-from tests.support import kubelet
 from tests.support.controlplane import REPO_ROOT, ControlPlane
 from tests.support.kubelet import wait_for
 from tests.support.operator_process import OperatorProcess, operator_kubeconfig
 from tests.support.tiny_model import build_tiny_llama
+from tests.support.trainer_pod import LocalTrainerPod
 
 pytestmark = pytest.mark.integration
 GROUP, VERSION = "peft.dev", "v1alpha1"
@@ -51,29 +47,10 @@ def test_real_trainer_progress_and_adapter_reach_status(
         body["spec"]["resources"] = {"gpus": 0}
         body["spec"]["output"] = {"uri": "pvc://team-adapters/tiny-lora"}
         CustomObjectsApi(admin).create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
-        core = CoreV1Api(admin)
-        pod = wait_for("the trainer pod", lambda: kubelet.pods_of(admin, namespace, "peft.dev/finetunejob=tiny-lora"))[
-            0
-        ]
-        kubelet.set_running(admin, pod)
-
-        plan = json.loads(core.read_namespaced_config_map("tiny-lora-plan", namespace).data["plan.json"])
+        pod = LocalTrainerPod.of_job(admin, namespace, "tiny-lora-train", pvc_root, tmp_path / "pod")
+        plan = json.loads(CoreV1Api(admin).read_namespaced_config_map("tiny-lora-plan", namespace).data["plan.json"])
         assert plan["progress"]["url"] == f"{operator.progress_url}/v1/progress/{namespace}/tiny-lora"
-        plan["mounts"]["pvcRoot"] = str(pvc_root)
-        plan["progress"]["terminationLog"] = str(tmp_path / "termination-log")
-        plan["progress"]["intervalSeconds"] = 0.5
-        plan["workDir"] = str(tmp_path / "work")
-        (tmp_path / "plan.json").write_text(json.dumps(plan))
-        token = base64.b64decode(core.read_namespaced_secret("tiny-lora-progress", namespace).data["token"]).decode()
-
-        trainer = subprocess.run(
-            [sys.executable, "-m", "peft_runtime.cli", "train", "--plan", str(tmp_path / "plan.json")],
-            env={**os.environ, "PEFT_PROGRESS_TOKEN": token, "HF_HUB_OFFLINE": "1"},
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        trainer = pod.run(finish=False)
         assert trainer.returncode == 0, trainer.stderr[-3000:]
         running = CustomObjectsApi(admin).get_namespaced_custom_object(
             GROUP, VERSION, namespace, "finetunejobs", "tiny-lora"
@@ -82,8 +59,7 @@ def test_real_trainer_progress_and_adapter_reach_status(
         assert running["status"]["progress"]["totalSteps"] == 24
         assert running["status"]["progress"]["step"] >= 8, "progress POSTs reached the status"
 
-        final = (tmp_path / "termination-log").read_text()
-        kubelet.set_terminated(admin, pod, 0, "Completed", final)
+        pod.report_terminated(trainer.returncode)
         wait_for(
             "Succeeded",
             lambda: (

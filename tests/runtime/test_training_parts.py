@@ -49,8 +49,11 @@ def test_lr_warms_up_linearly_then_decays_to_zero_on_the_last_step() -> None:
 def test_progress_reports_percent_epoch_recent_loss_and_throughput() -> None:
     state = TrainState(fingerprint="f", step=30, epoch=1, next_batch=5, recent_losses=[2.0, 1.0])
     clock = SessionClock(tokens=6000, steps=10, step_seconds=3.0)
-    progress = clock.progress(state, total_steps=120, batches_in_epoch=20)
+    progress = clock.progress(state, total_steps=120, batches_in_epoch=20, eval_rows=6)
     assert (progress.percent, progress.epoch, progress.loss) == (25, 1.25, 1.5)
+    assert progress.eval_rows is None, "no eval loss yet, so no rows it was measured on"
+    state.eval_loss = 0.5
+    assert clock.progress(state, total_steps=120, batches_in_epoch=20, eval_rows=6).eval_rows == 6
     assert progress.tokens_per_second == 2000.0
     assert progress.eta is not None
 

@@ -224,3 +224,41 @@ def test_deploy_takes_over_only_its_own_or_its_predecessors_entry() -> None:
     assert clash(entries, "tenant-a", "tenant-a-v2", "tenant-a-v1") is None
     assert clash(entries, "tenant-a", "tenant-a-v2", None) == "FineTuneJob tenant-a-v1"
     assert clash(entries, "legal", "legal-v1", None) == "s3://b/legal"
+
+
+def test_the_eval_gate_names_each_shortfall_with_the_measured_value() -> None:
+    from peft_operator.api.finetunejob import DeployGate
+    from peft_operator.finetunejob.deploy import gate_shortfalls
+
+    gate = DeployGate(max_eval_loss="1.5", min_eval_rows=20)
+    assert gate_shortfalls(gate, Progress(step=10, eval_loss=1.2, eval_rows=20)) == []
+    assert gate_shortfalls(gate, Progress(step=10, eval_loss=1.83, eval_rows=6)) == [
+        "evalLoss 1.83 is above deploy.when.maxEvalLoss 1.5",
+        "evalLoss was measured on 6 held-out rows, fewer than deploy.when.minEvalRows 20 (add data or raise "
+        "dataset.validationSplit)",
+    ]
+    assert gate_shortfalls(DeployGate(max_eval_loss="1.5"), Progress(step=10)) == [
+        "no evalLoss was measured (deploy.when.maxEvalLoss is 1.5)"
+    ]
+    assert gate_shortfalls(DeployGate(min_eval_rows=1), None) != []
+
+
+def test_a_job_that_failed_its_eval_gate_stops_asking_for_a_deploy() -> None:
+    from peft_operator.finetunejob.reconcile import needs_deploy
+
+    def body(reason: str, status: str = "False") -> dict[str, Any]:
+        condition = {
+            "type": "Deployed",
+            "status": status,
+            "reason": reason,
+            "message": "",
+            "lastTransitionTime": NOW.isoformat(),
+        }
+        return {
+            "spec": {"deploy": {"adapterDeployment": "a"}},
+            "status": {"phase": "Succeeded", "conditions": [condition]},
+        }
+
+    assert needs_deploy(body("AdapterDeploymentNotFound")), "a missing AdapterDeployment may appear later"
+    assert not needs_deploy(body("EvalGateNotMet")), "a finished job's eval results never change"
+    assert not needs_deploy(body("AdapterAdded", "True"))

@@ -88,11 +88,14 @@ class Precision(StrEnum):
     FP32 = "fp32"
 
 
+# Decimal numbers in the spec are strings (Kubernetes' API conventions discourage floats).
+DECIMAL_PATTERN = r"^[0-9]+(\.[0-9]+)?([eE]-?[0-9]+)?$"
+
 LearningRate = Annotated[
     str,
     Field(
         max_length=32,
-        json_schema_extra={"pattern": r"^[0-9]+(\.[0-9]+)?([eE]-?[0-9]+)?$"},
+        json_schema_extra={"pattern": DECIMAL_PATTERN},
         description="Peak learning rate as a decimal string, e.g. '2e-4' (strings avoid float drift).",
     ),
 ]
@@ -221,6 +224,41 @@ class Output(ApiModel):
     )
 
 
+class DeployGate(RuledModel):
+    """What the trained adapter must show before it is deployed; every condition set must hold."""
+
+    RULES = (
+        Rule(
+            "has(self.maxEvalLoss) || has(self.minEvalRows)",
+            "deploy.when needs at least one condition: maxEvalLoss or minEvalRows",
+            lambda gate: gate.max_eval_loss is not None or gate.min_eval_rows is not None,
+        ),
+    )
+
+    max_eval_loss: str | None = Field(
+        default=None,
+        max_length=32,
+        json_schema_extra={"pattern": DECIMAL_PATTERN},
+        description="Deploy only when the final evalLoss (on the validation split) is at most this, e.g. '1.5'.",
+    )
+    min_eval_rows: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Deploy only when evalLoss was measured on at least this many held-out rows.",
+    )
+
+    @field_validator("max_eval_loss")
+    @classmethod
+    def _a_number(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                float(value)
+            except ValueError:
+                raise ValueError(f"'{value}' is not a number; write it like '1.5'") from None
+        return value
+
+
 class Deploy(ApiModel):
     """On success, add the adapter to an AdapterDeployment in the same namespace."""
 
@@ -232,6 +270,11 @@ class Deploy(ApiModel):
             "The FineTuneJob this one is a new version of. An adapter name already in the AdapterDeployment is "
             "taken over only when its entry names this job or the one given here; any other entry is left alone."
         ),
+    )
+    when: DeployGate | None = Field(
+        default=None,
+        description="Deploy only if the finished job meets these conditions (an eval gate); otherwise the "
+        "Deployed condition is False with reason EvalGateNotMet and the measured values.",
     )
 
 
@@ -275,6 +318,12 @@ class FineTuneJobSpec(RuledModel):
             MERGE_REFUSAL,
             lambda s: not s.output.merged or s.method.type in MERGEABLE_METHODS,
         ),
+        Rule(
+            "!has(self.deploy) || !has(self.deploy.when) || self.dataset.validationSplit > 0",
+            "deploy.when judges the held-out rows, and dataset.validationSplit is 0: set validationSplit "
+            "above 0 (e.g. 0.1) or remove deploy.when",
+            lambda s: s.deploy is None or s.deploy.when is None or s.dataset.validation_split > 0,
+        ),
     )
 
     base_model: BaseModelSource = Field(description="The frozen base model.")
@@ -305,6 +354,7 @@ class Progress(ApiModel):
     epoch: float | None = Field(default=None, ge=0, description="Fractional epoch.")
     loss: float | None = Field(default=None, description="Training loss (recent average).")
     eval_loss: float | None = Field(default=None, description="Loss on the validation split.")
+    eval_rows: int | None = Field(default=None, ge=0, description="Held-out rows evalLoss is measured on.")
     tokens_per_second: float | None = Field(default=None, ge=0, description="Non-padding tokens per second.")
     eta: str | None = Field(default=None, max_length=32, description="Estimated time left, e.g. 12m30s.")
     percent: int | None = Field(default=None, ge=0, le=100, description="step / totalSteps in percent.")

@@ -15,10 +15,12 @@ from kubernetes.client import ApiClient, ApiException
 
 from .. import kube
 from ..api import API_VERSION, AdapterDeployment, FineTuneJob, FineTuneJobStatus
+from ..api.finetunejob import DeployGate, Progress
 from ..conditions import condition_is_true, set_condition
 from ..events import KubeEvent
 
 DEPLOYED = "Deployed"
+EVAL_GATE_NOT_MET = "EvalGateNotMet"  # final: a finished job's eval results never change
 
 
 @dataclass
@@ -40,18 +42,44 @@ def clash(entries: list[dict[str, Any]], adapter_name: str, job: str, replaces: 
     return f"FineTuneJob {owner}" if owner else f"{source.get('uri')}"
 
 
+def gate_shortfalls(gate: DeployGate, progress: Progress | None) -> list[str]:
+    """What the finished job's measurements miss of spec.deploy.when, one sentence each (empty: it passes)."""
+    eval_loss = progress.eval_loss if progress is not None else None
+    eval_rows = (progress.eval_rows if progress is not None else None) or 0
+    shortfalls = []
+    if gate.max_eval_loss is not None:
+        if eval_loss is None:
+            shortfalls.append(f"no evalLoss was measured (deploy.when.maxEvalLoss is {gate.max_eval_loss})")
+        elif eval_loss > float(gate.max_eval_loss):
+            shortfalls.append(f"evalLoss {eval_loss:g} is above deploy.when.maxEvalLoss {gate.max_eval_loss}")
+    if gate.min_eval_rows is not None and eval_rows < gate.min_eval_rows:
+        shortfalls.append(
+            f"evalLoss was measured on {eval_rows} held-out rows, fewer than deploy.when.minEvalRows "
+            f"{gate.min_eval_rows} (add data or raise dataset.validationSplit)"
+        )
+    return shortfalls
+
+
 def deploy_adapter(client: ApiClient, job: FineTuneJob, status: FineTuneJobStatus, now: datetime) -> DeployOutcome:
     """Add the adapter to the AdapterDeployment named in spec.deploy (server-side apply, one field manager
-    per job, so each job owns exactly its own entry of the adapters list-map)."""
+    per job, so each job owns exactly its own entry of the adapters list-map), if it passes deploy.when."""
     if condition_is_true(status.conditions, DEPLOYED):
         return DeployOutcome(status)
     deploy, meta = job.spec.deploy, job.metadata
     assert deploy is not None and meta.name is not None and meta.namespace is not None
     adapter_name = deploy.adapter_name or meta.name
     target = f"AdapterDeployment {deploy.adapter_deployment}"
-    adep = kube.get_custom(client, AdapterDeployment.PLURAL, meta.namespace, deploy.adapter_deployment)
+    shortfalls = gate_shortfalls(deploy.when, status.progress) if deploy.when is not None else []
+    adep = (
+        None
+        if shortfalls
+        else kube.get_custom(client, AdapterDeployment.PLURAL, meta.namespace, deploy.adapter_deployment)
+    )
     taken_by = None
-    if adep is None:
+    if shortfalls:
+        ok, reason = False, EVAL_GATE_NOT_MET
+        message = f"Not deployed to {target}: " + "; ".join(shortfalls) + "."
+    elif adep is None:
         ok, reason, message = False, "AdapterDeploymentNotFound", f"{target} does not exist in this namespace."
     elif (taken_by := clash(adep["spec"].get("adapters") or [], adapter_name, meta.name, deploy.replaces)) is not None:
         ok, reason = False, "AdapterNameTaken"

@@ -17,7 +17,7 @@ from ..conditions import condition_is_true
 from ..events import KubeEvent, post_event
 from ..naming import CANCEL_ANNOTATION, LABEL_FINETUNEJOB, training_job_name
 from ..settings import OperatorSettings
-from .deploy import DEPLOYED, deploy_adapter
+from .deploy import DEPLOYED, EVAL_GATE_NOT_MET, deploy_adapter
 from .job import render_training_job
 from .plan import render_plan_configmap
 from .references import missing_secret
@@ -118,7 +118,11 @@ def wants_resync(body: dict[str, Any]) -> bool:
 
 
 def needs_deploy(body: dict[str, Any]) -> bool:
-    """A succeeded job whose adapter has yet to reach the AdapterDeployment named in spec.deploy."""
+    """A succeeded job whose adapter has yet to reach the AdapterDeployment named in spec.deploy (and did
+    not fail its eval gate, which no later pass can change)."""
     status = FineTuneJobStatus.model_validate(body.get("status") or {})
     wants = bool((body.get("spec") or {}).get("deploy"))
-    return wants and status.phase is Phase.SUCCEEDED and not condition_is_true(status.conditions, DEPLOYED)
+    gated = any(c.type == DEPLOYED and c.reason == EVAL_GATE_NOT_MET for c in status.conditions)
+    return (
+        wants and status.phase is Phase.SUCCEEDED and not gated and not condition_is_true(status.conditions, DEPLOYED)
+    )

@@ -130,7 +130,7 @@ class SessionClock:
     saved_step: int = 0  # the newest step a checkpoint holds
     batches_in_epoch: int = 0  # micro-batches in the epoch the loop ended in
 
-    def progress(self, state: TrainState, total_steps: int, batches_in_epoch: int) -> Progress:
+    def progress(self, state: TrainState, total_steps: int, batches_in_epoch: int, eval_rows: int) -> Progress:
         per_step = (time.monotonic() - self.started) / self.steps if self.steps else None
         return Progress(
             step=state.step,
@@ -138,6 +138,7 @@ class SessionClock:
             epoch=round(state.epoch + state.next_batch / max(batches_in_epoch, 1), 4),
             loss=round(sum(state.recent_losses) / len(state.recent_losses), 6) if state.recent_losses else None,
             eval_loss=state.eval_loss,
+            eval_rows=eval_rows if state.eval_loss is not None else None,
             tokens_per_second=round(self.tokens / self.step_seconds, 1) if self.step_seconds > 0 else None,
             eta=format_duration((total_steps - state.step) * per_step) if per_step is not None else None,
             percent=min(100, int(100 * state.step / total_steps)) if total_steps else None,
@@ -273,7 +274,7 @@ def _train_loop(
             final = state.step == data.total_steps
             if data.eval_set and (state.step % eval_every == 0 or final):
                 state.eval_loss = trainee.evaluate(data, hp.batch_size, run.device)
-            progress = clock.progress(state, data.total_steps, len(micro_batches))
+            progress = clock.progress(state, data.total_steps, len(micro_batches), len(data.eval_set))
             reporter.emit(ProgressEvent(progress=progress, lr=lr))
             if state.step % hp.checkpoint_every == 0 or final:
                 trainee.save(run.output, state)
@@ -350,7 +351,7 @@ def _finish(
     """6. The adapter and its manifest, the merged model if asked, the completed event."""
     if data.eval_set and state.eval_loss is None:
         state.eval_loss = trainee.evaluate(data, spec.training.batch_size, run.device)
-    progress = clock.progress(state, data.total_steps, clock.batches_in_epoch)
+    progress = clock.progress(state, data.total_steps, clock.batches_in_epoch, len(data.eval_set))
     metrics = {"steps": float(state.step), "tokens": float(state.tokens_seen), "epochs": float(progress.epoch or 0)}
     if progress.loss is not None:
         metrics["loss"] = progress.loss
