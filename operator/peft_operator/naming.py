@@ -31,7 +31,9 @@ def finetunejob_labels(finetunejob: str) -> dict[str, str]:
 
 ENGINE_CONTAINER = "engine"
 AGENT_CONTAINER = "adapter-agent"
-ENGINE_PORT = 8000
+GATE_CONTAINER = "engine-gate"
+ENGINE_PORT = 8000  # the Service's port: the engine gate listens here
+ENGINE_LOOPBACK_PORT = 8080  # the engine itself, on the pod's loopback only (the gate and the agent reach it)
 AGENT_PORT = 8001
 # Pods count as ready (and get Service traffic) only once the operator set this condition on them.
 ADAPTERS_READY_GATE = "peft.dev/adapters-loaded"

@@ -1,11 +1,17 @@
 """A stand-in node: runs a pod's containers as local processes on their own loopback IP (127.0.0.N),
 from the commands and environment in the pod spec the operator rendered, and reports pod status the way
-a kubelet would. Volumes become folders under a work directory."""
+a kubelet would. Volumes become folders under a work directory; `peft-runtime ...` runs from this checkout,
+`vllm serve ...` from .venv-vllm (`make vllm`).
+
+One loopback IP stands for both the pod's IP and its loopback (there are no network namespaces here), so
+what a pod binds to 127.0.0.1 is reachable from other "pods" too: the tests reach engines the way clients
+do, through the Service's port on the pod IP."""
 
 from __future__ import annotations
 
 import base64
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubernetes.client import ApiClient, CoreV1Api
+from kubernetes.client import ApiClient, CoreV1Api, DiscoveryV1Api
 
 from tests.support import kubelet
+from tests.support.vllm_server import SERVE_SCRIPT, VLLM_PYTHON, VLLM_TEST_ENV
 
 
 def _resolve_env(client: ApiClient, namespace: str, container: Any) -> dict[str, str]:
@@ -43,8 +50,21 @@ class NodePod:
     ip: str
     paths: dict[str, Path]
     log_dir: Path
-    health: dict[str, int] = field(default_factory=lambda: {"engine": 8000, "adapter-agent": 8001})
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def health(self) -> dict[str, int]:
+        """Container -> the port its /health answers on: its readiness probe's, else its --port flag (the
+        engine, which listens on loopback behind the gate and has no probe of its own)."""
+        ports = {}
+        for container in self.pod.spec.containers:
+            probe = container.readiness_probe
+            if probe is not None and probe.http_get is not None:
+                ports[container.name] = int(probe.http_get.port)
+            else:
+                argv = list(container.command) + list(container.args or [])
+                ports[container.name] = int(next(a for a in argv if a.startswith("--port=")).split("=", 1)[1])
+        return ports
 
     def _local(self, value: str) -> str:
         """An in-pod path (or flag=path) as the local folder that stands in for its volume."""
@@ -57,6 +77,8 @@ class NodePod:
     def _command(self, container: Any) -> list[str]:
         argv = list(container.command) + list(container.args or [])
         rewritten = [self._local(arg).replace("127.0.0.1", self.ip) for arg in argv]
+        if rewritten[:2] == ["vllm", "serve"]:
+            return [str(VLLM_PYTHON), str(SERVE_SCRIPT), *rewritten[2:]]
         assert rewritten[0] == "peft-runtime", rewritten
         return [sys.executable, "-m", "peft_runtime.cli", *rewritten[1:], f"--host={self.ip}"]
 
@@ -68,10 +90,15 @@ class NodePod:
             "HF_HUB_OFFLINE": "1",
             "HOME": str(self.log_dir),
         }
+        if container.command[0] == "vllm":
+            env.update(VLLM_TEST_ENV)
         log = (self.log_dir / f"{self.pod.metadata.name}-{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(self._command(container), env=env, stdout=log, stderr=subprocess.STDOUT)
+        # Its own process group, so that killing a container takes its children (vLLM's engine core) too.
+        self.processes[name] = subprocess.Popen(
+            self._command(container), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
-    def wait_healthy(self, name: str, timeout: float = 180) -> None:
+    def wait_healthy(self, name: str, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.processes[name].poll() is not None:
@@ -122,17 +149,19 @@ class NodePod:
 
     def kill(self, name: str) -> None:
         process = self.processes.pop(name)
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
 
     def stop(self) -> None:
         for process in self.processes.values():
-            process.terminate()
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
         for process in self.processes.values():
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
         self.processes.clear()
 
     def log(self, name: str) -> str:
@@ -154,3 +183,18 @@ class NodePod:
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+def service_urls(client: ApiClient, namespace: str, service: str) -> list[str]:
+    """Where a client of the Service lands, as kube-proxy would route it: every endpoint address with the
+    port the EndpointSlice controller resolved from the Service's targetPort (ready or not: this node
+    reports no pod Ready condition)."""
+    slices = DiscoveryV1Api(client).list_namespaced_endpoint_slice(
+        namespace, label_selector=f"kubernetes.io/service-name={service}"
+    )
+    urls = []
+    for endpoint_slice in slices.items:
+        port = next(p.port for p in endpoint_slice.ports or [] if p.port)
+        for endpoint in endpoint_slice.endpoints or []:
+            urls += [f"http://{address}:{port}" for address in endpoint.addresses]
+    return sorted(urls)

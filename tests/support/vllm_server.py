@@ -25,6 +25,15 @@ SERVE_SCRIPT = Path(__file__).with_name("vllm_serve.py")
 READY_DEADLINE_S = 240.0  # 40-60 s measured on 2 cores; margin for a busy machine
 
 
+# What every vLLM process in the tests runs with, on top of what the pod spec (or the test) sets.
+VLLM_TEST_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache: the default would take a large share of RAM
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_DO_NOT_TRACK": "1",
+}
+
+
 def vllm_missing() -> str | None:
     """Why real vLLM cannot run here, or None."""
     if not VLLM_STAMP.is_file():
@@ -72,14 +81,7 @@ class VllmServer:
         ]
 
     def start(self) -> VllmServer:
-        env = {
-            **os.environ,
-            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",  # without it vLLM has no load/unload routes
-            "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache: the default would take a large share of RAM
-            "HF_HUB_OFFLINE": "1",
-            "VLLM_NO_USAGE_STATS": "1",
-            "VLLM_DO_NOT_TRACK": "1",
-        }
+        env = {**os.environ, **VLLM_TEST_ENV, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}  # else no load routes
         self._log = self.log_path.open("ab")
         began = time.monotonic()
         self.process = subprocess.Popen(

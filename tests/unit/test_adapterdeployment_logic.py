@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from peft_operator.adapterdeployment.engine import render_engine_deployment, render_engine_service
@@ -21,7 +22,7 @@ from peft_operator.adapterdeployment.status import (
 )
 from peft_operator.adapterdeployment.target import render_target_patch
 from peft_operator.api import AdapterDeployment, AdapterDeploymentStatus
-from peft_operator.api.adapterdeployment import AdapterState, AdapterStatus
+from peft_operator.api.adapterdeployment import AdapterState, AdapterStatus, Engine
 from peft_operator.settings import OperatorSettings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -49,7 +50,7 @@ def test_builtin_engine_runs_server_and_agent_sharing_the_adapter_volume() -> No
     assert "--max-rank=64" in containers["adapter-agent"]["command"]
     assert "--max-adapters=64" in containers["adapter-agent"]["command"]
     assert "--served-model-name=HuggingFaceTB/SmolLM2-135M-Instruct" in containers["engine"]["command"]
-    for container in containers.values():
+    for container in (containers["engine"], containers["adapter-agent"]):
         assert {"name": "adapters", "mountPath": "/adapters"} in container["volumeMounts"]
         token = next(e for e in container["env"] if e["name"] == "PEFT_ADMIN_TOKEN")
         assert token["valueFrom"]["secretKeyRef"] == {"name": "smollm2-shared-admin-token", "key": "token"}
@@ -73,6 +74,23 @@ def test_vllm_engine_enables_runtime_lora_updates() -> None:
     assert engine["command"][:3] == ["vllm", "serve", "HuggingFaceTB/SmolLM2-135M-Instruct"]
     assert "--enable-lora" in engine["command"] and "--max-lora-rank=64" in engine["command"]
     assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in engine["env"]
+
+
+@pytest.mark.parametrize("engine", ["builtin", "vllm"])
+def test_clients_reach_the_engine_only_through_the_gate(engine: str) -> None:
+    adep = _adep()
+    assert adep.spec.runtime is not None
+    adep.spec.runtime.engine = Engine(engine)
+    containers = _containers(render_engine_deployment(adep, SETTINGS))
+    service_port = render_engine_service(adep)["spec"]["ports"][0]
+
+    server, gate = containers["engine"], containers["engine-gate"]
+    assert "--host=127.0.0.1" in server["command"] and "--port=8080" in server["command"]
+    assert "ports" not in server and "readinessProbe" not in server
+    assert gate["command"] == ["peft-runtime", "gate", "--engine-url=http://127.0.0.1:8080", "--port=8000"]
+    assert gate["ports"] == [{"name": service_port["targetPort"], "containerPort": service_port["port"]}]
+    assert gate["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+    assert "--engine-url=http://127.0.0.1:8080" in containers["adapter-agent"]["command"]
 
 
 def test_pvc_adapter_claims_are_mounted_read_only_for_the_agent() -> None:

@@ -1,4 +1,5 @@
-"""Render the engine pods: the base-model server plus the adapter agent sidecar sharing /adapters.
+"""Render the engine pods: the base-model server on the pod's loopback, the engine gate in front of it on
+the Service's port, and the adapter agent sidecar sharing /adapters with the server.
 
 With `runtime` the operator owns a Deployment and Service built here; with `targetRef` the same agent
 sidecar goes into the user's Deployment (target.py)."""
@@ -17,7 +18,9 @@ from ..naming import (
     AGENT_CONTAINER,
     AGENT_PORT,
     ENGINE_CONTAINER,
+    ENGINE_LOOPBACK_PORT,
     ENGINE_PORT,
+    GATE_CONTAINER,
     adapterdeployment_labels,
     admin_token_secret_name,
     engine_name,
@@ -150,7 +153,8 @@ def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model
             "vllm",
             "serve",
             model_arg,
-            f"--port={ENGINE_PORT}",
+            "--host=127.0.0.1",
+            f"--port={ENGINE_LOOPBACK_PORT}",
             *vllm_lora_args(spec.limits),
             f"--served-model-name={served_model_name(spec.base_model.uri)}",
         ]
@@ -164,7 +168,8 @@ def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model
             "peft-runtime",
             "serve",
             f"--model={model}",
-            f"--port={ENGINE_PORT}",
+            "--host=127.0.0.1",
+            f"--port={ENGINE_LOOPBACK_PORT}",
             f"--max-adapters={spec.limits.max_adapters}",
             f"--max-rank={spec.limits.max_rank}",
             f"--served-model-name={served_model_name(spec.base_model.uri)}",
@@ -179,8 +184,7 @@ def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model
         "imagePullPolicy": settings.image_pull_policy,
         "command": command,
         "env": env,
-        "ports": [{"name": "http", "containerPort": ENGINE_PORT}],
-        "readinessProbe": {"httpGet": {"path": "/health", "port": ENGINE_PORT}, "periodSeconds": 5},
+        # Loopback only, so no port and no probe of its own: the gate's readiness probe asks its /health.
         "resources": container_resources(runtime.resources),
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "adapters", "mountPath": ADAPTER_ROOT}, {"name": "engine-tmp", "mountPath": "/tmp"}],
@@ -188,6 +192,26 @@ def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model
     if env_from:
         container["envFrom"] = env_from
     return container
+
+
+def _gate_container(settings: OperatorSettings) -> dict[str, Any]:
+    """The engine gate on the Service's port: clients reach the engine only through it, and it refuses the
+    engine's admin routes (runtime LoRA loading and the rest), which only the agent calls, on loopback."""
+    return {
+        "name": GATE_CONTAINER,
+        "image": settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": [
+            "peft-runtime",
+            "gate",
+            f"--engine-url=http://127.0.0.1:{ENGINE_LOOPBACK_PORT}",
+            f"--port={ENGINE_PORT}",
+        ],
+        "ports": [{"name": "http", "containerPort": ENGINE_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": ENGINE_PORT}, "periodSeconds": 5},
+        "securityContext": container_security_context(),
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
+    }
 
 
 def render_engine_deployment(
@@ -204,7 +228,7 @@ def render_engine_deployment(
     model, model_volumes, model_mounts = _model_location(adep)
     engine = _engine_container(adep, settings, model)
     engine["volumeMounts"] += model_mounts
-    agent = agent_container(adep, settings, ENGINE_PORT, adapter_secrets)
+    agent = agent_container(adep, settings, ENGINE_LOOPBACK_PORT, adapter_secrets)
     claim_vols, claim_mounts = claim_volumes(adapter_claims or [])
     agent["volumeMounts"] += claim_mounts
     volumes: list[dict[str, Any]] = [
@@ -215,7 +239,7 @@ def render_engine_deployment(
         *claim_vols,
     ]
     engine_pod = pod_spec(
-        [engine, agent],
+        [engine, _gate_container(settings), agent],
         volumes,
         spec.runtime.resources,
         settings.trainer_run_as_user,

@@ -117,9 +117,12 @@ def load_failure(name: str, status: int, payload: Any) -> ServingError:
     reason = payload.get("error", {}).get("reason") if isinstance(payload, dict) else None
     rank = _VLLM_RANK.search(message)
     if rank:
+        # The engine's own limit, which is limits.maxRank only where the operator started the engine: a
+        # targetRef Deployment keeps its own --max-lora-rank.
         return RankTooLarge(
-            f"the engine refused '{name}': the adapter has rank {rank[1]}, above the engine's --max-lora-rank "
-            f"{rank[2]} (limits.maxRank): retrain with a smaller r or raise limits.maxRank ({message})"
+            f"the engine refused '{name}': the adapter has rank {rank[1]}, above the engine's max_lora_rank "
+            f"{rank[2]}: retrain with a smaller r, or raise the engine's --max-lora-rank (limits.maxRank for "
+            f"runtime.engine: vllm; the Deployment's own flag with targetRef) ({message})"
         )
     if status >= 500 and any(marker in message for marker in _ENGINE_DOWN):
         return EngineUnavailable(f"the engine failed while loading '{name}' ({status}): {message}")
