@@ -8,7 +8,7 @@ import base64
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -206,6 +206,17 @@ def read_secret_key(client: ApiClient, namespace: str, name: str, key: str) -> s
     return base64.b64decode(value).decode() if value else None
 
 
+def read_secret_data(client: ApiClient, namespace: str, name: str) -> dict[str, str] | None:
+    """Every key of a Secret, decoded; None when it does not exist. The values are credentials: never log them."""
+    try:
+        secret = CoreV1Api(client).read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+
+
 def read_deployment(client: ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
     try:
         return as_dict(client, kubernetes.client.AppsV1Api(client).read_namespaced_deployment(name, namespace))
@@ -215,7 +226,11 @@ def read_deployment(client: ApiClient, namespace: str, name: str) -> dict[str, A
         raise
 
 
-def patch_deployment(client: ApiClient, namespace: str, name: str, patch: dict[str, Any]) -> None:
-    kubernetes.client.AppsV1Api(client).patch_namespaced_deployment(
-        name, namespace, patch, _content_type="application/strategic-merge-patch+json"
-    )
+def list_deployments(client: ApiClient, namespaces: Sequence[str], label: str) -> list[dict[str, Any]]:
+    """Deployments that carry `label` (any value), in `namespaces` or, when empty, in every namespace."""
+    apps = kubernetes.client.AppsV1Api(client)
+    if not namespaces:
+        return [as_dict(client, d) for d in apps.list_deployment_for_all_namespaces(label_selector=label).items]
+    return [
+        as_dict(client, d) for ns in namespaces for d in apps.list_namespaced_deployment(ns, label_selector=label).items
+    ]

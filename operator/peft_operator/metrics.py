@@ -17,6 +17,16 @@ ADAPTER_LOAD_SECONDS = Histogram(
 LOADED_ADAPTERS = Gauge(
     "peft_operator_loaded_adapters", "Adapters Loaded on every replica, per AdapterDeployment.", ["namespace", "name"]
 )
+TARGET_APPLIES = Counter(
+    "peft_operator_target_applies_total",
+    "Server-side applies of the operator's fields to a targetRef Deployment, per AdapterDeployment.",
+    ["namespace", "name"],
+)
+TARGET_RELEASES = Counter(
+    "peft_operator_target_releases_total",
+    "targetRef Deployments whose operator fields were removed, per former AdapterDeployment.",
+    ["namespace", "name"],
+)
 
 _phases: dict[tuple[str, str], str] = {}
 _phases_lock = threading.Lock()

@@ -37,7 +37,6 @@ ENGINE_LOOPBACK_PORT = 8080  # the engine itself, on the pod's loopback only (th
 AGENT_PORT = 8001
 # Pods count as ready (and get Service traffic) only once the operator set this condition on them.
 ADAPTERS_READY_GATE = "peft.dev/adapters-loaded"
-PATCHED_ANNOTATION = "peft.dev/adapter-deployment"
 
 
 def engine_name(adapter_deployment: str) -> str:

@@ -15,6 +15,7 @@ from urllib3.exceptions import HTTPError
 
 from . import metrics
 from .adapterdeployment import reconcile as adapterdeployment_controller
+from .adapterdeployment import target
 from .api import AdapterDeployment, FineTuneJob
 from .finetunejob import reconcile as finetunejob_controller
 from .settings import OperatorSettings
@@ -62,6 +63,8 @@ def adapterdeployment(client: ApiClient, settings: OperatorSettings, namespace: 
 
 
 Reconcile = Callable[[ApiClient, OperatorSettings, str, str], None]
+# After a re-check: tidy what objects that are gone left behind (`namespaces`, the objects listed).
+Sweep = Callable[[ApiClient, tuple[str, ...], list[dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Controller:
     reconcile: Reconcile
     resync_seconds: float
     wants_resync: Callable[[dict[str, Any]], bool]
+    sweep: Sweep | None = None
 
 
 CONTROLLERS = (
@@ -81,5 +85,6 @@ CONTROLLERS = (
         adapterdeployment,
         adapterdeployment_controller.RESYNC_SECONDS,
         adapterdeployment_controller.wants_resync,
+        target.release_orphans,
     ),
 )

@@ -35,6 +35,11 @@ async def _pass(client: ApiClient, settings: OperatorSettings, controller: Contr
             await asyncio.to_thread(controller.reconcile, client, settings, meta["namespace"], meta["name"])
         except Exception as error:  # one object's trouble never stops the others' re-check
             log.warning("Re-check of %s %s/%s failed: %s", plural, meta["namespace"], meta["name"], error)
+    if controller.sweep is not None:
+        try:
+            await asyncio.to_thread(controller.sweep, client, settings.watch_namespaces, items)
+        except Exception as error:
+            log.warning("Tidying up after deleted %s failed: %s", plural, error)
 
 
 async def _every(client: ApiClient, settings: OperatorSettings, controller: Controller) -> None:

@@ -20,7 +20,6 @@ from peft_operator.adapterdeployment.status import (
     may_retry,
     pod_is_complete,
 )
-from peft_operator.adapterdeployment.target import render_target_patch
 from peft_operator.api import AdapterDeployment, AdapterDeploymentStatus
 from peft_operator.api.adapterdeployment import AdapterState, AdapterStatus, Engine
 from peft_operator.settings import OperatorSettings
@@ -105,39 +104,6 @@ def test_service_selects_the_engine_pods() -> None:
     service = render_engine_service(_adep())
     assert service["spec"]["selector"]["peft.dev/adapterdeployment"] == "smollm2-shared"
     assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http"}]
-
-
-def test_target_patch_adds_sidecar_flags_and_keeps_the_users_gates_and_args() -> None:
-    adep = _adep("adapterdeployment-vllm-existing.yaml")
-    existing = {
-        "spec": {
-            "template": {
-                "spec": {
-                    "readinessGates": [{"conditionType": "example.com/warm"}],
-                    "containers": [{"name": "vllm", "args": ["--model=/models/llama", "--max-lora-rank=16"]}],
-                }
-            }
-        }
-    }
-    patch = render_target_patch(adep, existing, SETTINGS)
-    pod = patch["spec"]["template"]["spec"]
-    engine = next(c for c in pod["containers"] if c["name"] == "vllm")
-    # the user's own --max-lora-rank stays; vLLM's default --max-loras (1 per batch) would serialize tenants
-    assert engine["args"] == [
-        "--model=/models/llama",
-        "--max-lora-rank=16",
-        "--enable-lora",
-        "--max-loras=16",
-        "--max-cpu-loras=128",
-    ]
-    assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in engine["env"]
-    assert [c["name"] for c in pod["containers"]] == ["vllm", "adapter-agent"]
-    assert pod["readinessGates"] == [
-        {"conditionType": "example.com/warm"},
-        {"conditionType": "peft.dev/adapters-loaded"},
-    ]
-    assert patch["spec"]["template"]["metadata"]["labels"] == {"peft.dev/adapterdeployment": "llama-team-adapters"}
-    assert patch["metadata"]["annotations"] == {"peft.dev/adapter-deployment": "llama-team-adapters"}
 
 
 def test_finetunejob_sources_resolve_only_once_the_job_succeeded() -> None:

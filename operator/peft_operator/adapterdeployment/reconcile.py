@@ -22,7 +22,7 @@ from ..api.validation import SpecError, parse_object
 from ..conditions import set_condition
 from ..events import KubeEvent, post_event
 from ..local_only import local_only_problems
-from ..naming import ADAPTERS_READY_GATE, LABEL_ADAPTERDEPLOYMENT, PATCHED_ANNOTATION, admin_token_secret_name
+from ..naming import ADAPTERS_READY_GATE, LABEL_ADAPTERDEPLOYMENT, admin_token_secret_name
 from ..secret_refs import SecretReference, first_missing
 from ..settings import OperatorSettings
 from .agent_client import AgentClient, AgentRefusal, AgentUnreachableError
@@ -35,7 +35,7 @@ from .engine import (
 )
 from .sources import DesiredAdapter, resolve_adapters
 from .status import LoadFailure, PodReport, compute_status, failed_adapters, may_retry, pod_is_complete
-from .target import render_target_patch, target_container
+from .target import engine_configured, ensure_target
 
 log = logging.getLogger(__name__)
 AgentFactory = Callable[[str, str], AgentClient]
@@ -135,38 +135,31 @@ def _adapter_claims(desired: list[DesiredAdapter]) -> list[str]:
     return sorted({u.authority for u in uris if u.scheme is Scheme.PVC})
 
 
+def _adapter_secrets(desired: list[DesiredAdapter]) -> list[str]:
+    return sorted({a.credentials_secret for a in desired if a.credentials_secret})
+
+
 def _ensure_engine(
     client: ApiClient, adep: AdapterDeployment, settings: OperatorSettings, desired: list[DesiredAdapter]
-) -> tuple[int, Blocked | None]:
-    """Create or patch the engine; return (desired replicas, a problem that blocks serving)."""
+) -> tuple[int, Blocked | None, tuple[str, ...]]:
+    """Create or equip the engine; return (desired replicas, a problem that blocks serving, the vLLM flags a
+    targetRef engine's owner should add)."""
     meta = adep.metadata
     assert meta.namespace is not None and meta.name is not None
     if adep.spec.runtime is not None:
         kube.ensure_namespaced(client, render_engine_service(adep))
-        secrets = sorted({a.credentials_secret for a in desired if a.credentials_secret})
-        deployment = render_engine_deployment(adep, settings, _adapter_claims(desired), secrets)
+        deployment = render_engine_deployment(adep, settings, _adapter_claims(desired), _adapter_secrets(desired))
         kube.server_side_apply(client, deployment, field_manager=kube.FIELD_MANAGER)
-        return adep.spec.runtime.replicas, None
-    target = adep.spec.target_ref
-    assert target is not None
-    existing = kube.read_deployment(client, meta.namespace, target.name)
-    if existing is None:
-        return 0, Blocked("TargetNotFound", f"Deployment {target.name} (targetRef) does not exist in this namespace.")
-    if target_container(adep, existing) is None:
-        names = ", ".join(c["name"] for c in existing["spec"]["template"]["spec"]["containers"])
-        message = f"Deployment {target.name} has no container named {target.container} (it has: {names}); fix targetRef.container."
-        return 0, Blocked("TargetContainerNotFound", message)
-    if (existing["metadata"].get("annotations") or {}).get(PATCHED_ANNOTATION) != meta.name:
-        patch = render_target_patch(adep, existing, settings)
-        kube.patch_deployment(client, meta.namespace, target.name, patch)
-        log.info("Patched Deployment %s/%s for runtime adapter loading", meta.namespace, target.name)
-    return int(existing["spec"].get("replicas", 1)), None
+        return adep.spec.runtime.replicas, None, ()
+    state = ensure_target(client, adep, settings, _adapter_claims(desired), _adapter_secrets(desired))
+    return state.replicas, Blocked(*state.problem) if state.problem else None, state.flags_to_add
 
 
 def _prepare(
     client: ApiClient, adep: AdapterDeployment, settings: OperatorSettings, current: AdapterDeploymentStatus
-) -> tuple[str, list[DesiredAdapter], int] | Blocked:
-    """The admin token, the adapters to serve and the engine's replicas; or what blocks serving."""
+) -> tuple[str, list[DesiredAdapter], int, tuple[str, ...]] | Blocked:
+    """The admin token, the adapters to serve, the engine's replicas and the vLLM flags its manifest lacks;
+    or what blocks serving."""
     token = _admin_token(client, adep)
     if isinstance(token, Blocked):
         return token
@@ -176,8 +169,8 @@ def _prepare(
         lambda job: kube.get_custom(client, FineTuneJob.PLURAL, namespace or "", job),
         {a.name: a for a in current.adapters},
     )
-    replicas, blocked = _ensure_engine(client, adep, settings, desired)
-    return blocked if blocked is not None else (token, desired, replicas)
+    replicas, blocked, flags = _ensure_engine(client, adep, settings, desired)
+    return blocked if blocked is not None else (token, desired, replicas, flags)
 
 
 def _set_gate(client: ApiClient, pod: dict[str, Any], ready: bool, now: datetime) -> None:
@@ -258,7 +251,7 @@ def reconcile_adapterdeployment(
         if isinstance(prepared, Blocked):
             status, events = _refused(current, generation, prepared.reason, prepared.message, now)
         else:
-            token, desired, replicas = prepared
+            token, desired, replicas, flags = prepared
             previous = {a.name: a for a in current.adapters}
             held_back = frozenset(
                 a.name for a in desired if a.loadable and not may_retry(previous.get(a.name), a.sha256, now)
@@ -278,6 +271,8 @@ def reconcile_adapterdeployment(
             for pod, report in zip(pods, reports, strict=True):
                 _set_gate(client, pod, pod_is_complete(report, desired, failed), now)
             events = _adapter_events(current, status, desired)
+            if adep.spec.target_ref is not None:
+                events += engine_configured(status, flags, adep.spec.target_ref.name, generation, now)
             loaded_everywhere = sum(a.state is AdapterState.LOADED for a in status.adapters)
             metrics.LOADED_ADAPTERS.labels(namespace=namespace, name=name).set(loaded_everywhere)
     # Events first: a kill before the status write repeats them on the next pass instead of losing them.
