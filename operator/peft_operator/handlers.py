@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 
 from . import metrics, reconcilers
-from .api import GROUP, VERSION, AdapterDeployment, FineTuneJob
+from .api import GROUP, VERSION, AdapterAttachment, AdapterDeployment, FineTuneJob
 from .naming import LABEL_ADAPTERDEPLOYMENT, LABEL_FINETUNEJOB
 
 log = logging.getLogger(__name__)
@@ -76,3 +76,19 @@ def adapterdeployment_changed(namespace: str | None, name: str, memo: Any, **_: 
 @kopf.on.event("", "v1", "pods", labels={LABEL_ADAPTERDEPLOYMENT: kopf.PRESENT})
 def engine_pod_changed(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
     _run_for_event(reconcilers.adapterdeployment, memo, namespace, labels[LABEL_ADAPTERDEPLOYMENT])
+
+
+@kopf.on.create(GROUP, VERSION, AdapterAttachment.PLURAL)
+@kopf.on.resume(GROUP, VERSION, AdapterAttachment.PLURAL)
+@kopf.on.update(GROUP, VERSION, AdapterAttachment.PLURAL, field="spec")
+@kopf.on.delete(GROUP, VERSION, AdapterAttachment.PLURAL, optional=True)  # optional: no finalizer
+def adapterattachment_changed(
+    namespace: str | None, name: str, spec: Mapping[str, Any], memo: Any, reason: str, **_: Any
+) -> None:
+    """An attachment came, changed or went: its own checks, then its AdapterDeployment's pass (which
+    accepts, loads or unloads it and reports back). A missed deletion is caught by that pass's re-check."""
+    if reason != "delete":
+        _run(reconcilers.adapterattachment, memo, namespace, name)
+    ref = spec.get("adapterDeploymentRef") or {}
+    if ref.get("namespace") and ref.get("name"):
+        _run(reconcilers.adapterdeployment, memo, ref["namespace"], ref["name"])

@@ -14,9 +14,10 @@ from kubernetes.client import ApiClient, ApiException
 from urllib3.exceptions import HTTPError
 
 from . import metrics
+from .adapterattachment import reconcile as adapterattachment_controller
 from .adapterdeployment import reconcile as adapterdeployment_controller
 from .adapterdeployment import target
-from .api import AdapterDeployment, FineTuneJob
+from .api import AdapterAttachment, AdapterDeployment, FineTuneJob
 from .finetunejob import reconcile as finetunejob_controller
 from .settings import OperatorSettings
 
@@ -62,6 +63,15 @@ def adapterdeployment(client: ApiClient, settings: OperatorSettings, namespace: 
     _guarded(AdapterDeployment.KIND, work, namespace, name)
 
 
+def adapterattachment(client: ApiClient, settings: OperatorSettings, namespace: str, name: str) -> None:
+    """The attachment's own checks only; its AdapterDeployment's pass (run by the handlers) does the rest."""
+
+    def work() -> None:
+        adapterattachment_controller.reconcile_adapterattachment(client, namespace, name)
+
+    _guarded(AdapterAttachment.KIND, work, namespace, name)
+
+
 Reconcile = Callable[[ApiClient, OperatorSettings, str, str], None]
 # After a re-check: tidy what objects that are gone left behind (`namespaces`, the objects listed).
 Sweep = Callable[[ApiClient, tuple[str, ...], list[dict[str, Any]]], None]
@@ -71,7 +81,7 @@ Sweep = Callable[[ApiClient, tuple[str, ...], list[dict[str, Any]]], None]
 class Controller:
     """One kind's controller as the resync loop sees it."""
 
-    model: type[FineTuneJob] | type[AdapterDeployment]  # KIND and PLURAL
+    model: type[FineTuneJob] | type[AdapterDeployment] | type[AdapterAttachment]  # KIND and PLURAL
     reconcile: Reconcile
     resync_seconds: float
     wants_resync: Callable[[dict[str, Any]], bool]
@@ -86,5 +96,11 @@ CONTROLLERS = (
         adapterdeployment_controller.RESYNC_SECONDS,
         adapterdeployment_controller.wants_resync,
         target.release_orphans,
+    ),
+    Controller(
+        AdapterAttachment,
+        adapterattachment,
+        adapterattachment_controller.RESYNC_SECONDS,
+        adapterattachment_controller.wants_resync,
     ),
 )

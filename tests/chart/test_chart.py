@@ -74,7 +74,7 @@ def test_every_manifest_is_valid_for_kubernetes_1_37(chart: Any, scenario: str) 
 
 def test_chart_crds_are_the_generated_ones(chart: Any) -> None:
     crds = {yaml.safe_load(c["data"])["metadata"]["name"]: c["data"] for c in chart.crds}
-    assert set(crds) == {"finetunejobs.peft.dev", "adapterdeployments.peft.dev"}
+    assert set(crds) == {"finetunejobs.peft.dev", "adapterdeployments.peft.dev", "adapterattachments.peft.dev"}
     for name, text in crds.items():
         assert text == (CHART_DIR.parents[1] / "crds" / f"{name}.yaml").read_text()
 

@@ -7,7 +7,7 @@ from peft_operator.adapterdeployment.agent_client import AgentRefusal, AgentUnre
 from peft_operator.adapterdeployment.reconcile import sync_pod
 from peft_operator.adapterdeployment.sources import DesiredAdapter
 from peft_operator.api.adapterdeployment import AdapterState
-from peft_operator.api.agent import AdapterList, AdapterReport, EngineInfo
+from peft_operator.api.agent import AdapterList, AdapterReport, EngineInfo, SourceCredentials
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
 
@@ -20,6 +20,7 @@ class FakeAgent:
         self.refuse = refuse or {}
         self.reachable = reachable
         self.calls: list[str] = []
+        self.credentials: dict[str, SourceCredentials | None] = {}
 
     def loaded(self) -> AdapterList:
         if not self.reachable:
@@ -27,8 +28,16 @@ class FakeAgent:
         reports = [AdapterReport(name=n, state=AdapterState.LOADED, digest=d) for n, d in self.holds.items()]
         return AdapterList(engine=EngineInfo(url="http://engine", engine="builtin"), adapters=reports)
 
-    def load(self, name: str, uri: str, sha256: str, credentials_env_prefix: str | None = None) -> AdapterReport:
+    def load(
+        self,
+        name: str,
+        uri: str,
+        sha256: str,
+        credentials_env_prefix: str | None = None,
+        credentials: SourceCredentials | None = None,
+    ) -> AdapterReport:
         self.calls.append(f"load {name} {sha256[:1]}")
+        self.credentials[name] = credentials
         if name in self.refuse:
             raise AgentRefusal(422, self.refuse[name], f"{name} cannot be loaded")
         self.holds[name] = sha256
@@ -77,3 +86,14 @@ def test_adapters_not_loadable_yet_are_neither_loaded_nor_unloaded_elsewhere() -
 def test_an_unreachable_agent_is_reported_without_raising() -> None:
     report = sync_pod(FakeAgent(holds={}, reachable=False), "engine-1", [_desired("x", A)], frozenset())  # type: ignore[arg-type]
     assert not report.reachable and report.error == "connection refused"
+
+
+def test_an_attached_adapters_credentials_go_with_its_own_load_only() -> None:
+    agent = FakeAgent(holds={})
+    keys = SourceCredentials.model_validate({"AWS_ACCESS_KEY_ID": "tenant-a-key", "AWS_SECRET_ACCESS_KEY": "s3cr3t"})
+    attached = DesiredAdapter("tenant-a/pirate", uri="s3://tenant-a/pirate", sha256=A, credentials=keys)
+
+    sync_pod(agent, "engine-0", [_desired("own", B), attached], held_back=frozenset())  # type: ignore[arg-type]
+
+    assert agent.credentials == {"own": None, "tenant-a/pirate": keys}
+    assert "s3cr3t" not in repr(attached) and "tenant-a-key" not in repr(keys)

@@ -13,6 +13,7 @@ from ..api.agent import (
     AdapterReport,
     ErrorBody,
     LoadAdapterRequest,
+    SourceCredentials,
     adapter_path,
 )
 from ..naming import AGENT_PORT
@@ -63,8 +64,17 @@ class AgentClient:
     def loaded(self) -> AdapterList:
         return AdapterList.model_validate(self._call("GET", ADAPTERS_PATH))
 
-    def load(self, name: str, uri: str, sha256: str, credentials_env_prefix: str | None = None) -> AdapterReport:
-        body = LoadAdapterRequest(uri=uri, sha256=sha256, credentials_env_prefix=credentials_env_prefix).to_wire()
+    def load(
+        self,
+        name: str,
+        uri: str,
+        sha256: str,
+        credentials_env_prefix: str | None = None,
+        credentials: SourceCredentials | None = None,
+    ) -> AdapterReport:
+        body = LoadAdapterRequest(
+            uri=uri, sha256=sha256, credentials_env_prefix=credentials_env_prefix, credentials=credentials
+        ).to_wire()
         return AdapterReport.model_validate(self._call("PUT", adapter_path(name), body))
 
     def unload(self, name: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from kubernetes.client import ApiClient
 
 from .. import kube, metrics
+from ..adapterattachment import parent as attachments
 from ..api import AdapterDeployment, AdapterDeploymentStatus, FineTuneJob, Scheme, parse_uri
 from ..api.adapterdeployment import AdapterState
 from ..api.validation import SpecError, parse_object
@@ -33,7 +34,7 @@ from .engine import (
     render_engine_deployment,
     render_engine_service,
 )
-from .sources import DesiredAdapter, resolve_adapters
+from .sources import DesiredAdapter, attached_adapters, resolve_adapters
 from .status import LoadFailure, PodReport, compute_status, failed_adapters, may_retry, pod_is_complete
 from .target import engine_configured, ensure_target
 
@@ -71,7 +72,7 @@ def sync_pod(agent: AgentClient, pod_name: str, desired: list[DesiredAdapter], h
                     prefix = (
                         adapter_credentials_prefix(adapter.credentials_secret) if adapter.credentials_secret else None
                     )
-                    loaded = agent.load(adapter.name, adapter.uri, adapter.sha256, prefix)
+                    loaded = agent.load(adapter.name, adapter.uri, adapter.sha256, prefix, adapter.credentials)
                 report.loaded[adapter.name] = loaded.digest or adapter.sha256
                 log.info("Loaded adapter %s (%s) on pod %s", adapter.name, adapter.sha256[:12], pod_name)
             except AgentRefusal as refusal:
@@ -156,10 +157,14 @@ def _ensure_engine(
 
 
 def _prepare(
-    client: ApiClient, adep: AdapterDeployment, settings: OperatorSettings, current: AdapterDeploymentStatus
+    client: ApiClient,
+    adep: AdapterDeployment,
+    settings: OperatorSettings,
+    current: AdapterDeploymentStatus,
+    attached: attachments.Attachments,
 ) -> tuple[str, list[DesiredAdapter], int, tuple[str, ...]] | Blocked:
-    """The admin token, the adapters to serve, the engine's replicas and the vLLM flags its manifest lacks;
-    or what blocks serving."""
+    """The admin token, the adapters to serve (its own, then those other namespaces attached), the engine's
+    replicas and the vLLM flags its manifest lacks; or what blocks serving."""
     token = _admin_token(client, adep)
     if isinstance(token, Blocked):
         return token
@@ -168,7 +173,7 @@ def _prepare(
         adep,
         lambda job: kube.get_custom(client, FineTuneJob.PLURAL, namespace or "", job),
         {a.name: a for a in current.adapters},
-    )
+    ) + attached_adapters(attached.loadable)
     replicas, blocked, flags = _ensure_engine(client, adep, settings, desired)
     return blocked if blocked is not None else (token, desired, replicas, flags)
 
@@ -236,13 +241,15 @@ def reconcile_adapterdeployment(
     current = AdapterDeploymentStatus.model_validate(body.get("status") or {})
     generation = body["metadata"].get("generation")
     now = datetime.now(UTC)
+    attached: attachments.Attachments | None = None
     try:
         adep = parse_object(AdapterDeployment, body)
         problems = local_only_problems({"spec.baseModel.uri": adep.spec.base_model.uri})
         if problems:
             raise SpecError(AdapterDeployment.KIND, name, problems)
+        attached = attachments.gather(client, adep, settings.watch_namespaces)
         with kube.creating_children():
-            prepared = _prepare(client, adep, settings, current)
+            prepared = _prepare(client, adep, settings, current, attached)
     except SpecError as error:
         status, events = _refused(current, generation, "InvalidSpec", "; ".join(error.problems), now)
     except kube.ChildNotCreatedError as error:
@@ -282,3 +289,5 @@ def reconcile_adapterdeployment(
         kube.patch_status(
             client, AdapterDeployment.PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion")
         )
+    if attached is not None:
+        attachments.report(client, attached, status, status.endpoint, now)

@@ -7,11 +7,13 @@ jobs never takes a tenant offline). Only removing the adapter from the spec unlo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..adapterattachment.parent import AttachedAdapter
 from ..api import AdapterDeployment, FineTuneJobStatus, Phase
 from ..api.adapterdeployment import AdapterSpec, AdapterStatus
+from ..api.agent import SourceCredentials
 from ..local_only import LOCAL_ONLY, is_local_only
 
 # A FineTuneJob lookup by name in the AdapterDeployment's own namespace (None when it does not exist).
@@ -30,6 +32,8 @@ class DesiredAdapter:
     waiting: str | None = None  # not loadable yet (FineTuneJob still running): Pending
     refused: str | None = None  # will not become loadable without a change: Failed
     source_gone: str | None = None  # loadable from the status record, but its FineTuneJob was deleted
+    # An attached adapter's credentials, read from the tenant's namespace: sent with its load request only.
+    credentials: SourceCredentials | None = field(default=None, repr=False, compare=False)
 
     @property
     def loadable(self) -> bool:
@@ -93,3 +97,8 @@ def resolve_adapters(
             resolved = DesiredAdapter(adapter.name, refused=f"{resolved.uri}: {LOCAL_ONLY}")
         desired.append(resolved)
     return desired
+
+
+def attached_adapters(attached: list[AttachedAdapter]) -> list[DesiredAdapter]:
+    """Adapters other namespaces attached (accepted, sources resolved), under their `<namespace>/<name>`."""
+    return [DesiredAdapter(a.served_name, uri=a.uri, sha256=a.sha256, credentials=a.credentials) for a in attached]

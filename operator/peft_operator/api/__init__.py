@@ -1,5 +1,6 @@
 """The peft.dev/v1alpha1 API: the single source of truth for CRDs, operator validation and the trainer."""
 
+from .adapterattachment import AdapterAttachment, AdapterAttachmentSpec, AdapterAttachmentStatus
 from .adapterdeployment import AdapterDeployment, AdapterDeploymentSpec, AdapterDeploymentStatus
 from .base import API_VERSION, GROUP, VERSION, Condition, ConditionStatus
 from .finetunejob import FineTuneJob, FineTuneJobSpec, FineTuneJobStatus, Phase
@@ -10,6 +11,9 @@ __all__ = [
     "API_VERSION",
     "GROUP",
     "VERSION",
+    "AdapterAttachment",
+    "AdapterAttachmentSpec",
+    "AdapterAttachmentStatus",
     "AdapterDeployment",
     "AdapterDeploymentSpec",
     "AdapterDeploymentStatus",

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from .base import ApiModel, Condition, DnsLabel, ObjectMeta, SecretKeyRef, SecretRef, Sha256
 from .finetunejob import BaseModelSource, ComputeResources
 from .rules import Rule, RuledModel, check
+from .selectors import LabelSelector
 from .uris import AdapterUri
 
 MAX_ADAPTERS_PER_DEPLOYMENT = 512
@@ -99,6 +100,43 @@ class AdapterSource(RuledModel):
     credentials_secret_ref: SecretRef | None = Field(default=None, description="Secret with S3 credentials.")
 
 
+class AttachmentsFrom(StrEnum):
+    SAME = "Same"  # only AdapterAttachments in this AdapterDeployment's own namespace
+    SELECTOR = "Selector"  # namespaces whose labels match `selector`
+    ALL = "All"  # every namespace
+
+
+class AttachmentPolicy(RuledModel):
+    """Which namespaces may attach adapters with an AdapterAttachment (Gateway API's allowedRoutes), and how
+    many each may hold. Cross-namespace attachment is refused unless the platform opts in here."""
+
+    RULES = (
+        Rule(
+            "self.from != 'Selector' || has(self.selector)",
+            "attachments.from: Selector needs attachments.selector (a label selector on namespaces)",
+            lambda p: p.from_ is not AttachmentsFrom.SELECTOR or p.selector is not None,
+        ),
+        Rule(
+            "!has(self.selector) || self.from == 'Selector'",
+            "attachments.selector is read only with attachments.from: Selector",
+            lambda p: p.selector is None or p.from_ is AttachmentsFrom.SELECTOR,
+        ),
+    )
+
+    from_: AttachmentsFrom = Field(
+        default=AttachmentsFrom.SAME,
+        alias="from",
+        description="Same (this namespace only, the default), Selector (namespaces matching selector) or All.",
+    )
+    selector: LabelSelector | None = Field(default=None, description="Namespaces that may attach (from: Selector).")
+    max_per_namespace: int = Field(
+        default=8,
+        ge=0,
+        le=MAX_ADAPTERS_PER_DEPLOYMENT,
+        description="Attachments accepted from each namespace; older ones first, the rest are QuotaExceeded.",
+    )
+
+
 class AdapterSpec(ApiModel):
     """One tenant's adapter; `name` is the `model` clients ask for."""
 
@@ -148,6 +186,10 @@ class AdapterDeploymentSpec(RuledModel):
     token_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="Secret key with the bearer token guarding the load/unload API (generated if unset).",
+    )
+    attachments: AttachmentPolicy = Field(
+        default_factory=AttachmentPolicy,
+        description="Which namespaces may attach adapters with an AdapterAttachment, and how many each.",
     )
 
     @model_validator(mode="after")

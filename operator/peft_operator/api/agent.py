@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_serializer
 
 from .adapterdeployment import AdapterState
 from .base import ApiModel, Sha256
@@ -65,9 +65,38 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "InternalError"
 
 
+# The keys of a credentials Secret that a fetch reads (the same names as the environment variables).
+CREDENTIAL_KEYS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "HF_TOKEN",
+)
+
+
+class SourceCredentials(ApiModel):
+    """Storage credentials for ONE fetch: an attached adapter's Secret lives in the tenant's namespace, which
+    the engine pod cannot mount, so the operator reads it and hands the values over in the request. The agent
+    uses them for that download only and never stores or logs them; repr() shows `**********`."""
+
+    aws_access_key_id: SecretStr | None = Field(default=None, alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(default=None, alias="AWS_SECRET_ACCESS_KEY")
+    aws_session_token: SecretStr | None = Field(default=None, alias="AWS_SESSION_TOKEN")
+    aws_region: str | None = Field(default=None, max_length=64, alias="AWS_REGION")
+    aws_endpoint_url: str | None = Field(default=None, max_length=2048, alias="AWS_ENDPOINT_URL")
+    hf_token: SecretStr | None = Field(default=None, alias="HF_TOKEN")
+
+    @field_serializer("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "hf_token", when_used="json")
+    def _reveal_on_the_wire(self, value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+
 class LoadAdapterRequest(ApiModel):
-    """Body of PUT /v1/adapters/{name}. Credentials are not sent: the agent's environment holds them
-    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, HF_TOKEN)."""
+    """Body of PUT /v1/adapters/{name}. Credentials come from the agent's environment (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, HF_TOKEN, or <prefix>AWS_* from the adapter's own Secret), or, for an
+    adapter attached from another namespace, in `credentials` for this one fetch."""
 
     uri: AdapterUri = Field(description="s3://, pvc://, file:// or hf:// adapter directory.")
     sha256: Sha256 = Field(description="sha256 of the adapter's manifest.json; every file is checked against it.")
@@ -76,6 +105,10 @@ class LoadAdapterRequest(ApiModel):
         max_length=128,
         pattern=r"^[A-Z0-9_]+$",
         description="Read S3 credentials from <prefix>AWS_* (the pod's env from this adapter's Secret).",
+    )
+    credentials: SourceCredentials | None = Field(
+        default=None,
+        description="Credentials for this fetch only (an attached adapter's Secret, read by the operator).",
     )
 
 

@@ -26,9 +26,11 @@ def create_app(agent: AdapterAgent, token: TokenSource) -> web.Application:
     app[TOKEN] = token
     app.router.add_get(HEALTH_PATH, health)
     app.router.add_get(ADAPTERS_PATH, list_adapters)
-    app.router.add_get(ADAPTERS_PATH + "/{name}", get_adapter)
-    app.router.add_put(ADAPTERS_PATH + "/{name}", put_adapter)
-    app.router.add_delete(ADAPTERS_PATH + "/{name}", delete_adapter)
+    # A name is a label, or <namespace>/<label> for an adapter attached from another namespace.
+    one_adapter = ADAPTERS_PATH + "/{name:[^/]+(/[^/]+)?}"
+    app.router.add_get(one_adapter, get_adapter)
+    app.router.add_put(one_adapter, put_adapter)
+    app.router.add_delete(one_adapter, delete_adapter)
 
     async def close_engine_client(_: web.Application) -> None:
         await agent.engine.close()

@@ -20,6 +20,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from peft_operator.api.agent import SourceCredentials
 from peft_operator.api.manifest import MANIFEST_FILE_NAME
 from peft_operator.api.uris import Scheme, StorageUri
 from peft_runtime.common.errors import AdapterCorrupt
@@ -28,15 +29,25 @@ from .errors import InsufficientStorage, SourceNotFound, SourceUnavailable
 from .roots import SourceRoots
 
 
-def fetch(uri: StorageUri, dest: Path, *, roots: SourceRoots, credentials_env_prefix: str = "") -> None:
+def fetch(
+    uri: StorageUri,
+    dest: Path,
+    *,
+    roots: SourceRoots,
+    credentials_env_prefix: str = "",
+    credentials: SourceCredentials | None = None,
+) -> None:
+    """`credentials`: handed over for this fetch only (an adapter attached from another namespace)."""
     try:
         local = roots.local_dir(uri)  # pvc:// and file://, refused outside the agent's roots
         if local is not None:
             get = _local_getter(local, uri)
         elif uri.scheme is Scheme.S3:
-            get = _s3_getter(uri, credentials_env_prefix)
+            get = _s3_getter(uri, credentials_env_prefix, credentials)
         elif uri.scheme is Scheme.HF:
-            get = _hub_getter(uri)
+            get = _hub_getter(
+                uri, credentials.hf_token.get_secret_value() if credentials and credentials.hf_token else None
+            )
         else:
             raise SourceNotFound(f"{uri}: adapters cannot come from {uri.scheme.value}:// URIs")
         dest.mkdir(parents=True, exist_ok=True)
@@ -82,13 +93,15 @@ def _local_getter(source: Path, uri: StorageUri) -> Callable[[str, Path], None]:
     return get
 
 
-def _s3_getter(uri: StorageUri, credentials_env_prefix: str) -> Callable[[str, Path], None]:
+def _s3_getter(
+    uri: StorageUri, credentials_env_prefix: str, credentials: SourceCredentials | None
+) -> Callable[[str, Path], None]:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from peft_runtime.common.storage import s3_client
 
     prefix = f"{uri.path}/" if uri.path else ""
-    client = s3_client(credentials_env_prefix)
+    client = s3_client(credentials_env_prefix, credentials)
 
     def get(name: str, target: Path) -> None:
         try:
@@ -106,7 +119,8 @@ def _s3_getter(uri: StorageUri, credentials_env_prefix: str) -> Callable[[str, P
     return get
 
 
-def _hub_getter(uri: StorageUri) -> Callable[[str, Path], None]:
+def _hub_getter(uri: StorageUri, token: str | None) -> Callable[[str, Path], None]:
+    """`token` None: HF_TOKEN from the environment, if any."""
     from huggingface_hub import hf_hub_download
 
     parts = uri.path.split("/", 1)
@@ -115,7 +129,7 @@ def _hub_getter(uri: StorageUri) -> Callable[[str, Path], None]:
 
     def get(name: str, target: Path) -> None:
         try:
-            downloaded = hf_hub_download(repo_id, name, subfolder=subfolder)
+            downloaded = hf_hub_download(repo_id, name, subfolder=subfolder, token=token)
         except Exception as error:  # the Hub client raises many types; all mean "cannot read"
             raise SourceUnavailable(f"cannot download {name} of {uri} from the Hugging Face Hub: {error}") from error
         shutil.copyfile(downloaded, target)

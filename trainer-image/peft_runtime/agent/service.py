@@ -96,6 +96,7 @@ class AdapterAgent:
                 staging,
                 roots=self.roots,
                 credentials_env_prefix=request.credentials_env_prefix or "",
+                credentials=request.credentials,
             )
             try:
                 manifest = verify_adapter_dir(staging, request.sha256)

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from peft_operator.api.agent import SourceCredentials
 from peft_operator.api.plan import MODEL_CREDENTIALS_PREFIX, Mounts
 from peft_operator.api.uris import Scheme, StorageUri, parse_uri
 
@@ -47,15 +48,20 @@ def local_path(uri: StorageUri, mounts: Mounts) -> Path:
 # ---------------------------------------------------------------------------------------------- S3
 
 
-def s3_client(env_prefix: str = "") -> Any:
+def s3_client(env_prefix: str = "", credentials: SourceCredentials | None = None) -> Any:
     """A boto3 S3 client configured from the environment; path-style addressing for custom endpoints.
 
     With `env_prefix` (the operator gives each credentials Secret its own, e.g. DATASET_), the
-    `<prefix>AWS_*` variables win; whatever they leave unset comes from the standard AWS chain."""
+    `<prefix>AWS_*` variables win; whatever they leave unset comes from the standard AWS chain. With
+    `credentials` (handed over for one fetch), their values win the same way."""
     import boto3
     from botocore.config import Config
 
+    given = credentials.model_dump(mode="json", by_alias=True, exclude_none=True) if credentials else {}
+
     def prefixed(name: str) -> str | None:
+        if name in given:
+            return str(given[name])
         return os.environ.get(env_prefix + name) if env_prefix else None
 
     endpoint = (

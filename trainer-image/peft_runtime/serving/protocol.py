@@ -197,7 +197,8 @@ class ModelList(BaseModel):
 class LoadLoRAAdapterRequest(Request):
     """vLLM's POST /v1/load_lora_adapter."""
 
-    lora_name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    # '/' as in vLLM: an adapter attached from another namespace is served as <namespace>/<name>.
+    lora_name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     lora_path: str = Field(min_length=1, max_length=4096)
     pinned: bool = Field(default=False, description="Built-in extension: never evict it to make room for another.")
 

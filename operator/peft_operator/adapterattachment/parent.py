@@ -1,0 +1,155 @@
+"""The AdapterDeployment's side of attachment, as a Gateway controller handles its Routes: gather the
+attachments that name a deployment, decide which it accepts, resolve their sources in the tenants'
+namespaces, and, after the pass that loads them, report back on each attachment in its own namespace.
+
+The tenant's storage credentials are read here, from the tenant's namespace, for accepted attachments only;
+they travel in memory to the agent with the one load request that needs them (`SourceCredentials`) and are
+never written to any object, Event or log of the platform's namespace."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+from kubernetes.client import ApiClient, ApiException, CoreV1Api, CustomObjectsApi
+
+from .. import kube
+from ..api import GROUP, VERSION, AdapterAttachment, AdapterAttachmentStatus, AdapterDeployment, AdapterDeploymentStatus
+from ..api.adapterattachment import served_name
+from ..api.adapterdeployment import AttachmentsFrom
+from ..api.agent import CREDENTIAL_KEYS, SourceCredentials
+from ..api.validation import SpecError, parse_object
+from ..events import post_event
+from .admission import Verdict, admit, key_of
+from .sources import ResolvedSource, resolve_source
+from .status import Serving, attachment_events, attachment_status
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttachedAdapter:
+    """An accepted attachment whose source resolved: what the agents should load, under its served name."""
+
+    served_name: str
+    uri: str
+    sha256: str
+    credentials: SourceCredentials | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Attachment:
+    body: dict[str, Any]
+    model: AdapterAttachment
+    verdict: Verdict
+    source: ResolvedSource
+
+
+@dataclass
+class Attachments:
+    """Every valid attachment naming one AdapterDeployment, with its verdict and resolved source."""
+
+    items: list[Attachment]
+    loadable: list[AttachedAdapter]
+
+
+def _list(client: ApiClient, deployment: AdapterDeployment, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+    selector = (
+        f"spec.adapterDeploymentRef.namespace={deployment.metadata.namespace},"
+        f"spec.adapterDeploymentRef.name={deployment.metadata.name}"
+    )
+    api = CustomObjectsApi(client)
+    plural = AdapterAttachment.PLURAL
+    if not namespaces:
+        return api.list_cluster_custom_object(GROUP, VERSION, plural, field_selector=selector)["items"]  # type: ignore[no-any-return]
+    items: list[dict[str, Any]] = []
+    for namespace in namespaces:
+        items += api.list_namespaced_custom_object(GROUP, VERSION, namespace, plural, field_selector=selector)["items"]
+    return items
+
+
+def _namespace_labels(client: ApiClient, namespaces: set[str]) -> dict[str, dict[str, str]]:
+    core = CoreV1Api(client)
+    return {ns: dict(core.read_namespace(ns).metadata.labels or {}) for ns in sorted(namespaces)}
+
+
+def _credentials(client: ApiClient, namespace: str, secret: str) -> SourceCredentials:
+    data = kube.read_secret_data(client, namespace, secret) or {}
+    return SourceCredentials.model_validate({k: v for k, v in data.items() if k in CREDENTIAL_KEYS and v})
+
+
+def gather(client: ApiClient, deployment: AdapterDeployment, namespaces: tuple[str, ...]) -> Attachments:
+    """`namespaces`: the operator's watched namespaces (empty: cluster-wide)."""
+    parsed: list[tuple[dict[str, Any], AdapterAttachment]] = []
+    for body in _list(client, deployment, namespaces):
+        try:
+            parsed.append((body, parse_object(AdapterAttachment, body)))
+        except SpecError:
+            continue  # its own controller reports InvalidSpec on it
+    selecting = deployment.spec.attachments.from_ is AttachmentsFrom.SELECTOR
+    labels = _namespace_labels(client, {key_of(m)[0] for _, m in parsed}) if selecting else {}
+    verdicts = admit(deployment, [m for _, m in parsed], labels)
+    items, loadable = [], []
+    for body, model in parsed:
+        namespace = key_of(model)[0]
+        source = resolve_source(
+            model.spec,
+            partial(kube.get_custom, client, "finetunejobs", namespace),
+            partial(kube.secret_keys, client, namespace),
+        )
+        verdict = verdicts[key_of(model)]
+        items.append(Attachment(body, model, verdict, source))
+        if verdict.accepted and source.resolved:
+            assert source.uri is not None and source.sha256 is not None
+            credentials = (
+                _credentials(client, namespace, source.credentials_secret) if source.credentials_secret else None
+            )
+            loadable.append(
+                AttachedAdapter(served_name(namespace, model.spec.name), source.uri, source.sha256, credentials)
+            )
+    return Attachments(items, loadable)
+
+
+def write_status(client: ApiClient, body: dict[str, Any], status: AdapterAttachmentStatus) -> None:
+    """Events first, then the status (with a resourceVersion precondition); a 409 waits for the next pass."""
+    meta = body["metadata"]
+    current = AdapterAttachmentStatus.model_validate(body.get("status") or {})
+    for event in attachment_events(current, status):
+        post_event(client, body, event)
+    if status == current:
+        return
+    try:
+        kube.patch_status(
+            client,
+            AdapterAttachment.PLURAL,
+            meta["namespace"],
+            meta["name"],
+            status.to_wire(),
+            meta.get("resourceVersion"),
+        )
+    except ApiException as error:
+        if error.status not in (404, 409):
+            raise
+        log.info("AdapterAttachment %s/%s moved on; its status follows next pass", meta["namespace"], meta["name"])
+
+
+def report(
+    client: ApiClient,
+    attachments: Attachments,
+    deployment_status: AdapterDeploymentStatus,
+    endpoint: str | None,
+    now: datetime,
+) -> None:
+    """Tell each attachment, in its own namespace, what the deployment decided and where it is loaded."""
+    by_name = {a.name: a for a in deployment_status.adapters}
+    for item in attachments.items:
+        namespace = key_of(item.model)[0]
+        name = served_name(namespace, item.model.spec.name)
+        serving = Serving(endpoint, deployment_status.replicas, by_name.get(name))
+        current = AdapterAttachmentStatus.model_validate(item.body.get("status") or {})
+        generation = item.body["metadata"].get("generation")
+        status = attachment_status(current, generation, name, item.verdict, item.source, serving, now)
+        write_status(client, item.body, status)
