@@ -38,7 +38,7 @@ $(OPERATOR_STAMP): pyproject.toml constraints.txt
 
 ## Everything but the slow SmolLM2 runs: unit, integration (real kube-apiserver), runtime (tiny models).
 test: install $(CONTROLPLANE_IF_GO) $(LUARUNNER_IF_GO) $(KUEUE_IF_GO)
-	$(BIN)/pytest -m "not slow and not images and not vllm"
+	$(BIN)/pytest -m "not slow and not images and not vllm and not node"
 
 test-unit: install
 	$(BIN)/pytest tests/unit

@@ -2,6 +2,8 @@
 # Builds the real control plane used by the integration tests: kube-apiserver,
 # kube-controller-manager, kubectl and etcd, from the Go modules pinned in
 # tests/controlplane/go.mod, into $REPO/.controlplane/bin (git-ignored).
+# With arguments, builds those commands instead (from cmd/), e.g. the real
+# node's kubelet, kube-scheduler and kube-proxy (mk/node.mk).
 #
 # A no-op when the binaries are up to date (a stamp records a hash of the
 # inputs); otherwise `go build` runs and reuses Go's module and build caches,
@@ -17,7 +19,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 OUT="${CONTROLPLANE_BIN:-$REPO/.controlplane/bin}"
 JOBS="${CONTROLPLANE_BUILD_JOBS:-2}"
-BINARIES=(kube-apiserver kube-controller-manager kubectl etcd)
+if [[ $# -gt 0 ]]; then BINARIES=("$@"); else BINARIES=(kube-apiserver kube-controller-manager kubectl etcd); fi
 
 # shellcheck source=../go_toolchain.sh
 source "$HERE/../go_toolchain.sh"
@@ -29,11 +31,14 @@ cd "$HERE"
 # script and the toolchain.
 stamp_inputs() {
   "$GO" version
+  echo "${BINARIES[*]}"
   cat go.mod go.sum "$HERE/build.sh"
   find cmd -type f -name '*.go' -print0 | LC_ALL=C sort -z | xargs -0 cat
 }
 want="$(stamp_inputs | sha256sum | cut -d' ' -f1)"
+# One stamp per set of commands, so two sets can share an output folder.
 stamp="$OUT/.stamp"
+[[ $# -eq 0 ]] || stamp="$OUT/.stamp-$(echo "${BINARIES[*]}" | tr ' ' -)"
 
 up_to_date=1
 for b in "${BINARIES[@]}"; do
