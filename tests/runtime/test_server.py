@@ -11,6 +11,7 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from tests.support.adapters import (
     reference_generate,
     rewrite_manifest,
 )
+from tests.support.builtin_server import builtin_server
 from tests.support.http import call_json
 
 TOKEN = "test-admin-token"
@@ -67,33 +69,20 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    import torch
-
-    from peft_runtime.common.http_edge import BackgroundServer, TokenSource
-    from peft_runtime.serving.app import create_app
-    from peft_runtime.serving.engine import Engine, EngineConfig
-
-    threads = torch.get_num_threads()
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     token_file = tmp_path_factory.mktemp("secrets") / "token"
     token_file.write_text(TOKEN + "\n")
-    engine = Engine(
-        EngineConfig(
-            model_dir=tiny_model_dir,
-            served_name=BASE,
-            base_model_uri=base_uri(tiny_model_dir),
-            max_adapters=MAX_ADAPTERS,
-            max_rank=8,
-            batch_window_ms=20,
-            threads=1,  # tiny matrices: one thread beats two that contend on a shared 2-core machine
-        )
-    ).start()
-    http = BackgroundServer(lambda: create_app(engine, TokenSource(token_file))).start()
-    http.engine = engine  # type: ignore[attr-defined]
-    yield http
-    http.stop()
-    engine.stop()
-    torch.set_num_threads(threads)
+    with builtin_server(
+        tiny_model_dir,
+        token_file,
+        served_name=BASE,
+        base_model_uri=base_uri(tiny_model_dir),
+        max_adapters=MAX_ADAPTERS,
+        max_rank=8,
+        batch_window_ms=20,
+        threads=1,  # tiny matrices: one thread beats two that contend on a shared 2-core machine
+    ) as http:
+        yield http
 
 
 # --------------------------------------------------------------------------------------------- HTTP
@@ -345,10 +334,11 @@ def test_seeded_sampling_is_reproducible(server: Any) -> None:
 def test_bad_requests_get_400_and_unknown_models_404(server: Any) -> None:
     assert call(server, "POST", "/v1/completions", {"model": "nobody", "prompt": "x"})[0] == 404
     for body in (
-        {"prompt": "x", "n": 2},
+        {"prompt": "x", "n": 0},
+        {"prompt": "x", "n": 17},  # more choices than MAX_CHOICES
         {"prompt": "x", "max_tokens": 0},
         {"prompt": "x", "max_tokens": 5000},  # beyond the context
-        {"prompt": "x", "logprobs": 2},
+        {"prompt": "x", "logprobs": 21},  # more than OpenAI's 20 alternatives
         {"no_prompt": True},
     ):
         status, answer = call(server, "POST", "/v1/completions", body)

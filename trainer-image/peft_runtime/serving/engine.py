@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch
 from ..common.errors import BadRequest
 from .adapters import BaseModelInfo
 from .batching import BatchScheduler
-from .generation import BatchRunner, Event, Finished, GenerationRequest, SamplingParams, TextDelta
+from .generation import BatchRunner, Event, Finished, GenerationRequest, SamplingParams, TextDelta, TokenLogprob
 from .metrics import ServingMetrics
 from .protocol import ChatMessage
 from .registry import AdapterRegistry
@@ -168,6 +168,7 @@ class Engine:
             seed=fields.seed,
             stop=fields.stop_sequences(),
             ignore_eos=fields.ignore_eos,
+            logprobs=fields.logprob_count(),
         )
 
 
@@ -177,11 +178,12 @@ class Choice:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class Submission:
-    """The generation requests of one HTTP request (one per prompt), with their events on one asyncio queue.
-    Must be created on the event loop."""
+    """The generation requests of one HTTP request (n per prompt: choice p * n + j is prompt p's j-th, with
+    seed + j when seeded), with their events on one asyncio queue. Must be created on the event loop."""
 
     def __init__(
         self,
@@ -190,16 +192,18 @@ class Submission:
         model_label: str,
         prompts: list[list[int]],
         params: list[SamplingParams],
+        n: int = 1,
     ) -> None:
         self.engine = engine
         self.model_label = model_label
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+        per_choice = [(ids, _nth_choice(p, j)) for ids, p in zip(prompts, params, strict=True) for j in range(n)]
         self.requests = [
-            GenerationRequest(adapter, ids, p, emit=self._emitter(i))
-            for i, (ids, p) in enumerate(zip(prompts, params, strict=True))
+            GenerationRequest(adapter, ids, p, emit=self._emitter(i)) for i, (ids, p) in enumerate(per_choice)
         ]
-        self.choices = [Choice(prompt_tokens=len(ids)) for ids in prompts]
+        self.choices = [Choice(prompt_tokens=len(ids)) for ids, _ in per_choice]
+        self.prompt_tokens = sum(len(ids) for ids in prompts)  # once per prompt, however many choices
         self.started = time.monotonic()
         self._first_text: float | None = None
 
@@ -235,6 +239,7 @@ class Submission:
                         raise event.error
                 else:
                     self.choices[index].text += event.text
+                    self.choices[index].logprobs += event.logprobs
                 yield index, event
         finally:
             if open_choices:
@@ -254,6 +259,11 @@ class Submission:
         metrics.prompt_tokens.labels(label).inc(event.prompt_tokens)
         metrics.generation_tokens.labels(label).inc(event.completion_tokens)
         metrics.latency.labels(label).observe(time.monotonic() - self.started)
+
+
+def _nth_choice(params: SamplingParams, j: int) -> SamplingParams:
+    """The j-th choice of a prompt: a seeded request gives each choice its own, reproducible seed."""
+    return params if j == 0 or params.seed is None else replace(params, seed=params.seed + j)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -37,11 +37,23 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None  # report each token's logprob and this many most likely alternatives
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model's raw distribution (log-softmax of the logits,
+    before temperature and top-p, as vLLM's default `raw_logprobs`), and the most likely tokens there."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token id, logprob), most likely first
 
 
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens generated since the previous delta (when asked for)
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,7 @@ class Row:
         self.request = request
         self.internal = internal
         self.tokens: list[int] = []
+        self.unsent_logprobs: list[TokenLogprob] = []  # tokens whose text is still held back
         self.text = TextAssembler(tokenizer, request.prompt_ids, request.params.stop)
         self.generator: torch.Generator | None = None
         if request.params.temperature > 0:
@@ -138,12 +151,18 @@ class Row:
             )
         self.done = False
 
+    def send(self, text: str) -> None:
+        self.request.emit(TextDelta(text, tuple(self.unsent_logprobs)))
+        self.unsent_logprobs.clear()
+
     def finish(self, reason: str, error: ServingError | None = None) -> None:
         if self.done:
             return
         self.done = True
-        if error is None and (rest := self.text.flush()):
-            self.request.emit(TextDelta(rest))
+        if error is None:
+            rest = self.text.flush()
+            if rest or self.unsent_logprobs:
+                self.send(rest)
         self.request.emit(Finished(reason, len(self.request.prompt_ids), len(self.tokens), error))
 
 
@@ -234,9 +253,13 @@ class BatchRunner:
 
     def _advance(self, batch: Batch, logits: torch.Tensor) -> Batch | None:
         """Sample one token per row, send text, finish rows; returns the batch of the rows still going."""
-        tokens = self._sample(logits.float(), batch.rows)
+        logits = logits.float()
+        tokens = self._sample(logits, batch.rows)
+        logprobs = _token_logprobs(logits, batch.rows, tokens)
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(batch.rows, tokens, strict=True)):
+            if (entry := logprobs[i]) is not None:
+                row.unsent_logprobs.append(entry)
             self._take(row, token, int(batch.positions[i, 0]) + 1)
             if row.done:
                 self.registry.release(row.internal)
@@ -268,7 +291,7 @@ class BatchRunner:
             return
         text, stopped = row.text.add(token)
         if text:
-            row.request.emit(TextDelta(text))
+            row.send(text)
         if stopped:
             row.finish("stop")
         elif len(row.tokens) >= params.max_tokens or next_position >= self.max_model_len:
@@ -287,6 +310,22 @@ class BatchRunner:
                 probs[order[outside]] = 0.0
             chosen[i] = int(torch.multinomial(probs, 1, generator=row.generator))
         return chosen
+
+
+def _token_logprobs(logits: torch.Tensor, rows: list[Row], tokens: list[int]) -> list[TokenLogprob | None]:
+    """For the rows that asked: the sampled token's logprob and the top alternatives (raw distribution)."""
+    wanted = [i for i, row in enumerate(rows) if row.request.params.logprobs is not None]
+    found: list[TokenLogprob | None] = [None] * len(rows)
+    if not wanted:
+        return found
+    logprobs = torch.log_softmax(logits[wanted], dim=-1).cpu()
+    widest = max(rows[i].request.params.logprobs or 0 for i in wanted)
+    top_values, top_ids = logprobs.topk(widest, dim=-1)
+    for j, i in enumerate(wanted):
+        k = rows[i].request.params.logprobs or 0
+        top = tuple(zip(top_ids[j, :k].tolist(), top_values[j, :k].tolist(), strict=True))
+        found[i] = TokenLogprob(tokens[i], float(logprobs[j, tokens[i]]), top)
+    return found
 
 
 def _mergeable(cache: Any) -> bool:
