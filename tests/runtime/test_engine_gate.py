@@ -69,6 +69,8 @@ def test_completions_pass_through_with_the_engines_status_and_body(gate: Any, en
         engine.url + "/v1/completions", "POST", unknown
     )
     assert call_json(gate.url + "/v1/models", "GET") == call_json(engine.url + "/v1/models", "GET")
+    card = call_json(gate.url + f"/v1/models/{BASE}", "GET")
+    assert card[0] == 200 and card == call_json(engine.url + f"/v1/models/{BASE}", "GET")
 
 
 async def _stream(url: str, body: dict[str, Any]) -> tuple[str, list[bytes]]:
@@ -119,6 +121,8 @@ def test_admin_routes_are_refused_even_with_the_engines_admin_token(
 @pytest.mark.parametrize(
     "spelling",
     [
+        "/v1/models/../load_lora_adapter",
+        "/v1/models/%2E%2E/load_lora_adapter",
         "/v1/completions/../load_lora_adapter",
         "//v1/load_lora_adapter",
         "/v1/load_lora_adapter/",

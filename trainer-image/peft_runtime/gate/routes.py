@@ -29,6 +29,8 @@ CLIENT_ROUTES: dict[str, frozenset[str]] = {
     "/metrics": frozenset({"GET"}),
 }
 
+MODEL_CARD = "/v1/models/"  # GET /v1/models/{id}: one model card (ids may hold a slash: org/name)
+
 ADMIN_PATHS = frozenset(
     {
         "/v1/load_lora_adapter",
@@ -66,9 +68,17 @@ class Refusal:
     message: str
 
 
+def _client_methods(path: str) -> frozenset[str] | None:
+    if path.startswith(MODEL_CARD):
+        segments = path.removeprefix(MODEL_CARD).split("/")
+        # "." and ".." would let a normalizing client or engine turn the path into another route.
+        return frozenset({"GET"}) if all(s not in ("", ".", "..") for s in segments) else None
+    return CLIENT_ROUTES.get(path)
+
+
 def refusal(method: str, path: str) -> Refusal | None:
     """None when a client may send `method path` to the engine, else why not."""
-    allowed = CLIENT_ROUTES.get(path)
+    allowed = _client_methods(path)
     if allowed is not None and method in allowed:
         return None
     if path in ADMIN_PATHS or path.startswith(ADMIN_PREFIXES):
@@ -86,7 +96,7 @@ def refusal(method: str, path: str) -> Refusal | None:
             "MethodNotAllowed",
             f"{path} accepts {', '.join(sorted(allowed))}, not {method}",
         )
-    served = ", ".join(f"{'/'.join(sorted(m))} {p}" for p, m in CLIENT_ROUTES.items())
+    served = ", ".join([*(f"{'/'.join(sorted(m))} {p}" for p, m in CLIENT_ROUTES.items()), f"GET {MODEL_CARD}{{id}}"])
     return Refusal(
         404, "NotFoundError", "RouteNotServed", f"{method} {path} is not served here; the routes are: {served}"
     )
