@@ -112,12 +112,13 @@ class AttachmentPolicy(RuledModel):
 
     RULES = (
         Rule(
-            "self.from != 'Selector' || has(self.selector)",
+            # has(): the CRD's structural default {} is checked against these rules before it is defaulted.
+            "!has(self.from) || self.from != 'Selector' || has(self.selector)",
             "attachments.from: Selector needs attachments.selector (a label selector on namespaces)",
             lambda p: p.from_ is not AttachmentsFrom.SELECTOR or p.selector is not None,
         ),
         Rule(
-            "!has(self.selector) || self.from == 'Selector'",
+            "!has(self.selector) || (has(self.from) && self.from == 'Selector')",
             "attachments.selector is read only with attachments.from: Selector",
             lambda p: p.selector is None or p.from_ is AttachmentsFrom.SELECTOR,
         ),
