@@ -259,26 +259,31 @@ class AdapterRegistry:
         """Keep adapter `name` in memory for one request (until `unhold`), loading it first when it is not
         resident: a cold load, which evicts the least recently used adapter that is neither pinned nor in use
         and waits at most `resident_wait_s` for one. Blocks: call it off the event loop."""
-        if self._hold_if_resident(name):
-            return
         started = time.perf_counter()
-        with self._admin:
-            if self._hold_if_resident(name):
-                return
+        while not self._hold_if_resident(name):
             with self._state:
                 adapter = self._by_name.get(name)
             if adapter is None:
                 raise ModelNotFound(f"adapter '{name}' was unloaded")
-            self._make_room(for_pinned=False)
+            # Reading and checking files needs no lock: cold loads of different adapters read in parallel.
             prepared = prepare_adapter(name, adapter.path, self.base, max_rank=self.max_rank, device=self.device)
             if prepared.digest != adapter.digest:
                 raise AdapterCorrupt(f"adapter '{name}' changed on disk since it was loaded: load it again")
-            internal = f"adapter_{next(self._ids)}"
-            self._attach(internal, prepared)
-            with self._state:
-                adapter.internal, adapter.resident = internal, True
-                adapter.holds += 1
-                adapter.last_used = time.monotonic()
+            with self._admin:
+                with self._state:
+                    current = self._by_name.get(name)
+                if current is not adapter or adapter.resident:
+                    continue  # replaced, unloaded or brought in by another request meanwhile: look again
+                self._make_room(for_pinned=False)
+                internal = f"adapter_{next(self._ids)}"
+                self._attach(internal, prepared)
+                with self._state:
+                    adapter.internal, adapter.resident = internal, True
+                    adapter.holds += 1
+                    adapter.last_used = time.monotonic()
+                break
+        else:
+            return
         self._on_cold_load(time.perf_counter() - started)
         self._on_change()
         log.info("Cold-loaded adapter %s in %.0f ms", name, (time.perf_counter() - started) * 1000)
