@@ -52,7 +52,7 @@ def create_app(engine: Engine, token: TokenSource) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/models", models)
-    app.router.add_get("/v1/models/{model:.+}", model)
+    app.router.add_get("/v1/models/{model:.+}", retrieve_model)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/load_lora_adapter", load_lora_adapter)
@@ -84,7 +84,7 @@ async def models(request: web.Request) -> web.Response:
     return json_response(ModelList(data=_cards(request.app[ENGINE])))
 
 
-async def model(request: web.Request) -> web.Response:
+async def retrieve_model(request: web.Request) -> web.Response:
     engine, wanted = request.app[ENGINE], request.match_info["model"]
     engine.registry.check_model(wanted)  # 404 in the words the generation routes use
     card = next((c for c in _cards(engine) if c.id == wanted), None)
