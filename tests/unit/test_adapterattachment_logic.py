@@ -4,18 +4,23 @@ tenant's namespace, and the status and Events the tenant sees."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from openapi_schema_validator import OAS30Validator
 from pydantic import ValidationError
 
-from peft_operator.adapterattachment.admission import admit
+from peft_operator.adapterattachment.admission import Verdict, admit
 from peft_operator.adapterattachment.sources import resolve_source
 from peft_operator.adapterattachment.status import Serving, attachment_events, attachment_status
 from peft_operator.api import AdapterAttachment, AdapterAttachmentStatus, AdapterDeployment
 from peft_operator.api.adapterattachment import is_served_name
 from peft_operator.api.adapterdeployment import AdapterState, AdapterStatus
 from peft_operator.api.selectors import LabelSelector
+from peft_operator.api.validation import parse_object
+from peft_operator.crdgen import adapterattachment_crd, adapterdeployment_crd
 
 SHA = "d" * 64
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -190,8 +195,6 @@ def test_a_finetunejob_source_waits_for_success_and_uses_the_jobs_output_secret(
 
 def test_status_shows_served_name_endpoint_and_replicas_and_events_follow_changes() -> None:
     spec = _spec({"uri": "s3://tenant-a-bucket/x", "sha256": SHA})
-    from peft_operator.adapterattachment.admission import Verdict
-
     accepted = Verdict(True, "Accepted", "Attached to AdapterDeployment llm-platform/shared as tenant-a/x.")
     source = resolve_source(spec, lambda _: None, lambda _: None)
     loading = AdapterStatus(
@@ -217,8 +220,6 @@ def test_status_shows_served_name_endpoint_and_replicas_and_events_follow_change
 
 
 def test_a_refused_attachment_is_pending_with_the_reason_and_a_warning() -> None:
-    from peft_operator.adapterattachment.admission import Verdict
-
     refused = Verdict(False, "NotAllowedByDeployment", "namespace tenant-z is not allowed.")
     status = attachment_status(AdapterAttachmentStatus(), 1, "tenant-z/x", refused, None, None, NOW)
     ready = next(c for c in status.conditions if c.type == "Ready")
@@ -227,3 +228,20 @@ def test_a_refused_attachment_is_pending_with_the_reason_and_a_warning() -> None
     assert not any(c.type == "ResolvedRefs" for c in status.conditions)
     events = attachment_events(AdapterAttachmentStatus(), status)
     assert [(e.type, e.reason) for e in events] == [("Warning", "NotAllowedByDeployment")]
+
+
+TENANCY = Path(__file__).resolve().parents[2] / "examples" / "tenancy"
+KINDS = {"AdapterDeployment": AdapterDeployment, "AdapterAttachment": AdapterAttachment}
+SCHEMAS = {
+    crd["spec"]["names"]["kind"]: crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for crd in (adapterdeployment_crd(), adapterattachment_crd())
+}
+
+
+@pytest.mark.parametrize("path", sorted(TENANCY.glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_tenancy_examples_are_valid_for_the_crd_schema_and_the_models(path: Path) -> None:
+    objects = [o for o in yaml.safe_load_all(path.read_text()) if o["apiVersion"].startswith("peft.dev/")]
+    for obj in objects:
+        errors = [e.message for e in OAS30Validator(SCHEMAS[obj["kind"]]).iter_errors(obj)]
+        assert errors == []
+        parse_object(KINDS[obj["kind"]], obj)
