@@ -4,83 +4,31 @@ the commands in the pod spec the operator rendered. The tests play the node; the
 
 The steps share one deployment and run in order: hot-load, unload, a corrupt adapter, scale 1 -> 3,
 an engine restarted empty, a FineTuneJob whose `deploy` lands its adapter, and that job's deletion, which
-leaves the adapter served until it leaves the spec."""
+leaves the adapter served until it leaves the spec; then no client of the Service can load or unload."""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pytest
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+from kubernetes.client import CoreV1Api, CustomObjectsApi
 
 from peft_operator.api.events import CompletedEvent
 from peft_operator.api.finetunejob import AdapterRecord, Progress
 from tests.support import kubelet
-from tests.support.adapters import TestAdapter, corrupt_weights, make_lora_adapter
+from tests.support.adapters import corrupt_weights, make_lora_adapter
 from tests.support.controlplane import ControlPlane
+from tests.support.engine_world import GROUP, VERSION
+from tests.support.engine_world import EngineWorld as World
+from tests.support.http import call_json
 from tests.support.kubelet import wait_for
-from tests.support.node import NodePod
+from tests.support.node import service_urls
 from tests.support.operator_process import OperatorProcess, operator_kubeconfig
 from tests.support.tiny_model import build_tiny_llama
 
 pytestmark = pytest.mark.integration
-GROUP, VERSION = "peft.dev", "v1alpha1"
 BASE_URI = "pvc://models/tiny"
-
-
-@dataclass
-class World:
-    admin: ApiClient
-    namespace: str
-    root: Path
-    adapters: dict[str, TestAdapter]
-    operator: OperatorProcess
-    nodes: list[NodePod] = field(default_factory=list)
-
-    @property
-    def custom(self) -> CustomObjectsApi:
-        return CustomObjectsApi(self.admin)
-
-    def adep(self) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "adapterdeployments", "shared")  # type: ignore[no-any-return]
-
-    def set_adapters(self, *names: str) -> None:
-        adapters = [self.entry(n) for n in names]
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "adapterdeployments", "shared", {"spec": {"adapters": adapters}}
-        )
-
-    def entry(self, name: str) -> dict[str, Any]:
-        return {"name": name, "source": {"uri": f"pvc://team-adapters/{name}", "sha256": self.adapters[name].sha256}}
-
-    def states(self) -> dict[str, tuple[str, int]]:
-        status = self.adep().get("status") or {}
-        return {a["name"]: (a["state"], a.get("loadedReplicas", 0)) for a in status.get("adapters", [])}
-
-    def condition(self, type_: str) -> str | None:
-        conditions = (self.adep().get("status") or {}).get("conditions", [])
-        return next((c["status"] for c in conditions if c["type"] == type_), None)
-
-    def start_new_pods(self) -> None:
-        known = {n.pod.metadata.name for n in self.nodes}
-        for pod in kubelet.pods_of(self.admin, self.namespace, "peft.dev/adapterdeployment=shared"):
-            if pod.metadata.name in known or pod.metadata.deletion_timestamp:
-                continue
-            ip = f"127.0.0.{len(self.nodes) + 2}"
-            work = self.root / f"node-{ip}"
-            paths = {"/mnt/pvc": self.root / "pvc", "/adapters": work / "adapters", "/tmp": work / "tmp"}
-            for folder in paths.values():
-                folder.mkdir(parents=True, exist_ok=True)
-            self.nodes.append(NodePod(self.admin, pod, ip, paths, work).start())
-
-    def served(self, node: NodePod) -> set[str]:
-        return {m["id"] for m in node.get("/v1/models")["data"]} - {
-            m["id"] for m in node.get("/v1/models")["data"] if not m.get("parent")
-        }
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +66,7 @@ def world(
     )
     world.start_new_pods()
     yield world
-    for node in world.nodes:
-        node.stop()
+    world.stop()
     operator.stop()
     admin.close()
 
@@ -270,3 +217,35 @@ def test_the_admin_token_is_a_generated_secret_not_in_the_spec(world: World) -> 
     secret = CoreV1Api(world.admin).read_namespaced_secret("shared-admin-token", world.namespace)
     token = base64.b64decode(secret.data["token"]).decode()
     assert len(token) >= 32 and token not in str(world.adep())
+
+
+def test_no_client_of_the_service_can_load_or_unload_adapters_but_the_agent_can(world: World) -> None:
+    """Clients land on the engine gate (the Service's targetPort); even the engine's own admin token does
+    not open the load API there. The operator, through each pod's agent, still loads."""
+    token = base64.b64decode(
+        CoreV1Api(world.admin).read_namespaced_secret("shared-admin-token", world.namespace).data["token"]
+    ).decode()
+    pod_ips = sorted(node.ip for node in world.nodes)
+
+    def every_pod_behind_the_service() -> list[str] | None:
+        urls = service_urls(world.admin, world.namespace, "shared")
+        return urls if sorted(url.split("//")[1].split(":")[0] for url in urls) == pod_ips else None
+
+    urls = wait_for("the Service's endpoints on every pod", every_pod_behind_the_service)
+    assert all(url.endswith(":8000") for url in urls), urls
+    intruder = {"lora_name": "intruder", "lora_path": str(world.adapters["tenant-a"].path)}
+
+    for url in urls:
+        load = call_json(url + "/v1/load_lora_adapter", "POST", intruder, token, 30)
+        unload = call_json(url + "/v1/unload_lora_adapter", "POST", {"lora_name": "tenant-b"}, token, 30)
+        for status, body in (load, unload):
+            assert (status, body["error"]["reason"]) == (403, "AdminRoute"), body
+        status, body = call_json(
+            url + "/v1/completions", "POST", {"model": "tenant-b", "prompt": "hi", "max_tokens": 2}
+        )
+        assert (status, body["model"]) == (200, "tenant-b"), body
+    assert all(world.served(node) == {"tenant-b"} for node in world.nodes)
+
+    world.set_adapters("tenant-b", "tenant-a")
+    wait_for("tenant-a Loaded on 3 replicas", lambda: world.states().get("tenant-a") == ("Loaded", 3), timeout=120)
+    assert all(world.served(node) == {"tenant-a", "tenant-b"} for node in world.nodes)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubernetes.client import ApiClient, CoreV1Api, DiscoveryV1Api
+from kubernetes.client import ApiClient, CoreV1Api
 
 from tests.support import kubelet
 from tests.support.vllm_server import SERVE_SCRIPT, VLLM_PYTHON, VLLM_TEST_ENV
@@ -186,15 +186,17 @@ class NodePod:
 
 
 def service_urls(client: ApiClient, namespace: str, service: str) -> list[str]:
-    """Where a client of the Service lands, as kube-proxy would route it: every endpoint address with the
-    port the EndpointSlice controller resolved from the Service's targetPort (ready or not: this node
-    reports no pod Ready condition)."""
-    slices = DiscoveryV1Api(client).list_namespaced_endpoint_slice(
-        namespace, label_selector=f"kubernetes.io/service-name={service}"
-    )
+    """Where a client of the Service lands, resolved as kube-proxy would: the pods its selector matches, at
+    the container port its targetPort names. (Read from the objects themselves: the EndpointSlice
+    controller refuses loopback pod IPs and pods bound to no Node, which is what this node has.)"""
+    core = CoreV1Api(client)
+    spec = core.read_namespaced_service(service, namespace).spec
+    selector = ",".join(f"{key}={value}" for key, value in spec.selector.items())
+    target = spec.ports[0].target_port
     urls = []
-    for endpoint_slice in slices.items:
-        port = next(p.port for p in endpoint_slice.ports or [] if p.port)
-        for endpoint in endpoint_slice.endpoints or []:
-            urls += [f"http://{address}:{port}" for address in endpoint.addresses]
+    for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
+        if not pod.status.pod_ip or pod.metadata.deletion_timestamp:
+            continue
+        ports = [p for c in pod.spec.containers for p in c.ports or [] if target in (p.name, p.container_port)]
+        urls += [f"http://{pod.status.pod_ip}:{port.container_port}" for port in ports]
     return sorted(urls)
