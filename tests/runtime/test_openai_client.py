@@ -32,6 +32,7 @@ class Target:
     client: openai.OpenAI
     base: str
     adapters: tuple[str, str]
+    model_dir: Path  # the base model's directory: its tokenizer gives token ids
 
 
 def said(error: openai.APIStatusError) -> str:
@@ -61,7 +62,7 @@ def target(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             body = {"lora_name": name, "lora_path": str(path)}
             status, answer = call_json(server.url + "/v1/load_lora_adapter", "POST", body, TOKEN)
             assert status == 200, answer
-        yield Target(openai_client(server.url), "tiny-base", ("tenant-a", "tenant-b"))
+        yield Target(openai_client(server.url), "tiny-base", ("tenant-a", "tenant-b"), tiny_model_dir)
 
 
 # ------------------------------------------------------------------------ what OpenAI's API promises
@@ -294,6 +295,24 @@ def test_completion_logprobs_in_the_legacy_shape(target: Target) -> None:
         assert logprob == pytest.approx(max(top.values()), abs=1e-3)  # greedy
 
 
+def test_a_logit_bias_of_100_makes_a_token_the_only_choice(target: Target) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(target.model_dir)
+    token = tokenizer.encode(" the", add_special_tokens=False)[-1]
+
+    reply = target.client.completions.create(
+        model=target.adapters[0],
+        prompt=PROMPT,
+        max_tokens=4,
+        temperature=0,
+        logit_bias={str(token): 100},
+        extra_body={"ignore_eos": True},
+    )
+
+    assert reply.choices[0].text == tokenizer.decode([token] * 4)
+
+
 def test_an_unknown_model_is_a_not_found_error(target: Target) -> None:
     with pytest.raises(openai.NotFoundError) as chat:
         target.client.chat.completions.create(model="nobody", messages=QUESTION, max_tokens=2)
@@ -341,9 +360,6 @@ def test_models_retrieve_gives_one_model_and_404_for_an_unknown_one(target: Targ
         ("tool_choice", "auto"),
         ("functions", [{"name": "weather", "parameters": {"type": "object"}}]),
         ("function_call", "auto"),
-        ("logit_bias", {"5": 10}),
-        ("frequency_penalty", 0.5),
-        ("presence_penalty", -0.5),
         ("audio", {"voice": "alloy", "format": "wav"}),
         ("modalities", ["text", "audio"]),
         ("prediction", {"type": "content", "content": "x"}),
@@ -365,7 +381,7 @@ def test_chat_fields_the_engine_does_not_implement_are_refused_by_name(target: T
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("echo", True), ("suffix", " the end"), ("best_of", 2), ("logit_bias", {"5": 10}), ("frequency_penalty", 1)],
+    [("echo", True), ("suffix", " the end"), ("best_of", 2)],
 )
 def test_completion_fields_the_engine_does_not_implement_are_refused_by_name(
     target: Target, field: str, value: Any
@@ -435,7 +451,14 @@ def test_bad_values_name_the_field(target: Target) -> None:
     with pytest.raises(openai.BadRequestError) as too_many:
         target.client.chat.completions.create(model=target.base, messages=QUESTION, n=17)
 
+    with pytest.raises(openai.BadRequestError) as too_strong:
+        target.client.completions.create(model=target.base, prompt=PROMPT, logit_bias={"5": 101})
+    with pytest.raises(openai.BadRequestError) as outside:
+        target.client.completions.create(model=target.base, prompt=PROMPT, logit_bias={"1048576": 1})
+
     assert (best_of.value.param, top_logprobs.value.param, too_many.value.param) == ("best_of", "top_logprobs", "n")
+    assert too_strong.value.param == "logit_bias" and "between -100 and 100" in said(too_strong.value)
+    assert said(outside.value).startswith("logit_bias: ") and "vocabulary" in said(outside.value)
     assert "logprobs: true" in top_logprobs.value.message
     assert said(too_many.value).startswith("n: ")
 
@@ -448,3 +471,34 @@ def test_token_id_prompts_are_accepted_and_checked_against_the_vocabulary(target
     with pytest.raises(openai.BadRequestError) as error:
         target.client.completions.create(model=target.base, prompt=[10**7], max_tokens=4)
     assert "vocabulary" in error.value.message
+
+
+def test_frequency_and_presence_penalties_follow_openais_formula(target: Target) -> None:
+    penalties = {"frequency_penalty": 0.9, "presence_penalty": 0.6}
+    ask: dict[str, Any] = {"model": target.base, "prompt": PROMPT, "max_tokens": 16, "temperature": 0}
+    plain = target.client.completions.create(**ask, extra_body={"ignore_eos": True})
+    penalized = target.client.completions.create(**ask, **penalties, extra_body={"ignore_eos": True})
+
+    assert penalized.choices[0].text == _greedy_with_penalties(target.model_dir, PROMPT, 16, **penalties)
+    assert penalized.choices[0].text != plain.choices[0].text  # the penalties did change the greedy answer
+
+
+def _greedy_with_penalties(
+    model_dir: Path, prompt: str, tokens: int, frequency_penalty: float, presence_penalty: float
+) -> str:
+    """The reference: OpenAI's definition, logit[j] -= count[j] * frequency_penalty + (count[j] > 0) *
+    presence_penalty over the tokens generated so far, then greedy; one full forward pass per token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids: list[int] = tokenizer(prompt).input_ids
+    generated: list[int] = []
+    with torch.inference_mode():
+        for _ in range(tokens):
+            logits = model(input_ids=torch.tensor([ids + generated])).logits[0, -1].float()
+            counts = torch.bincount(torch.tensor(generated, dtype=torch.long), minlength=logits.shape[-1])
+            logits -= counts * frequency_penalty + (counts > 0) * presence_penalty
+            generated.append(int(logits.argmax()))
+    return str(tokenizer.decode(generated, skip_special_tokens=True))

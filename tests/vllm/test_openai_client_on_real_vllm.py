@@ -7,6 +7,7 @@ fields it does not implement) stays in the runtime module."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from tests.runtime.test_openai_client import (
     Target,
     openai_client,
+    test_a_logit_bias_of_100_makes_a_token_the_only_choice,
     test_a_stop_sequence_ends_the_text_before_it,
     test_an_unknown_model_is_a_not_found_error,
     test_chat_answers_with_each_adapter_and_counts_tokens,
@@ -34,6 +36,7 @@ from tests.vllm.conftest import SERVED_NAME, Trained
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
 __all__ = [
+    "test_a_logit_bias_of_100_makes_a_token_the_only_choice",
     "test_a_stop_sequence_ends_the_text_before_it",
     "test_an_unknown_model_is_a_not_found_error",
     "test_chat_answers_with_each_adapter_and_counts_tokens",
@@ -51,13 +54,13 @@ __all__ = [
 
 
 @pytest.fixture(scope="module")
-def target(vllm: Any, trained: dict[str, Trained]) -> Iterator[Target]:
+def target(vllm: Any, trained: dict[str, Trained], smollm2_dir: Path) -> Iterator[Target]:
     # Names of their own: the agent tests share this vLLM process and load and unload theirs.
     adapters = {"openai-a": trained["v1"], "openai-b": trained["v2"]}
     for name, adapter in adapters.items():
         body = {"lora_name": name, "lora_path": str(adapter.path)}
         status, answer = call_json(vllm.url + "/v1/load_lora_adapter", "POST", body, timeout=180)
         assert status == 200, answer
-    yield Target(openai_client(vllm.url), SERVED_NAME, ("openai-a", "openai-b"))
+    yield Target(openai_client(vllm.url), SERVED_NAME, ("openai-a", "openai-b"), smollm2_dir)
     for name in adapters:
         call_json(vllm.url + "/v1/unload_lora_adapter", "POST", {"lora_name": name}, timeout=60)

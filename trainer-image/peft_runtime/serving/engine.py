@@ -169,7 +169,16 @@ class Engine:
             stop=fields.stop_sequences(),
             ignore_eos=fields.ignore_eos,
             logprobs=fields.logprob_count(),
+            frequency_penalty=fields.frequency_penalty or 0.0,
+            presence_penalty=fields.presence_penalty or 0.0,
+            logit_bias=self._logit_bias(fields.logit_bias or {}),
         )
+
+    def _logit_bias(self, biases: dict[int, float]) -> tuple[tuple[int, float], ...]:
+        vocab = int(self.registry.model.config.vocab_size)
+        if outside := [token for token in biases if not 0 <= token < vocab]:
+            raise BadRequest(f"logit_bias: token ids {outside} are outside the model's vocabulary [0, {vocab})")
+        return tuple(biases.items())
 
 
 @dataclass

@@ -38,12 +38,16 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None  # report each token's logprob and this many most likely alternatives
+    frequency_penalty: float = 0.0  # OpenAI's penalties, on the tokens this row generated so far
+    presence_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
 
 
 @dataclass(frozen=True)
 class TokenLogprob:
     """A generated token's log-probability under the model's raw distribution (log-softmax of the logits,
-    before temperature and top-p, as vLLM's default `raw_logprobs`), and the most likely tokens there."""
+    before logit_bias, penalties, temperature and top-p, as vLLM's default `raw_logprobs`), and the most
+    likely tokens there."""
 
     token_id: int
     logprob: float
@@ -298,6 +302,7 @@ class BatchRunner:
             row.finish("length")
 
     def _sample(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
+        logits = _biased_and_penalized(logits, rows)
         chosen: list[int] = logits.argmax(-1).tolist()
         for i, row in enumerate(rows):
             params = row.request.params
@@ -310,6 +315,27 @@ class BatchRunner:
                 probs[order[outside]] = 0.0
             chosen[i] = int(torch.multinomial(probs, 1, generator=row.generator))
         return chosen
+
+
+def _biased_and_penalized(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
+    """OpenAI's logit_bias and frequency/presence penalties, per row: logit[j] += bias[j] - count[j] *
+    frequency_penalty - (count[j] > 0) * presence_penalty, count[j] being how often the row generated token j."""
+    adjusted: torch.Tensor | None = None
+    for i, row in enumerate(rows):
+        params = row.request.params
+        penalized = bool(row.tokens) and bool(params.frequency_penalty or params.presence_penalty)
+        if not params.logit_bias and not penalized:
+            continue
+        if adjusted is None:
+            adjusted = logits.clone()  # the raw logits stay as they are, for logprobs
+        if params.logit_bias:
+            ids, biases = zip(*params.logit_bias, strict=True)
+            adjusted[i, list(ids)] += torch.tensor(biases, dtype=logits.dtype, device=logits.device)
+        if penalized:
+            generated = torch.tensor(row.tokens, device=logits.device)
+            counts = torch.bincount(generated, minlength=logits.shape[-1]).to(logits.dtype)
+            adjusted[i] -= counts * params.frequency_penalty + (counts > 0).to(logits.dtype) * params.presence_penalty
+    return logits if adjusted is None else adjusted
 
 
 def _token_logprobs(logits: torch.Tensor, rows: list[Row], tokens: list[int]) -> list[TokenLogprob | None]:

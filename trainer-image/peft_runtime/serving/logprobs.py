@@ -1,8 +1,8 @@
 """Token logprobs in OpenAI's two shapes: chat's `logprobs.content` and the legacy completions shape.
 
-The numbers are the model's raw distribution (log-softmax of the logits before temperature and top-p; see
-generation.TokenLogprob), as vLLM reports them by default, so a greedy token's logprob is also the first of
-its top alternatives and the numbers do not depend on the sampling settings. Each token is decoded on its
+The numbers are the model's raw distribution (log-softmax of the logits before logit_bias, penalties,
+temperature and top-p; see generation.TokenLogprob), as vLLM reports them by default, so the numbers do not
+depend on the sampling settings (and a plain greedy token is also the first of its top alternatives). Each token is decoded on its
 own, special tokens included (the EOS token that ended a choice has an entry, as it counts in `usage`).
 """
 

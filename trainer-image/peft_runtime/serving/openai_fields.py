@@ -3,7 +3,7 @@
 Nothing a client sends is silently ignored. A request field is one of:
 - implemented: a field of the pydantic request model (protocol.py);
 - not implemented: listed here with what to do instead; a request that sets it to anything but its neutral
-  value (the value that asks for nothing: absent, null, false, empty, 0, "none", {"type": "text"}) gets a
+  value (the value that asks for nothing: absent, null, false, empty, "none", {"type": "text"}) gets a
   400 that names the field;
 - no effect by OpenAI's own definition: identifiers and caching hints for OpenAI's platform that do not
   change the answer (`user`, `metadata`, ...); accepted, and documented as having no effect here;
@@ -26,10 +26,6 @@ def _empty(value: Any) -> bool:
     return value is None or value is False or value == [] or value == {} or value == ""
 
 
-def _zero(value: Any) -> bool:
-    return value is None or value == 0
-
-
 def _one_of(*neutral: Any) -> Callable[[Any], bool]:
     return lambda value: value is None or value in neutral
 
@@ -40,21 +36,9 @@ class NotImplementedField:
     neutral: Callable[[Any], bool] = _empty  # values that ask for nothing, accepted
 
 
-_SAMPLING_EXTRAS = {
-    "logit_bias": NotImplementedField(f"logit biasing is not implemented by the built-in engine; {USE_VLLM}"),
-    "frequency_penalty": NotImplementedField(
-        f"repetition penalties are not implemented by the built-in engine; send 0 or leave it out, or {USE_VLLM}",
-        _zero,
-    ),
-    "presence_penalty": NotImplementedField(
-        f"repetition penalties are not implemented by the built-in engine; send 0 or leave it out, or {USE_VLLM}",
-        _zero,
-    ),
-}
 _TOOLS = f"tool and function calling are not implemented by the built-in engine; {USE_VLLM}"
 
 CHAT_NOT_IMPLEMENTED: Mapping[str, NotImplementedField] = {
-    **_SAMPLING_EXTRAS,
     "response_format": NotImplementedField(
         "JSON mode and structured outputs need constrained decoding, which the built-in engine does not have; "
         f'send {{"type": "text"}} or leave it out (and ask for JSON in the prompt), or {USE_VLLM}',
@@ -83,7 +67,6 @@ CHAT_NOT_IMPLEMENTED: Mapping[str, NotImplementedField] = {
 }
 
 COMPLETION_NOT_IMPLEMENTED: Mapping[str, NotImplementedField] = {
-    **_SAMPLING_EXTRAS,
     "echo": NotImplementedField("echoing the prompt is not implemented by the built-in engine; leave it out"),
     "suffix": NotImplementedField(f"insertion (a suffix) is not implemented by the built-in engine; {USE_VLLM}"),
 }

@@ -77,6 +77,9 @@ class SamplingFields(OpenAIRequest):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=MAX_CHOICES, description="Choices per prompt.")
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[int, float] | None = Field(default=None, description="Token id (as a string) to a bias.")
     ignore_eos: bool = Field(default=False, description="vLLM's extension: generate max_tokens even past EOS.")
 
     @field_validator("stop")
@@ -87,6 +90,13 @@ class SamplingFields(OpenAIRequest):
                 raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
             if any(not s for s in value):
                 raise ValueError("stop sequences must not be empty")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_range(cls, value: dict[int, float] | None) -> dict[int, float] | None:
+        if value and any(not -100.0 <= bias <= 100.0 for bias in value.values()):
+            raise ValueError("biases must be between -100 and 100")
         return value
 
     @model_validator(mode="after")
