@@ -50,7 +50,8 @@ class Runtime(ApiModel):
 
 
 class TargetRef(ApiModel):
-    """An existing inference Deployment that the operator patches once (sidecar, volume, LoRA flags)."""
+    """An existing inference Deployment (yours or a GitOps tool's) that the operator equips with the adapter
+    agent by server-side apply of its own fields only; the engine's args stay yours."""
 
     kind: Literal["Deployment"] = Field(default="Deployment", description="Only Deployment for now.")
     name: DnsLabel = Field(description="Deployment in the same namespace.")
@@ -160,7 +161,7 @@ class AdapterDeploymentSpec(RuledModel):
             "the adapters exceed limits.maxAdapters: raise the limit or split the deployment",
             lambda s: len(s.adapters) <= s.limits.max_adapters,
         ),
-        # targetRef engines get vLLM's flags (render_target_patch), so they follow vLLM's rank rule too.
+        # targetRef engines are vLLM asked for --max-lora-rank=maxRank (target.py), so vLLM's rank rule holds too.
         Rule(
             "!(has(self.targetRef) || (has(self.runtime) && self.runtime.engine == 'vllm')) || "
             f"self.limits.maxRank in {list(VLLM_LORA_RANKS)}",
