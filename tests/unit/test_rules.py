@@ -10,14 +10,14 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from peft_operator.api.adapterdeployment import AdapterDeployment, AdapterDeploymentSpec, AdapterSource
+from peft_operator.api.adapterdeployment import AdapterDeployment, AdapterDeploymentSpec, AdapterSource, Limits
 from peft_operator.api.finetunejob import FineTuneJob, FineTuneJobSpec, Training
 from peft_operator.api.methods import METHODS, Method, MethodType, method_of_adapter_config
 from peft_operator.api.rules import RuledModel, cel_validations
 from peft_operator.api.validation import SpecError, parse_object
 
 ROOT = Path(__file__).resolve().parents[2]
-RULED = (AdapterSource, AdapterDeploymentSpec, Training, FineTuneJobSpec, Method)
+RULED = (AdapterSource, AdapterDeploymentSpec, Limits, Training, FineTuneJobSpec, Method)
 
 
 def _crd_rule_sets() -> list[list[dict[str, str]]]:

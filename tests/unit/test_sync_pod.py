@@ -21,11 +21,15 @@ class FakeAgent:
         self.reachable = reachable
         self.calls: list[str] = []
         self.credentials: dict[str, SourceCredentials | None] = {}
+        self.pins: dict[str, bool] = {}  # the built-in engine reports pinned (and resident); vLLM does not
 
     def loaded(self) -> AdapterList:
         if not self.reachable:
             raise AgentUnreachableError("connection refused")
-        reports = [AdapterReport(name=n, state=AdapterState.LOADED, digest=d) for n, d in self.holds.items()]
+        reports = [
+            AdapterReport(name=n, state=AdapterState.LOADED, digest=d, pinned=self.pins.get(n), resident=n in self.pins)
+            for n, d in self.holds.items()
+        ]
         return AdapterList(engine=EngineInfo(url="http://engine", engine="builtin"), adapters=reports)
 
     def load(
@@ -35,8 +39,11 @@ class FakeAgent:
         sha256: str,
         credentials_env_prefix: str | None = None,
         credentials: SourceCredentials | None = None,
+        *,
+        pinned: bool = False,
     ) -> AdapterReport:
-        self.calls.append(f"load {name} {sha256[:1]}")
+        self.calls.append(f"load {name} {sha256[:1]}" + (" pinned" if pinned else ""))
+        self.pins[name] = pinned
         self.credentials[name] = credentials
         if name in self.refuse:
             raise AgentRefusal(422, self.refuse[name], f"{name} cannot be loaded")
@@ -97,3 +104,19 @@ def test_an_attached_adapters_credentials_go_with_its_own_load_only() -> None:
 
     assert agent.credentials == {"own": None, "tenant-a/pirate": keys}
     assert "s3cr3t" not in repr(attached) and "tenant-a-key" not in repr(keys)
+
+
+def test_pinning_or_unpinning_a_held_adapter_loads_it_again_with_the_new_pin() -> None:
+    agent = FakeAgent(holds={"hot": A, "cold": B, "same": C})
+    agent.pins = {"hot": False, "cold": True, "same": True}
+    desired = [
+        DesiredAdapter("hot", uri="s3://adapters/hot", sha256=A, pinned=True),
+        _desired("cold", B),
+        DesiredAdapter("same", uri="s3://adapters/same", sha256=C, pinned=True),
+    ]
+
+    report = sync_pod(agent, "engine-0", desired, held_back=frozenset())  # type: ignore[arg-type]
+
+    assert agent.calls == ["load hot a pinned", "load cold b"]
+    assert agent.pins == {"hot": True, "cold": False, "same": True}
+    assert report.resident == {"hot", "cold", "same"}

@@ -71,9 +71,15 @@ class AgentClient:
         sha256: str,
         credentials_env_prefix: str | None = None,
         credentials: SourceCredentials | None = None,
+        *,
+        pinned: bool = False,
     ) -> AdapterReport:
         body = LoadAdapterRequest(
-            uri=uri, sha256=sha256, credentials_env_prefix=credentials_env_prefix, credentials=credentials
+            uri=uri,
+            sha256=sha256,
+            pinned=pinned,
+            credentials_env_prefix=credentials_env_prefix,
+            credentials=credentials,
         ).to_wire()
         return AdapterReport.model_validate(self._call("PUT", adapter_path(name), body))
 

@@ -119,12 +119,13 @@ def agent_container(
 
 def vllm_lora_args(limits: Limits) -> list[str]:
     """vLLM's runtime-LoRA flags from the spec. --max-loras is how many adapters one batch may mix (vLLM
-    preallocates a slot of maxRank per adapter, hence the cap of 16); --max-cpu-loras is how many it keeps
-    loaded (maxAdapters), swapped into those slots as requests ask for them."""
+    preallocates a slot of maxRank per adapter, hence the cap of 16); --max-cpu-loras is how many it keeps in
+    memory (maxResident), swapped into those slots as requests ask for them. vLLM registers any number of
+    adapters beyond that and reads an evicted one from its files again on its next request."""
     return [
         "--enable-lora",
-        f"--max-loras={min(limits.max_adapters, VLLM_MAX_LORAS_PER_BATCH)}",
-        f"--max-cpu-loras={limits.max_adapters}",
+        f"--max-loras={min(limits.resident, VLLM_MAX_LORAS_PER_BATCH)}",
+        f"--max-cpu-loras={limits.resident}",
         f"--max-lora-rank={limits.max_rank}",
     ]
 
@@ -171,6 +172,7 @@ def _engine_container(adep: AdapterDeployment, settings: OperatorSettings, model
             "--host=127.0.0.1",
             f"--port={ENGINE_LOOPBACK_PORT}",
             f"--max-adapters={spec.limits.max_adapters}",
+            f"--max-resident={spec.limits.resident}",
             f"--max-rank={spec.limits.max_rank}",
             f"--served-model-name={served_model_name(spec.base_model.uri)}",
             f"--pvc-root={PVC_MOUNT_ROOT}",

@@ -56,6 +56,8 @@ def sync_pod(agent: AgentClient, pod_name: str, desired: list[DesiredAdapter], h
     try:
         listing = agent.loaded()
         engine_holds = {a.name: a.digest for a in listing.adapters if a.state is AdapterState.LOADED}
+        engine_pins = {a.name: a.pinned for a in listing.adapters if a.pinned is not None}
+        report.resident = {a.name for a in listing.adapters if a.resident}
         wanted = {a.name for a in desired if a.loadable}
         for name in sorted(set(engine_holds) - wanted):
             agent.unload(name)
@@ -64,7 +66,9 @@ def sync_pod(agent: AgentClient, pod_name: str, desired: list[DesiredAdapter], h
             if not adapter.loadable or adapter.name in held_back:
                 continue
             assert adapter.uri is not None and adapter.sha256 is not None
-            if engine_holds.get(adapter.name) == adapter.sha256:
+            if engine_holds.get(adapter.name) == adapter.sha256 and engine_pins.get(adapter.name, adapter.pinned) == (
+                adapter.pinned
+            ):
                 report.loaded[adapter.name] = adapter.sha256
                 continue
             try:
@@ -72,7 +76,9 @@ def sync_pod(agent: AgentClient, pod_name: str, desired: list[DesiredAdapter], h
                     prefix = (
                         adapter_credentials_prefix(adapter.credentials_secret) if adapter.credentials_secret else None
                     )
-                    loaded = agent.load(adapter.name, adapter.uri, adapter.sha256, prefix, adapter.credentials)
+                    loaded = agent.load(
+                        adapter.name, adapter.uri, adapter.sha256, prefix, adapter.credentials, pinned=adapter.pinned
+                    )
                 report.loaded[adapter.name] = loaded.digest or adapter.sha256
                 log.info("Loaded adapter %s (%s) on pod %s", adapter.name, adapter.sha256[:12], pod_name)
             except AgentRefusal as refusal:

@@ -7,7 +7,7 @@ jobs never takes a tenant offline). Only removing the adapter from the spec unlo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..adapterattachment.parent import AttachedAdapter
@@ -32,6 +32,7 @@ class DesiredAdapter:
     waiting: str | None = None  # not loadable yet (FineTuneJob still running): Pending
     refused: str | None = None  # will not become loadable without a change: Failed
     source_gone: str | None = None  # loadable from the status record, but its FineTuneJob was deleted
+    pinned: bool = False  # kept in the engine's memory, never evicted for another adapter
     # An attached adapter's credentials, read from the tenant's namespace: sent with its load request only.
     credentials: SourceCredentials | None = field(default=None, repr=False, compare=False)
 
@@ -95,7 +96,7 @@ def resolve_adapters(
         if resolved.uri is not None and is_local_only(resolved.uri):
             # Never sent to an agent: a file:// path would read the engine container's own files.
             resolved = DesiredAdapter(adapter.name, refused=f"{resolved.uri}: {LOCAL_ONLY}")
-        desired.append(resolved)
+        desired.append(replace(resolved, pinned=adapter.pinned))
     return desired
 
 

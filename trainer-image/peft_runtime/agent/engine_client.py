@@ -10,12 +10,12 @@ worker's message: those 500s are the adapter's fault, not the engine's, and get 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from peft_runtime.common.errors import AdapterCorrupt, RankTooLarge, ServingError
+from peft_runtime.common.errors import AdapterCorrupt, BadRequest, RankTooLarge, ServingError
 from peft_runtime.common.http_edge import TokenSource
 
 from .errors import EngineRejected, EngineUnavailable
@@ -25,6 +25,7 @@ from .errors import EngineRejected, EngineUnavailable
 class EngineView:
     base_model: str | None
     adapters: dict[str, str | None]  # name -> root (the path it was loaded from)
+    memory: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # name -> (resident, pinned): built-in only
 
 
 class EngineClient:
@@ -70,14 +71,24 @@ class EngineClient:
         if self.kind == "auto" and base:
             self.kind = "vllm" if base.get("owned_by") == "vllm" else "builtin"
         adapters = {c["id"]: c.get("root") for c in cards if c.get("parent")}
-        return EngineView(base.get("id"), adapters)
+        memory = {
+            c["id"]: (bool(c["resident"]), bool(c.get("pinned")))
+            for c in cards
+            if c.get("parent") and c.get("resident") is not None
+        }
+        return EngineView(base.get("id"), adapters, memory)
 
-    async def load(self, name: str, path: str, *, replace: bool = False) -> None:
+    async def load(self, name: str, path: str, *, replace: bool = False, pinned: bool = False) -> None:
         """`replace`: the engine holds `name` already; vLLM swaps it in place (the old version keeps serving
-        until the new one is loaded, and stays if the new one fails). The built-in engine replaces by name."""
+        until the new one is loaded, and stays if the new one fails). The built-in engine replaces by name.
+        `pinned` (built-in engine): never evicted from memory for another adapter."""
         body: dict[str, Any] = {"lora_name": name, "lora_path": path}
         if replace and self.kind == "vllm":
             body["load_inplace"] = True
+        if pinned and self.kind == "vllm":
+            raise BadRequest(f"adapter '{name}' is pinned, which needs the built-in engine: vLLM cannot pin")
+        if pinned:
+            body["pinned"] = True
         status, payload = await self._call("POST", "/v1/load_lora_adapter", body)
         if status != 200:
             raise load_failure(name, status, payload)

@@ -52,7 +52,8 @@ class AdapterAgent:
         target = self.store.version_dir(name, request.sha256)
         async with self._locks[name]:
             view = await self.engine.view()
-            if view.adapters.get(name) == str(target) and target.is_dir():
+            pinned_as_asked = view.memory.get(name, (True, request.pinned))[1] == request.pinned
+            if view.adapters.get(name) == str(target) and target.is_dir() and pinned_as_asked:
                 return AdapterReport(name=name, state=AdapterState.LOADED, digest=request.sha256, path=str(target))
             if name not in view.adapters and len(view.adapters) >= self.max_adapters:
                 raise TooManyAdapters(
@@ -61,7 +62,7 @@ class AdapterAgent:
             self._attempts[name] = AdapterReport(name=name, state=AdapterState.LOADING, digest=request.sha256)
             try:
                 path = await asyncio.to_thread(self._materialize, name, request)
-                await self.engine.load(name, str(path), replace=name in view.adapters)
+                await self.engine.load(name, str(path), replace=name in view.adapters, pinned=request.pinned)
             except ServingError as error:
                 if view.adapters.get(name) != str(target):  # the engine did not take it: no files left behind
                     await asyncio.to_thread(shutil.rmtree, target, True)
@@ -123,7 +124,14 @@ class AdapterAgent:
     async def list(self) -> AdapterList:
         view = await self.engine.view()
         reports = [
-            AdapterReport(name=name, state=AdapterState.LOADED, digest=self.store.digest_of(name, root), path=root)
+            AdapterReport(
+                name=name,
+                state=AdapterState.LOADED,
+                digest=self.store.digest_of(name, root),
+                path=root,
+                resident=view.memory[name][0] if name in view.memory else None,
+                pinned=view.memory[name][1] if name in view.memory else None,
+            )
             for name, root in sorted(view.adapters.items())
         ]
         reports += [r for name, r in sorted(self._attempts.items()) if name not in view.adapters]

@@ -74,7 +74,14 @@ def _cards(engine: Engine) -> list[ModelCard]:
     base = engine.base
     cards = [ModelCard(id=base.served_name, root=base.root, max_model_len=engine.max_model_len)]
     cards += [
-        ModelCard(id=a.name, root=str(a.path), parent=base.served_name, created=int(a.loaded_at), resident=a.resident)
+        ModelCard(
+            id=a.name,
+            root=str(a.path),
+            parent=base.served_name,
+            created=int(a.loaded_at),
+            resident=a.resident,
+            pinned=a.pinned,
+        )
         for a in engine.registry.adapters()
     ]
     return cards

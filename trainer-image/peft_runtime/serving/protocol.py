@@ -289,6 +289,7 @@ class ModelCard(BaseModel):
     resident: bool | None = Field(
         default=None, description="For an adapter (built-in extension): its weights are in memory now."
     )
+    pinned: bool | None = Field(default=None, description="For an adapter (built-in extension): never evicted.")
 
 
 class ModelList(BaseModel):
