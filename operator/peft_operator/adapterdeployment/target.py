@@ -17,7 +17,7 @@ import itertools
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -51,7 +51,7 @@ class TargetState:
 
     replicas: int = 0
     problem: tuple[str, str] | None = None
-    flags_to_add: tuple[str, ...] = field(default=())
+    flags_to_add: tuple[str, ...] = ()
 
 
 def target_container(adep: AdapterDeployment, deployment: dict[str, Any]) -> dict[str, Any] | None:
