@@ -343,3 +343,63 @@ def test_an_unreachable_engine_is_a_502(token_file: Path, tmp_path: Path, tiny_m
         assert (status, body["error"]["reason"]) == (502, "EngineUnavailable")
     finally:
         lonely.stop()
+
+
+def test_an_attached_adapter_is_fetched_with_the_credentials_in_its_request_only(
+    agent: Any,
+    engine: Any,
+    adapters: dict[str, TestAdapter],
+    s3_server: Any,
+    roots: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An adapter attached from tenant-a's namespace: served as tenant-a/pirate, read from tenant-a's bucket
+    with tenant-a's keys sent in the PUT (the agent's environment holds none), beside a plain `tenant-a`."""
+    tenant_a, tenant_b = s3_server.tenants["tenant-a"], s3_server.tenants["tenant-b"]
+    adapter = adapters["v2"]
+    uri = upload_dir(s3_server.client(tenant_a.credentials), tenant_a.bucket, "pirate", adapter.path)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
+
+    def keys(tenant: Any) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": tenant.credentials.access_key,
+            "AWS_SECRET_ACCESS_KEY": tenant.credentials.secret_key,
+            "AWS_ENDPOINT_URL": s3_server.endpoint_url,
+            "AWS_REGION": "us-east-1",
+        }
+
+    def put_attached(credentials: dict[str, str] | None) -> tuple[int, Any]:
+        body: dict[str, Any] = {"uri": uri, "sha256": adapter.sha256}
+        if credentials is not None:
+            body["credentials"] = credentials
+        return call(agent, "PUT", "/v1/adapters/tenant-a/pirate", body)
+
+    status, body = put_attached(None)
+    assert (status, body["error"]["reason"]) == (502, "SourceUnavailable"), body
+    status, body = put_attached(keys(tenant_b))  # another tenant's keys do not open tenant-a's bucket
+    assert (status, body["error"]["reason"]) == (502, "SourceUnavailable"), body
+    assert "(403)" in body["error"]["message"], body
+    with caplog.at_level("DEBUG"):
+        status, body = put_attached(keys(tenant_a))
+    assert status == 200 and body["state"] == "Loaded", body
+    assert body["path"] == str(roots["adapters"] / "tenant-a_pirate" / adapter.sha256)
+    assert tenant_a.credentials.secret_key not in caplog.text and tenant_b.credentials.secret_key not in caplog.text
+
+    # A plain adapter named like the namespace is another adapter, in another folder.
+    shutil.copytree(adapters["v1"].path, roots["pvc"] / "own" / "tenant-a")
+    status, body = put(agent, "tenant-a", "pvc://own/tenant-a", adapters["v1"].sha256)
+    assert status == 200, body
+    status, answer = call(
+        engine, "POST", "/v1/completions", {"model": "tenant-a/pirate", "prompt": "Hello", "max_tokens": 4}
+    )
+    assert status == 200 and answer["model"] == "tenant-a/pirate", answer
+    assert reported(agent)["tenant-a/pirate"]["digest"] == adapter.sha256
+    assert call(agent, "GET", "/v1/adapters/tenant-a/pirate")[1]["state"] == "Loaded"
+    call(agent, "DELETE", "/v1/adapters/tenant-a")
+    assert "tenant-a/pirate" in engine_adapters(engine)
+    assert (roots["adapters"] / "tenant-a_pirate" / adapter.sha256).is_dir()
+    assert call(agent, "DELETE", "/v1/adapters/tenant-a/pirate")[1]["unloaded"] is True
+    assert "tenant-a/pirate" not in engine_adapters(engine)
+    assert call(agent, "GET", "/v1/adapters/a/b/c")[0] == 404
