@@ -434,6 +434,10 @@ def test_neutral_values_and_fields_without_effect_are_accepted(target: Target) -
         safety_identifier="hash-42",
         prompt_cache_key="k",
         metadata={"team": "search"},
+        n=None,  # null is "not given": the defaults apply
+        seed=None,
+        logprobs=None,
+        stop=None,
     )
 
     assert with_neutral.choices[0].message.content == plain.choices[0].message.content

@@ -104,14 +104,15 @@ def refuse_what_is_not_implemented(
     not_implemented: Mapping[str, NotImplementedField],
     no_effect: frozenset[str] = frozenset(),
 ) -> Any:
-    """The request body without the fields that are neutral or have no effect; raises for any other field
-    that is not `implemented`. For a model_validator(mode="before"): the error carries the field's name."""
+    """The request body without the fields that are null, neutral or without effect; raises for any other
+    field that is not `implemented`. For a model_validator(mode="before"): the error carries the field's name."""
     if not isinstance(data, dict):
         return data
     kept = {}
     for name, value in data.items():
         if name in implemented:
-            kept[name] = value
+            if value is not None:  # null is "not given" in OpenAI's API: the default applies
+                kept[name] = value
         elif name in no_effect:
             continue
         elif (field := not_implemented.get(name)) is not None:
