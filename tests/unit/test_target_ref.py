@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes.client import ApiException
 
 from peft_operator.adapterdeployment.target import (
     TARGET_CONFIG_ANNOTATION,
     TARGET_LABEL,
     engine_configured,
+    field_conflict,
     flags_to_add,
     is_applied,
     render_target_apply,
@@ -170,3 +172,16 @@ def test_engine_configured_warns_once_with_the_flags_and_clears() -> None:
     assert engine_configured(status, [], "vllm-llama-8b", 4, NOW) == []
     condition = next(c for c in status.conditions if c.type == "EngineConfigured")
     assert condition.status == "True" and condition.reason == "LoRAFlagsSet"
+
+
+def test_a_field_conflict_names_the_apiservers_words_and_the_fix() -> None:
+    error = ApiException(status=409, reason="Conflict")
+    error.body = '{"message": "Apply failed with 1 conflict: conflict with \\"argocd-controller\\": .spec.template.spec.readinessGates"}'
+    live = _owners_deployment(VLLM_ARGS)
+    reason, message = field_conflict(live, error)
+    assert reason == "TargetFieldConflict"
+    assert 'conflict with "argocd-controller": .spec.template.spec.readinessGates' in message
+    assert "readinessGates must include {conditionType: peft.dev/adapters-loaded}" in message
+    # A Deployment the old once-only patch equipped: its fields belong to that patch's manager.
+    live["metadata"]["annotations"] = {"peft.dev/adapter-deployment": "llama-team-adapters"}
+    assert "replace it with your manifest once (kubectl replace -f)" in field_conflict(live, error)[1]

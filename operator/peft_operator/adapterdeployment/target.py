@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 TARGET_LABEL = "peft.dev/target-of"
 # ... and the digest of the operator's last apply (a change of spec shows as a different digest).
 TARGET_CONFIG_ANNOTATION = "peft.dev/target-config"
+# Left by releases that patched the Deployment once (strategic merge, field manager OpenAPI-Generator).
+LEGACY_PATCH_ANNOTATION = "peft.dev/adapter-deployment"
 ADAPTERS_VOLUME = "peft-adapters"
 AGENT_TMP_VOLUME = "peft-agent-tmp"
 ENGINE_CONFIGURED = "EngineConfigured"  # the condition: the engine's own manifest has vLLM's LoRA flags
@@ -181,16 +183,21 @@ def flags_to_add(adep: AdapterDeployment, engine: dict[str, Any]) -> list[str]:
     return missing
 
 
-def _conflict(target: str, error: ApiException) -> tuple[str, str]:
+def field_conflict(live: dict[str, Any], error: ApiException) -> tuple[str, str]:
     try:
         words = json.loads(error.body or "{}").get("message") or str(error.reason)
     except ValueError:
         words = str(error.reason)
+    fix = (
+        "Remove them from the Deployment's manifest, or give them the operator's values (readinessGates must "
+        f"include {{conditionType: {ADAPTERS_READY_GATE}}})."
+    )
+    if LEGACY_PATCH_ANNOTATION in (live["metadata"].get("annotations") or {}):
+        fix = "An earlier operator release patched this Deployment: replace it with your manifest once (kubectl replace -f)."
+    name = live["metadata"]["name"]
     return (
         "TargetFieldConflict",
-        f"Deployment {target}: another field manager owns fields the operator sets ({words}). Remove them from "
-        "the Deployment's manifest, or give them the operator's values (readinessGates must include "
-        f"{{conditionType: {ADAPTERS_READY_GATE}}}).",
+        f"Deployment {name}: another field manager owns fields the operator sets ({words}). {fix}",
     )
 
 
@@ -225,7 +232,7 @@ def ensure_target(
         except ApiException as error:
             if error.status != 409:
                 raise
-            return TargetState(problem=_conflict(target.name, error))
+            return TargetState(problem=field_conflict(live, error))
         metrics.TARGET_APPLIES.labels(namespace=meta.namespace, name=meta.name).inc()
         log.info("Applied the adapter agent to Deployment %s/%s", meta.namespace, target.name)
     return TargetState(int(live["spec"].get("replicas", 1)), flags_to_add=tuple(flags_to_add(adep, engine)))
