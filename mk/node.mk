@@ -1,5 +1,5 @@
 # A real single-node cluster for the end-to-end tests (tests/node, marker `node`): the control plane of
-# mk/controlplane.mk plus kube-scheduler, kubelet and kube-proxy built from the same pinned Go module,
+# mk/controlplane.mk plus kube-scheduler, kubelet and kube-proxy built from the same pinned Go module, CoreDNS,
 # Debian's containerd, runc, iptables and CNI plugins, all inside their own PID, mount and network
 # namespaces (tests/node/namespace.sh), so nothing on the host changes.
 #
@@ -11,9 +11,15 @@
 
 NODE_DIR ?= $(CURDIR)/.node
 NODE_BINARIES := kubelet kube-scheduler kube-proxy pause
+CONTROLPLANE_BIN_DIR := $(CURDIR)/.controlplane/bin
 
-node-bin: controlplane
+node-bin: controlplane $(CONTROLPLANE_BIN_DIR)/coredns
 	tests/controlplane/build.sh $(NODE_BINARIES)
+
+# CoreDNS has its own module (its client-go differs from the control plane's).
+$(CONTROLPLANE_BIN_DIR)/coredns: tests/node/coredns/go.mod tests/node/coredns/go.sum tests/node/coredns/main.go
+	cd tests/node/coredns && bash -c 'source ../../go_toolchain.sh && use_go coredns && \
+	  $$GO build -p 2 -trimpath -ldflags "-s -w" -o $@ .'
 
 node-tools:
 	@if command -v containerd >/dev/null && command -v runc >/dev/null && command -v iptables >/dev/null \

@@ -55,7 +55,7 @@ def items(node: RealNode, kind: str, namespace: str, selector: str) -> list[dict
     return list(json.loads(node.kubectl("get", kind, "-n", namespace, "-l", selector, "-o", "json").stdout)["items"])
 
 
-def create(node: RealNode, body: dict[str, Any]) -> None:
+def create_object(node: RealNode, body: dict[str, Any]) -> None:
     node.kubectl("create", "-f", "-", input=json.dumps(body))
 
 
@@ -109,7 +109,7 @@ class Tenant:
     def _bind(self, claim: str) -> None:
         volume = f"{self.namespace}-{claim}"
         spec = {"storageClassName": "node-local", "accessModes": ["ReadWriteOnce"]}
-        create(
+        create_object(
             self.node,
             {
                 "apiVersion": "v1",
@@ -125,7 +125,7 @@ class Tenant:
         )
         claim_body = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim}}
         claim_body["spec"] = {**spec, "volumeName": volume, "resources": {"requests": {"storage": "1Gi"}}}
-        create(self.node, {**claim_body, "metadata": {"name": claim, "namespace": self.namespace}})
+        create_object(self.node, {**claim_body, "metadata": {"name": claim, "namespace": self.namespace}})
 
     def open_to_pods(self) -> None:
         """hostPath volumes ignore fsGroup: let the pods' non-root user write what the test put there."""

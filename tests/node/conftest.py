@@ -4,6 +4,7 @@ claims are hostPath volumes the test fills and reads."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ if _REPO_ROOT not in sys.path:  # `tests.*` is not an installed package
 from tests.node.cluster import Tenant, install_operator  # noqa: E402
 from tests.support.node_images import project_images  # noqa: E402
 from tests.support.real_node import RealNode, missing_tools  # noqa: E402
+from tests.support.tiny_model import build_tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -48,4 +50,10 @@ def operator_release(node: RealNode) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def tenant(node: RealNode, operator_release: dict[str, Any]) -> Tenant:
-    return Tenant.create(node, "tenant-a")
+    """tenant-a, its claims holding the tiny model (`models/tiny`) and a dataset (`team-data/train.jsonl`)."""
+    tenant = Tenant.create(node, "tenant-a")
+    build_tiny_llama(tenant.claim_dir("models") / "tiny")
+    rows = [{"prompt": f"Say the word number {i}:", "completion": f" word{i % 7} done"} for i in range(64)]
+    (tenant.claim_dir("team-data") / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tenant.open_to_pods()
+    return tenant

@@ -1,34 +1,27 @@
 """End to end on a real node: the README's story with nothing played by the test. The chart installs the
 operator from its image; a FineTuneJob trains a tiny model in a trainer pod from the runtime image (base
 model, dataset and output on claims); an AdapterDeployment's engine pod hot-loads the adapter through its
-agent; a completion through the engine's Service answers with the adapter."""
+agent; a completion through the engine's Service answers with the adapter. The trainer reports progress to
+the operator's Service by its DNS name (CoreDNS on the node)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 import pytest
 
-from tests.node.cluster import GROUP, VERSION, Tenant, get, http_in_node, items, wait_phase
-from tests.node.cluster import create as create_object
+from tests.node.cluster import GROUP, VERSION, Tenant, create_object, get, http_in_node, items, wait_phase
+from tests.support.adapters import reference_generate
 from tests.support.kubelet import wait_for
 from tests.support.real_node import RealNode
-from tests.support.tiny_model import build_tiny_llama
 
 pytestmark = pytest.mark.node
 JOB, ADAPTER, DEPLOYMENT = "tiny-lora", "tenant-a-bot", "tiny-shared"
 PROMPT = "Say the word number 3:"
+MAX_TOKENS = 6
 # Small pods: the node has 2 CPUs, the operator holds 100m of them.
 POD_RESOURCES = {"gpus": 0, "cpu": "1", "memory": "3Gi"}
-
-
-def _fill_claims(tenant: Tenant) -> None:
-    build_tiny_llama(tenant.claim_dir("models") / "tiny")
-    rows = [{"prompt": f"Say the word number {i}:", "completion": f" word{i % 7} done"} for i in range(64)]
-    (tenant.claim_dir("team-data") / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tenant.open_to_pods()
 
 
 def _finetunejob(namespace: str) -> dict[str, Any]:
@@ -67,15 +60,17 @@ def _adapter_loaded(node: RealNode, namespace: str) -> dict[str, Any] | None:
 
 
 def _complete(node: RealNode, service_ip: str, model: str) -> dict[str, Any]:
-    body = {"model": model, "prompt": PROMPT, "max_tokens": 6, "temperature": 0}
+    body = {"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
     return http_in_node(node, "POST", f"http://{service_ip}:8000/v1/completions", body)
 
 
 def test_trained_in_a_pod_served_through_the_service(node: RealNode, tenant: Tenant) -> None:
     namespace = tenant.namespace
-    _fill_claims(tenant)
     create_object(node, _finetunejob(namespace))
     done = wait_phase(node, "finetunejob", JOB, namespace, "Succeeded", timeout=900)
+    # Only the trainer's preflight report, POSTed to the operator's Service by its cluster DNS name, carries
+    # the dataset's figures (the termination message does not).
+    assert done["status"]["dataset"]["rows"] == 64, done["status"]
 
     trainer = items(node, "pod", namespace, f"peft.dev/finetunejob={JOB}")
     assert [p["status"]["phase"] for p in trainer] == ["Succeeded"], "one trainer pod, run to completion"
@@ -98,7 +93,12 @@ def test_trained_in_a_pod_served_through_the_service(node: RealNode, tenant: Ten
     base = next(name for name, parent in served.items() if parent is None)
     assert served[ADAPTER] == base, served
 
+    # The same greedy text as peft's own generate with the files the trainer pod wrote, and not the base's.
+    model_dir, adapter_dir = tenant.claim_dir("models") / "tiny", manifest.parent
     with_adapter = _complete(node, service_ip, ADAPTER)
-    without = _complete(node, service_ip, base)
     assert with_adapter["model"] == ADAPTER
-    assert with_adapter["choices"][0]["text"] != without["choices"][0]["text"], (with_adapter, without)
+    assert with_adapter["choices"][0]["text"] == reference_generate(model_dir, adapter_dir, [PROMPT], MAX_TOKENS)[0]
+    assert (
+        _complete(node, service_ip, base)["choices"][0]["text"]
+        == reference_generate(model_dir, None, [PROMPT], MAX_TOKENS)[0]
+    )

@@ -1,6 +1,6 @@
 """The real node's processes, started inside its namespaces by tests/node/namespace.sh (see real_node.py):
 etcd, kube-apiserver, kube-controller-manager (tests/support/controlplane.py), containerd with runc and the
-bridge CNI, kube-scheduler, the kubelet and kube-proxy. The apiserver is reached from the host through a
+bridge CNI, kube-scheduler, the kubelet, kube-proxy and CoreDNS (cluster DNS on the node IP, port 53). The apiserver is reached from the host through a
 listening socket the host opened and passed in (`--listen-fd`): connections accepted on it are forwarded to
 the apiserver inside. Writes `<state>/ready` when the node is Ready, then runs until SIGTERM.
 
@@ -27,6 +27,7 @@ NODE_NAME = "peft-node"
 POD_SUBNET = "10.244.0.0/16"
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
+CLUSTER_DOMAIN = "cluster.local"
 
 
 def _write(path: Path, text: str) -> Path:
@@ -139,7 +140,8 @@ def _kubelet_config(state: Path, node_ip: str) -> Path:
         "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
         "volumePluginDir": "/var/lib/kubelet/volume-plugins",
         "resolvConf": "/etc/resolv.conf",
-        "clusterDomain": "cluster.local",
+        "clusterDomain": CLUSTER_DOMAIN,
+        "clusterDNS": [node_ip],
         "serializeImagePulls": False,
     }
     return _write(state / "kubelet.yaml", json.dumps(config, indent=2))
@@ -162,6 +164,25 @@ def _kube_proxy_config(state: Path, kubeconfig: Path) -> Path:
         "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
     }
     return _write(state / "kube-proxy.yaml", json.dumps(config, indent=2))
+
+
+def _corefile(state: Path, kubeconfig: Path) -> Path:
+    """Names of Services and pods from the apiserver, as a kubeadm cluster's CoreDNS answers them."""
+    return _write(
+        state / "Corefile",
+        f""".:53 {{
+    errors
+    health 127.0.0.1:{free_port()}
+    ready 127.0.0.1:{free_port()}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    cache 30
+}}
+""",
+    )
 
 
 def _wait_socket(path: Path, proc: _Proc, timeout: float = 60.0) -> None:
@@ -254,6 +275,9 @@ class NodeServices:
         )
         proxy_cfg = _kube_proxy_config(self.state, self._kubeconfig("system:kube-proxy", []))
         self._spawn("kube-proxy", [str(bin_dir / "kube-proxy"), f"--config={proxy_cfg}", "--v=1"])
+        # A node component here rather than a Deployment: the same server, without an image to build.
+        corefile = _corefile(self.state, self._kubeconfig("system:coredns", ["system:masters"]))
+        self._spawn("coredns", [str(bin_dir / "coredns"), "-conf", str(corefile)])
 
     def _ctr(self, *args: str) -> str:
         cmd = ["ctr", "--address", CONTAINERD_SOCKET, "-n", "k8s.io", *args]

@@ -34,7 +34,7 @@ from tests.support.node_images import export_image, image_id, project_images
 
 NAMESPACE_SCRIPT = REPO_ROOT / "tests" / "node" / "namespace.sh"
 NODE_IP = "172.31.0.2"
-NODE_BINARIES = ("kubelet", "kube-scheduler", "kube-proxy", "pause")
+NODE_BINARIES = ("kubelet", "kube-scheduler", "kube-proxy", "pause", "coredns")
 TOOLS = ("unshare", "nsenter", "containerd", "ctr", "runc", "iptables", "/usr/lib/cni/bridge")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
