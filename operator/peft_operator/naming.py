@@ -17,6 +17,10 @@ def training_job_name(finetunejob: str) -> str:
     return f"{finetunejob}-train"
 
 
+def preflight_job_name(finetunejob: str) -> str:
+    return f"{finetunejob}-preflight"
+
+
 def plan_configmap_name(finetunejob: str) -> str:
     return f"{finetunejob}-plan"
 
@@ -25,8 +29,9 @@ def progress_secret_name(finetunejob: str) -> str:
     return f"{finetunejob}-progress"
 
 
-def finetunejob_labels(finetunejob: str) -> dict[str, str]:
-    return {LABEL_FINETUNEJOB: finetunejob, LABEL_COMPONENT: "trainer", LABEL_MANAGED_BY: MANAGER}
+def finetunejob_labels(finetunejob: str, component: str = "trainer") -> dict[str, str]:
+    """`component`: trainer (the training Job, its pods, the plan) or preflight (the preflight Job and pod)."""
+    return {LABEL_FINETUNEJOB: finetunejob, LABEL_COMPONENT: component, LABEL_MANAGED_BY: MANAGER}
 
 
 ENGINE_CONTAINER = "engine"

@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass, field
 
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/peft-operator/runtime:0.1.0"
+# PEFT_PREFLIGHT: "gpu" runs the CPU-only preflight Job before every training Job that requests GPUs;
+# "off" runs none (the trainer still checks everything first, inside the GPU pod).
+PREFLIGHT_MODES = ("gpu", "off")
 
 
 @dataclass(frozen=True)
@@ -24,11 +27,15 @@ class OperatorSettings:
     # Namespace of the Lease that elects one acting replica; empty runs without election (one replica).
     leader_election_namespace: str = ""
     lease_name: str = "peft-operator"
+    preflight_gpu_jobs: bool = True
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
         env = dict(os.environ if env is None else env)
         namespaces = tuple(ns.strip() for ns in env.get("PEFT_WATCH_NAMESPACES", "").split(",") if ns.strip())
+        preflight = env.get("PEFT_PREFLIGHT", "gpu")
+        if preflight not in PREFLIGHT_MODES:
+            raise ValueError(f"PEFT_PREFLIGHT is '{preflight}'; set it to one of {', '.join(PREFLIGHT_MODES)}")
         return cls(
             runtime_image=env.get("PEFT_RUNTIME_IMAGE", DEFAULT_RUNTIME_IMAGE),
             image_pull_policy=env.get("PEFT_IMAGE_PULL_POLICY", "IfNotPresent"),
@@ -39,4 +46,5 @@ class OperatorSettings:
             metrics_port=int(env.get("PEFT_METRICS_PORT", "9090")),
             leader_election_namespace=env.get("PEFT_LEADER_ELECTION_NAMESPACE", ""),
             lease_name=env.get("PEFT_LEASE_NAME", "peft-operator"),
+            preflight_gpu_jobs=preflight == "gpu",
         )

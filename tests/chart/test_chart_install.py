@@ -259,8 +259,8 @@ def _phase_of_new_finetunejob(cp: ControlPlane, namespace: str, timeout: float) 
     while time.monotonic() < deadline:
         phase = cp.kubectl("get", "ftj", job["metadata"]["name"], "-n", namespace, "-o", "jsonpath={.status.phase}")
         if phase.stdout:
-            if phase.stdout == "Pending":  # the operator created the training Job
-                cp.kubectl("get", "job", f"{job['metadata']['name']}-train", "-n", namespace)
+            if phase.stdout == "Pending":  # the quickstart requests a GPU: the operator created its preflight Job
+                cp.kubectl("get", "job", f"{job['metadata']['name']}-preflight", "-n", namespace)
             return phase.stdout
         time.sleep(0.5)
     return ""

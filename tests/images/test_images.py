@@ -180,16 +180,16 @@ def test_operator_image_reconciles_a_finetunejob_on_the_real_apiserver(
         CustomObjectsApi(admin).create_namespaced_custom_object("peft.dev", "v1alpha1", namespace, "finetunejobs", body)
         try:
             wait_for(
-                "the operator in its image to create the training Job",
+                "the operator in its image to create the preflight Job (the example requests a GPU)",
                 lambda: any(
-                    job.metadata.name == "from-the-image-train"
+                    job.metadata.name == "from-the-image-preflight"
                     for job in BatchV1Api(admin).list_namespaced_job(namespace).items
                 ),
                 timeout=90,
             )
         except AssertionError as error:
             raise AssertionError(f"{error}\noperator log:\n{logs()}") from None
-        job = BatchV1Api(admin).read_namespaced_job("from-the-image-train", namespace)
+        job = BatchV1Api(admin).read_namespaced_job("from-the-image-preflight", namespace)
         assert job.spec.template.spec.containers[0].image == "registry.test/peft-runtime:test"
         state = podman("inspect", "--format", "{{.State.Running}} {{.Config.User}}", name).stdout.split()
         assert state == ["true", "65532:65532"], logs()

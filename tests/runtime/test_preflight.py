@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +226,36 @@ def test_files_in_other_formats_are_refused_naming_the_supported_ones(
     assert failed["message"] == (
         f"{name}: {kind} is not supported; use JSON Lines (.jsonl, one JSON object per line) or Parquet (.parquet)"
     )
+
+
+def test_the_preflight_step_checks_targets_on_the_meta_model_without_reading_weights(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`peft-runtime preflight`: the model directory holds no weights at all, as the CPU step fetches none."""
+    no_weights = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
+    data = write_jsonl(tmp_path / "train.jsonl", instruction_rows(40))
+    lora = {"type": "lora", "lora": {"r": 4, "targetModules": ["q_proj", "v_proj"]}}
+    plan = make_plan(
+        model_dir=no_weights,
+        dataset_uri=data.as_uri(),
+        output_uri=(tmp_path / "o").as_uri(),
+        work_dir=tmp_path,
+        method=lora,
+        data_format="instruction",
+    )
+    passed = run_training(plan, preflight_only=True)
+    assert passed.exit_code == 0
+    assert [e["event"] for e in passed.events] == ["preflight", "preflightPassed"]
+    assert passed.events[1]["dataset"]["usableRows"] == 40
+    assert "lora wraps q_proj, v_proj" in passed.events[1]["message"]
+    assert not (tmp_path / "o" / "checkpoints").exists(), "nothing trained"
+
+    wrong = plan.model_copy(deep=True)
+    wrong.spec.method.lora.target_modules = ["q_proj", "query_key_value"]  # type: ignore[union-attr]
+    failed = run_training(wrong, preflight_only=True)
+    assert failed.exit_code == 3
+    assert failed.of("failed")[0]["reason"] == "ConfigurationError"
+    message = failed.of("failed")[0]["message"]
+    assert "query_key_value" in message
+    assert "Its linear modules are: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj" in message

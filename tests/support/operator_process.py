@@ -87,6 +87,9 @@ class OperatorProcess:
             "PEFT_PROGRESS_PORT": str(self.progress_port),
             "PEFT_METRICS_PORT": str(self.metrics_port),
             "PEFT_RUNTIME_IMAGE": "registry.test/peft-runtime:test",
+            # The simulated kubelet runs no pod by itself, so a preflight Job would hold every GPU job at
+            # Pending; the tests of the preflight step turn it on (PEFT_PREFLIGHT=gpu, the product default).
+            "PEFT_PREFLIGHT": "off",
             **self.extra_env,
         }
         env.pop("KUBERNETES_SERVICE_HOST", None)

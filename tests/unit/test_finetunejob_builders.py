@@ -164,3 +164,41 @@ def test_file_uris_are_refused_in_a_cluster_with_a_pointer_to_local_mode() -> No
     assert problems == [
         "spec.dataset.uri: file:// works only in local mode (peft-runtime local train); in a cluster use pvc:// or s3://"
     ]
+
+
+def test_the_preflight_job_requests_no_gpu_is_never_queued_and_runs_the_preflight_on_the_same_plan() -> None:
+    from peft_operator.finetunejob.job import needs_preflight, render_preflight_job
+
+    qlora = _job("finetunejob-qlora.yaml")
+    assert qlora.spec.queue is not None and qlora.spec.resources.gpus > 0
+    preflight, training = render_preflight_job(qlora, SETTINGS), render_training_job(qlora, SETTINGS)
+    assert preflight["metadata"]["name"] == f"{qlora.metadata.name}-preflight"
+    assert preflight["spec"]["suspend"] is False
+    assert not any(k.startswith("kueue.x-k8s.io/") for k in preflight["metadata"]["labels"])
+    assert preflight["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "preflight"
+    container = _container(preflight)
+    assert container["command"] == ["peft-runtime", "preflight", "--plan", "/etc/peft/plan/plan.json"]
+    assert not any("gpu" in key for key in container["resources"].get("limits", {}))
+    assert "dshm" not in [v["name"] for v in preflight["spec"]["template"]["spec"]["volumes"]]
+    # The same plan, volumes and credentials as the training pod.
+    assert container["volumeMounts"] == [m for m in _container(training)["volumeMounts"] if m["name"] != "dshm"]
+    assert container.get("envFrom") == _container(training).get("envFrom")
+    assert needs_preflight(qlora, SETTINGS)
+    assert not needs_preflight(qlora, OperatorSettings(preflight_gpu_jobs=False))
+
+
+def test_a_cpu_only_job_has_no_preflight_step() -> None:
+    from peft_operator.finetunejob.job import needs_preflight
+
+    body = yaml.safe_load((EXAMPLES / "finetunejob-lora.yaml").read_text())
+    body["spec"]["resources"] = {"gpus": 0}
+    assert not needs_preflight(FineTuneJob.model_validate(body), SETTINGS)
+
+
+def test_an_unknown_preflight_mode_is_refused_naming_the_modes() -> None:
+    import pytest
+
+    assert OperatorSettings.from_env({}).preflight_gpu_jobs
+    assert not OperatorSettings.from_env({"PEFT_PREFLIGHT": "off"}).preflight_gpu_jobs
+    with pytest.raises(ValueError, match="PEFT_PREFLIGHT is 'always'; set it to one of gpu, off"):
+        OperatorSettings.from_env({"PEFT_PREFLIGHT": "always"})

@@ -262,3 +262,52 @@ def test_a_job_that_failed_its_eval_gate_stops_asking_for_a_deploy() -> None:
     assert needs_deploy(body("AdapterDeploymentNotFound")), "a missing AdapterDeployment may appear later"
     assert not needs_deploy(body("EvalGateNotMet")), "a finished job's eval results never change"
     assert not needs_deploy(body("AdapterAdded", "True"))
+
+
+def _preflight(*conditions: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "demo-preflight"},
+        "spec": {},
+        "status": {"conditions": [{"type": c, "status": "True"} for c in conditions]},
+    }
+
+
+def test_while_the_preflight_runs_the_job_is_pending_and_says_no_gpu_is_requested_yet() -> None:
+    status, events = _status(Observation(generation=1, preflight_job=_preflight(), preflight_pods=[_pod()]))
+    assert status.phase is Phase.PENDING and _condition(status, "Running") == ("False", "Preflight")
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Preflight")]
+    assert "Job demo-preflight" in events[0].message and "before requesting GPUs" in events[0].message
+    assert all(c.type != "PreflightPassed" for c in status.conditions)
+
+
+def test_a_failed_preflight_fails_the_job_with_the_trainers_reason_and_no_training_job() -> None:
+    failed = FailedEvent(
+        reason=FailureReason.CONFIGURATION_ERROR,
+        message="cannot apply lora to this model: it has no module named query_key_value. Its linear modules are: q_proj",
+    )
+    pod = _pod("Failed", _terminated(failed.model_dump_json(by_alias=True), exit_code=3, reason="Error"))
+    obs = Observation(generation=1, preflight_job=_preflight("Failed"), preflight_pods=[pod])
+    status, events = _status(obs)
+    assert status.phase is Phase.FAILED and status.job_name is None
+    assert _condition(status, "PreflightPassed") == ("False", "ConfigurationError")
+    assert _condition(status, "Failed") == ("True", "ConfigurationError")
+    (event,) = events
+    assert event.type == "Warning" and event.reason == "ConfigurationError"
+    assert event.message.startswith("The preflight (Job demo-preflight) failed, so no GPU was requested: cannot apply")
+
+
+def test_a_passed_preflight_records_the_dataset_report_once() -> None:
+    from peft_operator.api.events import PreflightPassedEvent
+    from peft_operator.api.finetunejob import DatasetReport
+
+    passed = PreflightPassedEvent(dataset=DatasetReport(rows=64, usable_rows=64), message="lora wraps q_proj, v_proj")
+    pod = _pod("Succeeded", _terminated(passed.model_dump_json(by_alias=True)))
+    obs = Observation(
+        generation=1, job=_job(active=1), pods=[_pod()], preflight_job=_preflight("Complete"), preflight_pods=[pod]
+    )
+    status, events = _status(obs)
+    assert _condition(status, "PreflightPassed") == ("True", "PreflightPassed")
+    assert status.dataset is not None and status.dataset.usable_rows == 64
+    assert ("Normal", "PreflightPassed") in [(e.type, e.reason) for e in events]
+    _, events = compute_status(status, obs, NOW)
+    assert "PreflightPassed" not in [e.reason for e in events]

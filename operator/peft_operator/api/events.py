@@ -38,13 +38,23 @@ class CompletedEvent(ApiModel):
     progress: Progress
 
 
+class PreflightPassedEvent(ApiModel):
+    """The preflight step (`peft-runtime preflight`, CPU only) found nothing that stops training."""
+
+    event: Literal["preflightPassed"] = "preflightPassed"
+    dataset: DatasetReport
+    message: str = Field(max_length=2048, description="What was checked, e.g. the modules the adapter wraps.")
+
+
 class FailedEvent(ApiModel):
     event: Literal["failed"] = "failed"
     reason: FailureReason
     message: str = Field(max_length=2048, description="What went wrong and how to fix it.")
 
 
-TrainerEvent = PreflightEvent | ProgressEvent | CompletedEvent | FailedEvent
+TrainerEvent = PreflightEvent | ProgressEvent | CompletedEvent | FailedEvent | PreflightPassedEvent
+# What a finished trainer or preflight process leaves in its termination message.
+FinalEvent = CompletedEvent | FailedEvent | PreflightPassedEvent
 
 # The trainer exits with this code when a retry cannot help (invalid data or configuration); the Job's
 # pod failure policy then fails at once instead of burning the backoff limit.

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..api import FineTuneJob, Scheme, parse_uri
 from ..api.events import PERMANENT_FAILURE_EXIT_CODE
-from ..api.finetunejob import duration_seconds
+from ..api.finetunejob import ComputeResources, duration_seconds
 from ..api.plan import (
     CONFIGMAP_MOUNT_ROOT,
     DATASET_CREDENTIALS_PREFIX,
@@ -21,6 +21,7 @@ from ..naming import (
     TRAINER_CONTAINER,
     finetunejob_labels,
     plan_configmap_name,
+    preflight_job_name,
     progress_secret_name,
     training_job_name,
 )
@@ -32,6 +33,8 @@ PLAN_DIR = "/etc/peft/plan"
 # On SIGTERM the trainer finishes (or drops) its step and writes a checkpoint before it exits; the
 # default 30 s can end a slow GPU step or an S3 upload early, which costs the work since the last one.
 TERMINATION_GRACE_SECONDS = 120
+# The preflight's own retries: a model or dataset download that failed once may work the second time.
+PREFLIGHT_BACKOFF_LIMIT = 2
 
 
 def _volume_name(kind: str, name: str) -> str:
@@ -104,23 +107,75 @@ def _pod_failure_policy() -> dict[str, Any]:
 
 
 def render_training_job(job: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
+    """The Job that trains: the GPUs, the Kueue queue, the run policy's limits."""
     meta, spec = job.metadata, job.spec
     assert meta.name is not None
-    labels = finetunejob_labels(meta.name)
-    job_labels = dict(labels)
+    job_labels = finetunejob_labels(meta.name)
     if spec.queue is not None:
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue.name
         if spec.queue.priority_class is not None:
             job_labels[KUEUE_PRIORITY_LABEL] = spec.queue.priority_class
+    return _runtime_job(
+        job,
+        settings,
+        name=training_job_name(meta.name),
+        job_labels=job_labels,
+        subcommand="train",
+        resources=spec.resources,
+        suspend=spec.queue is not None,  # Kueue admits a queued Job by unsuspending it
+        backoff_limit=spec.run_policy.backoff_limit,
+    )
+
+
+def needs_preflight(job: FineTuneJob, settings: OperatorSettings) -> bool:
+    """The CPU-only preflight step runs before jobs that request GPUs: there it saves a GPU allocation (and
+    the queue wait before it) when the data, tokenizer or target modules are wrong. A CPU-only job would
+    pay a second pod start and a second dataset read for a check its own first minute already makes."""
+    return settings.preflight_gpu_jobs and job.spec.resources.gpus > 0
+
+
+def render_preflight_job(job: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
+    """The Job that runs `peft-runtime preflight` on the same plan, volumes and credentials as the training
+    Job, with no GPU requested, not queued (it must not wait behind GPU jobs), and the user's CPU and memory
+    (a dataset is tokenized whole) and scheduling (claims may be zonal)."""
+    assert job.metadata.name is not None
+    name = job.metadata.name
+    return _runtime_job(
+        job,
+        settings,
+        name=preflight_job_name(name),
+        job_labels=finetunejob_labels(name, "preflight"),
+        subcommand="preflight",
+        resources=job.spec.resources.model_copy(update={"gpus": 0}),
+        suspend=False,
+        backoff_limit=PREFLIGHT_BACKOFF_LIMIT,
+    )
+
+
+def _runtime_job(
+    job: FineTuneJob,
+    settings: OperatorSettings,
+    *,
+    name: str,
+    job_labels: dict[str, str],
+    subcommand: str,
+    resources: ComputeResources,
+    suspend: bool,
+    backoff_limit: int,
+) -> dict[str, Any]:
+    """A Job whose one pod runs `peft-runtime <subcommand> --plan` on the job's plan."""
+    meta, spec = job.metadata, job.spec
+    assert meta.name is not None
+    pod_labels = {k: v for k, v in job_labels.items() if not k.startswith("kueue.x-k8s.io/")}
     volumes, mounts = _storage_volumes(job)
     env, env_from = _env(job, settings)
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,
         "image": settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["peft-runtime", "train", "--plan", f"{PLAN_DIR}/{PLAN_FILE_NAME}"],
+        "command": ["peft-runtime", subcommand, "--plan", f"{PLAN_DIR}/{PLAN_FILE_NAME}"],
         "env": env,
-        "resources": container_resources(spec.resources),
+        "resources": container_resources(resources),
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
@@ -138,10 +193,10 @@ def render_training_job(job: FineTuneJob, settings: OperatorSettings) -> dict[st
         {"name": "tmp", "emptyDir": {}},
         *volumes,
     ]
-    training_pod = pod_spec(
+    pod = pod_spec(
         [container],
         pod_volumes,
-        spec.resources,
+        resources,
         settings.trainer_run_as_user,
         restartPolicy="Never",
         terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS,
@@ -149,13 +204,12 @@ def render_training_job(job: FineTuneJob, settings: OperatorSettings) -> dict[st
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": owned_metadata(FineTuneJob.KIND, meta, training_job_name(meta.name), job_labels),
+        "metadata": owned_metadata(FineTuneJob.KIND, meta, name, job_labels),
         "spec": {
-            # Kueue admits a queued Job by unsuspending it.
-            "suspend": spec.queue is not None,
-            "backoffLimit": spec.run_policy.backoff_limit,
+            "suspend": suspend,
+            "backoffLimit": backoff_limit,
             "activeDeadlineSeconds": duration_seconds(spec.run_policy.max_runtime),
             "podFailurePolicy": _pod_failure_policy(),
-            "template": {"metadata": {"labels": labels}, "spec": training_pod},
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod},
         },
     }

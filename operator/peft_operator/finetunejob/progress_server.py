@@ -16,7 +16,14 @@ from pydantic import TypeAdapter, ValidationError
 
 from .. import kube
 from ..api import FineTuneJob, FineTuneJobStatus
-from ..api.events import CompletedEvent, FailedEvent, PreflightEvent, ProgressEvent, TrainerEvent
+from ..api.events import (
+    CompletedEvent,
+    FailedEvent,
+    PreflightEvent,
+    PreflightPassedEvent,
+    ProgressEvent,
+    TrainerEvent,
+)
 from ..settings import OperatorSettings
 from .progress_token import token_is_valid
 from .status import TERMINAL_PHASES
@@ -38,8 +45,8 @@ def status_patch(current: FineTuneJobStatus, event: TrainerEvent) -> dict[str, A
         return {"progress": event.progress.to_wire()}
     if isinstance(event, CompletedEvent):
         return {"adapter": event.adapter.to_wire(), "progress": event.progress.to_wire()}
-    assert isinstance(event, FailedEvent)
-    return None  # failures reach status through the Job and the pod's termination message
+    assert isinstance(event, FailedEvent | PreflightPassedEvent)
+    return None  # outcomes reach status through the Job and the pod's termination message
 
 
 def _deliver(client: ApiClient, settings: OperatorSettings, namespace: str, name: str, token: str, raw: bytes) -> int:

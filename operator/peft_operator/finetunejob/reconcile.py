@@ -4,6 +4,7 @@ every trigger (create, resume, Job or pod change, timer) runs the same function.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,14 +16,20 @@ from ..api.finetunejob import RunPolicy
 from ..api.validation import SpecError, parse_object
 from ..conditions import condition_is_true
 from ..events import KubeEvent, post_event
-from ..naming import CANCEL_ANNOTATION, LABEL_FINETUNEJOB, training_job_name
+from ..naming import (
+    CANCEL_ANNOTATION,
+    LABEL_COMPONENT,
+    LABEL_FINETUNEJOB,
+    preflight_job_name,
+    training_job_name,
+)
 from ..settings import OperatorSettings
 from .deploy import DEPLOYED, EVAL_GATE_NOT_MET, deploy_adapter
-from .job import render_training_job
+from .job import needs_preflight, render_preflight_job, render_training_job
 from .plan import render_plan_configmap
 from .references import missing_secret
 from .secret import render_progress_secret
-from .status import TERMINAL_PHASES, Observation, Verdict, compute_status
+from .status import PREFLIGHT_PASSED, TERMINAL_PHASES, Observation, Verdict, compute_status, job_condition
 from .validation import cluster_problems
 
 log = logging.getLogger(__name__)
@@ -39,19 +46,41 @@ def _validate(body: dict[str, Any]) -> tuple[FineTuneJob | None, str | None]:
     return job, ("; ".join(problems) if problems else None)
 
 
+@dataclass
+class Children:
+    """What `_ensure_children` found or created: the training Job once it may exist, else the preflight's."""
+
+    job: dict[str, Any] | None = None
+    preflight_job: dict[str, Any] | None = None
+    preflight_pods: list[dict[str, Any]] = field(default_factory=list)
+    events: list[KubeEvent] = field(default_factory=list)
+
+
 def _ensure_children(
-    client: ApiClient, job: FineTuneJob, settings: OperatorSettings, announced: bool
-) -> tuple[dict[str, Any], list[KubeEvent]]:
-    """The progress Secret, the plan ConfigMap and the Job. JobCreated is derived from the status, not
-    from this call having created the Job: until the status names the Job (`announced`), every pass
-    announces it, so an operator killed between creating the Job and posting the Event posts it next time."""
+    client: ApiClient, job: FineTuneJob, settings: OperatorSettings, current: FineTuneJobStatus
+) -> Children:
+    """The progress Secret, the plan ConfigMap, the preflight Job where one applies, and the training Job
+    once the preflight has passed. JobCreated is derived from the status, not from this call having created
+    the Job: until the status names the Job, every pass announces it, so an operator killed between creating
+    the Job and posting the Event posts it next time."""
+    meta = job.metadata
+    assert meta.name is not None and meta.namespace is not None
+    children = Children()
     with kube.creating_children():
         if settings.progress_url:
             kube.ensure_namespaced(client, render_progress_secret(job, settings))
         kube.ensure_namespaced(client, render_plan_configmap(job, settings))
-        training_job, _ = kube.ensure_namespaced(client, render_training_job(job, settings))
-    name = training_job["metadata"]["name"]
-    return training_job, [] if announced else [KubeEvent("Normal", "JobCreated", f"Created Job {name}")]
+        awaiting_preflight = current.job_name is None and not condition_is_true(current.conditions, PREFLIGHT_PASSED)
+        if awaiting_preflight and needs_preflight(job, settings):
+            children.preflight_job, _ = kube.ensure_namespaced(client, render_preflight_job(job, settings))
+            selector = {LABEL_FINETUNEJOB: meta.name, LABEL_COMPONENT: "preflight"}
+            children.preflight_pods = kube.list_pods(client, meta.namespace, selector)
+            if job_condition(children.preflight_job, "Complete") is None:
+                return children  # no GPU is requested before the preflight has passed
+        children.job, _ = kube.ensure_namespaced(client, render_training_job(job, settings))
+    if current.job_name is None:
+        children.events.append(KubeEvent("Normal", "JobCreated", f"Created Job {children.job['metadata']['name']}"))
+    return children
 
 
 def _blocked(client: ApiClient, job: FineTuneJob, current: FineTuneJobStatus) -> Verdict | None:
@@ -70,19 +99,20 @@ def reconcile_finetunejob(client: ApiClient, namespace: str, name: str, settings
     current = FineTuneJobStatus.model_validate(body.get("status") or {})
     job, invalid = _validate(body)
     cancelled = (body["metadata"].get("annotations") or {}).get(CANCEL_ANNOTATION) == "true"
-    job_name = training_job_name(name)
-    observed_job: dict[str, Any] | None = None
+    children = Children()
     blocked: Verdict | None = None
-    events: list[KubeEvent] = []
     if current.phase not in TERMINAL_PHASES and job is not None and invalid is None:
         if cancelled:
-            kube.delete_job(client, namespace, job_name)
+            kube.delete_job(client, namespace, training_job_name(name))
+            kube.delete_job(client, namespace, preflight_job_name(name))
         elif (blocked := _blocked(client, job, current)) is None:
             try:
-                observed_job, events = _ensure_children(client, job, settings, current.job_name is not None)
+                children = _ensure_children(client, job, settings, current)
             except kube.ChildNotCreatedError as error:
                 blocked = Verdict(Phase.PENDING, error.reason, str(error))
-    pods = kube.list_pods(client, namespace, {LABEL_FINETUNEJOB: name}) if observed_job else []
+    trainer_pods = {LABEL_FINETUNEJOB: name, LABEL_COMPONENT: "trainer"}
+    pods = kube.list_pods(client, namespace, trainer_pods) if children.job else []
+    events = children.events
     observation = Observation(
         generation=body["metadata"].get("generation"),
         queue=job.spec.queue.name if job is not None and job.spec.queue is not None else None,
@@ -90,8 +120,10 @@ def reconcile_finetunejob(client: ApiClient, namespace: str, name: str, settings
         invalid=invalid,
         cancelled=cancelled,
         blocked=blocked,
-        job=observed_job,
+        job=children.job,
         pods=pods,
+        preflight_job=children.preflight_job,
+        preflight_pods=children.preflight_pods,
     )
     now = datetime.now(UTC)
     status, transitions = compute_status(current, observation, now)

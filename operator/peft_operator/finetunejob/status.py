@@ -5,21 +5,29 @@ No API calls here: the handlers gather the inputs, this decides phase, condition
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from ..api import FineTuneJobStatus, Phase
-from ..api.events import STOPPED_BY_SIGNAL_EXIT_CODES, CompletedEvent, FailedEvent, TrainerEvent
+from ..api.events import (
+    STOPPED_BY_SIGNAL_EXIT_CODES,
+    CompletedEvent,
+    FailedEvent,
+    FinalEvent,
+    PreflightPassedEvent,
+    TrainerEvent,
+)
 from ..api.finetunejob import RunPolicy
-from ..conditions import set_condition
+from ..conditions import condition_is_true, set_condition
 from ..events import KubeEvent
 from ..naming import TRAINER_CONTAINER
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
 PHASE_CONDITIONS = ("Queued", "Running", "Succeeded", "Failed")
+PREFLIGHT_PASSED = "PreflightPassed"
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"})
 _EVENT_ADAPTER: TypeAdapter[TrainerEvent] = TypeAdapter(TrainerEvent)
 
@@ -43,9 +51,11 @@ class Observation:
     blocked: Verdict | None = None  # why the children cannot be created yet (a missing Secret, a refusal)
     job: dict[str, Any] | None = None
     pods: list[dict[str, Any]] = field(default_factory=list)
+    preflight_job: dict[str, Any] | None = None  # the CPU-only preflight Job, while it decides
+    preflight_pods: list[dict[str, Any]] = field(default_factory=list)
 
 
-def trainer_final_event(pods: list[dict[str, Any]]) -> CompletedEvent | FailedEvent | None:
+def trainer_final_event(pods: list[dict[str, Any]]) -> FinalEvent | None:
     """The last event the trainer wrote to its termination message, from the newest finished pod."""
     for pod in sorted(pods, key=_pod_started, reverse=True):
         terminated = _trainer_state(pod).get("terminated") or {}
@@ -57,7 +67,7 @@ def trainer_final_event(pods: list[dict[str, Any]]) -> CompletedEvent | FailedEv
                 event = _EVENT_ADAPTER.validate_python(json.loads(line))
             except (ValueError, ValidationError):
                 continue
-            if isinstance(event, CompletedEvent | FailedEvent):
+            if isinstance(event, FinalEvent):
                 return event
     return None
 
@@ -73,7 +83,7 @@ def _trainer_state(pod: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+def job_condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("type") == type_ and condition.get("status") == "True":
             return condition  # type: ignore[no-any-return]
@@ -149,6 +159,44 @@ def _failure(obs: Observation, job: dict[str, Any], condition: dict[str, Any]) -
     return Verdict(Phase.FAILED, job_reason or "TrainerFailed", condition.get("message") or "The training Job failed.")
 
 
+def _preflight_verdict(obs: Observation, preflight: dict[str, Any]) -> Verdict:
+    name = preflight["metadata"]["name"]
+    if (condition := job_condition(preflight, "Failed")) is not None:
+        failed = _failure(replace(obs, pods=obs.preflight_pods), preflight, condition)
+        return Verdict(
+            Phase.FAILED, failed.reason, f"The preflight (Job {name}) failed, so no GPU was requested: {failed.message}"
+        )
+    if (blocked := _pending_reason(obs.preflight_pods)) is not None:
+        return blocked
+    return Verdict(
+        Phase.PENDING,
+        "Preflight",
+        f"Checking the dataset, tokenizer and target modules on CPU (Job {name}) before requesting GPUs.",
+    )
+
+
+def _preflight_outcome(status: FineTuneJobStatus, obs: Observation, verdict: Verdict, now: datetime) -> list[KubeEvent]:
+    """The PreflightPassed condition (and status.dataset) once the preflight Job has finished."""
+    preflight = obs.preflight_job
+    if preflight is None:
+        return []
+    if job_condition(preflight, "Complete") is not None:
+        final = trainer_final_event(obs.preflight_pods)
+        message = "The preflight found nothing that stops training."
+        if isinstance(final, PreflightPassedEvent):
+            status.dataset, message = final.dataset, f"Preflight passed: {final.message}"
+        passed_before = condition_is_true(status.conditions, PREFLIGHT_PASSED)
+        status.conditions = set_condition(
+            status.conditions, PREFLIGHT_PASSED, True, "PreflightPassed", message, obs.generation, now
+        )
+        return [] if passed_before else [KubeEvent("Normal", "PreflightPassed", message)]
+    if job_condition(preflight, "Failed") is not None:
+        status.conditions = set_condition(
+            status.conditions, PREFLIGHT_PASSED, False, verdict.reason, verdict.message, obs.generation, now
+        )
+    return []  # a failure's Warning is the Failed phase's own Event
+
+
 def decide(obs: Observation) -> Verdict:
     """Where a job that has not finished stands now."""
     if obs.invalid is not None:
@@ -160,11 +208,13 @@ def decide(obs: Observation) -> Verdict:
     if obs.blocked is not None:
         return obs.blocked
     job = obs.job
+    if job is None and obs.preflight_job is not None:
+        return _preflight_verdict(obs, obs.preflight_job)
     if job is None:
         return Verdict(Phase.PENDING, "Creating", "Creating the training Job.")
-    if (condition := _job_condition(job, "Failed")) is not None:
+    if (condition := job_condition(job, "Failed")) is not None:
         return _failure(obs, job, condition)
-    if _job_condition(job, "Complete") is not None:
+    if job_condition(job, "Complete") is not None:
         return Verdict(Phase.SUCCEEDED, "Succeeded", "Training finished and the adapter was written.")
     if (job.get("spec") or {}).get("suspend"):
         where = f"Kueue LocalQueue {obs.queue}" if obs.queue else "the Job to be resumed"
@@ -229,7 +279,7 @@ def compute_status(
             obs.generation,
             now,
         )
-    events: list[KubeEvent] = []
+    events = _preflight_outcome(status, obs, verdict, now)
     if verdict.phase != current.phase or _reason_changed(current, verdict):
         kind = "Warning" if verdict.phase is Phase.FAILED or verdict.reason in _WARNING_REASONS else "Normal"
         events.append(KubeEvent(kind, verdict.reason, verdict.message))
@@ -249,7 +299,7 @@ _WARNING_REASONS = frozenset(
         "NameTaken",
     }
 )
-_ANNOUNCED_REASONS = _WARNING_REASONS | {"Resuming"}  # an Event even when the phase stays the same
+_ANNOUNCED_REASONS = _WARNING_REASONS | {"Resuming", "Preflight"}  # an Event even when the phase stays the same
 
 
 def _condition_for(phase: Phase) -> str | None:

@@ -22,6 +22,7 @@ from peft_operator.api.uris import Scheme, StorageUri, parse_uri
 
 # What a model directory needs; weights in other formats (.bin, .pt) are not downloaded.
 MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 class StorageError(Exception):
@@ -91,8 +92,9 @@ def s3_keys(client: Any, bucket: str, prefix: str) -> list[str]:
     return keys
 
 
-def download_s3(uri: StorageUri, dest: Path, env_prefix: str = "") -> Path:
-    """Download an object (returns its local file) or every object under a prefix (returns the folder)."""
+def download_s3(uri: StorageUri, dest: Path, env_prefix: str = "", skip_suffixes: tuple[str, ...] = ()) -> Path:
+    """Download an object (returns its local file) or every object under a prefix (returns the folder),
+    leaving out keys that end in one of `skip_suffixes`."""
     client = s3_client(env_prefix)
     try:
         if uri.path and not uri.path.endswith("/"):
@@ -103,7 +105,7 @@ def download_s3(uri: StorageUri, dest: Path, env_prefix: str = "") -> Path:
                 client.download_file(uri.authority, uri.path, str(target))
                 return target
         prefix = f"{uri.path}/" if uri.path else ""
-        keys = [k for k in s3_keys(client, uri.authority, prefix) if not k.endswith("/")]
+        keys = [k for k in s3_keys(client, uri.authority, prefix) if not k.endswith(("/", *skip_suffixes))]
         for key in keys:
             target = dest / key[len(prefix) :]
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -115,16 +117,19 @@ def download_s3(uri: StorageUri, dest: Path, env_prefix: str = "") -> Path:
     return dest
 
 
-def fetch_model_dir(uri: str, revision: str | None, mounts: Mounts, work_dir: Path) -> Path:
-    """A local directory with the base model's config, weights and tokenizer."""
+def fetch_model_dir(uri: str, revision: str | None, mounts: Mounts, work_dir: Path, *, weights: bool = True) -> Path:
+    """A local directory with the base model's config, tokenizer and (unless `weights` is False: the
+    preflight needs none) weights."""
     parsed = parse_uri(uri)
+    skipped = () if weights else WEIGHT_SUFFIXES
     try:
         if uri in mounts.local_models:
             location = Path(mounts.local_models[uri])
         elif parsed.scheme is Scheme.S3:
-            location = download_s3(parsed, work_dir / "model", MODEL_CREDENTIALS_PREFIX)
+            location = download_s3(parsed, work_dir / "model", MODEL_CREDENTIALS_PREFIX, skipped)
         elif parsed.scheme is Scheme.HF:
-            location = hf_snapshot(parsed, repo_type="model", revision=revision, allow_patterns=MODEL_FILE_PATTERNS)
+            patterns = [p for p in MODEL_FILE_PATTERNS if not p.endswith(skipped)]
+            location = hf_snapshot(parsed, repo_type="model", revision=revision, allow_patterns=patterns)
         else:
             location = local_path(parsed, mounts)
     except Exception as error:  # StorageError, botocore's and huggingface_hub's many types

@@ -25,6 +25,15 @@ def register(subcommands: Any) -> None:
         help="tqdm bar on stderr (auto: when stderr is a terminal)",
     )
     parser.set_defaults(run=run)
+    checks = subcommands.add_parser(
+        "preflight",
+        help="check a training plan without training (CPU only)",
+        description="Read the dataset and run its preflight, load the tokenizer and the model config, and attach "
+        "the adapter to the model built on the meta device (no weights) to check the target modules. The operator "
+        "runs this as a CPU-only Job before it requests GPUs.",
+    )
+    checks.add_argument("--plan", type=Path, required=True, help="the TrainingPlan JSON (plan.json)")
+    checks.set_defaults(run=run_preflight)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,3 +44,10 @@ def run(args: argparse.Namespace) -> int:
         return 3
     bar = {"auto": sys.stderr.isatty(), "always": True, "never": False}[args.progress_bar]
     return run_plan(plan, merge=args.merge, progress_bar=bar)
+
+
+def run_preflight(args: argparse.Namespace) -> int:
+    from .run import load_plan, run_plan
+
+    plan = load_plan(args.plan)
+    return 3 if plan is None else run_plan(plan, preflight_only=True)

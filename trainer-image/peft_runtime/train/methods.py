@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -26,7 +26,7 @@ from peft_operator.api.methods import (
 )
 
 from ..bottleneck import BottleneckConfig, BottleneckModel
-from .errors import configuration_error
+from .errors import configuration_error, model_unavailable
 from .memory import release_freed_memory
 
 
@@ -166,14 +166,48 @@ def attach_adapter(model: Any, setup: MethodSetup) -> Any:
             model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
     try:
-        if isinstance(setup.adapter_config, BottleneckConfig):
+        if isinstance(setup.adapter_config, BottleneckConfig):  # placements, found by its own code
             return BottleneckModel(model, setup.adapter_config)
+        # peft refuses targets only when none of them exists; one typo among several would train less silently.
+        if missing := _missing_targets(model, setup.adapter_config):
+            _refuse(model, setup, f"it has no module named {', '.join(missing)}")
         return get_peft_model(model, setup.adapter_config)
     except ValueError as error:  # e.g. target modules the model does not have
-        linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if _is_linear(m)})
-        raise configuration_error(
-            f"cannot apply {setup.type.value} to this model: {error}. Its linear modules are: {', '.join(linear)}"
-        ) from error
+        _refuse(model, setup, str(error))
+
+
+def _missing_targets(model: Any, config: Any) -> list[str]:
+    """Listed targets (targetModules, feedforwardModules, modulesToSave) that name no module of the model."""
+    listed: list[str] = []
+    for attribute in ("target_modules", "feedforward_modules", "modules_to_save"):
+        value = getattr(config, attribute, None)
+        if value is not None and not isinstance(value, str):  # a string is a regular expression
+            listed += [name for name in sorted(value) if name not in listed]
+    names = [name for name, _ in model.named_modules()]
+    return [t for t in listed if not any(n == t or n.endswith(f".{t}") for n in names)]
+
+
+def _refuse(model: Any, setup: MethodSetup, why: str) -> NoReturn:
+    linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if _is_linear(m)})
+    raise configuration_error(
+        f"cannot apply {setup.type.value} to this model: {why}. Its linear modules are: {', '.join(linear)}"
+    )
+
+
+def adapter_on_meta_model(model_dir: Path, setup: MethodSetup) -> Any:
+    """The adapter attached to the base model built on the meta device from its config alone: no weight is
+    read or allocated, yet every module name is real, so a wrong target fails as it would in training (a
+    ConfigurationError listing the model's linear modules). qlora's 4-bit layers keep the names of the
+    layers they replace, so its targets are checked on the unquantized structure."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as error:
+        raise model_unavailable(f"cannot build the base model from its config.json in {model_dir}: {error}") from error
+    return attach_adapter(model, replace(setup, quantization=None))
 
 
 def _is_linear(module: Any) -> bool:

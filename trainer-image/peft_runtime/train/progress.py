@@ -18,7 +18,14 @@ import urllib.error
 import urllib.request
 from typing import Any, Protocol
 
-from peft_operator.api.events import CompletedEvent, FailedEvent, PreflightEvent, ProgressEvent, TrainerEvent
+from peft_operator.api.events import (
+    CompletedEvent,
+    FailedEvent,
+    FinalEvent,
+    PreflightEvent,
+    ProgressEvent,
+    TrainerEvent,
+)
 from peft_operator.api.finetunejob import DatasetReport
 from peft_operator.api.plan import ProgressSinkConfig
 
@@ -43,7 +50,7 @@ def to_json(event: TrainerEvent) -> str:
     return json.dumps(event.to_wire(), separators=(",", ":"))
 
 
-def compact_final(event: CompletedEvent | FailedEvent) -> str:
+def compact_final(event: FinalEvent) -> str:
     """The final event as one line under TERMINATION_LOG_LIMIT bytes (a long message is shortened)."""
     line = to_json(event)
     while len(line.encode()) >= TERMINATION_LOG_LIMIT and isinstance(event, FailedEvent):
@@ -93,7 +100,7 @@ class TerminationLogSink:
         self.path = path
 
     def emit(self, event: TrainerEvent) -> None:
-        if isinstance(event, CompletedEvent | FailedEvent):
+        if isinstance(event, FinalEvent):
             with open(self.path, "w", encoding="utf-8") as handle:
                 handle.write(compact_final(event))
 

@@ -54,16 +54,23 @@ def quiet_libraries() -> None:
         pass
 
 
-def run_plan(plan: TrainingPlan, *, merge: bool = False, progress_bar: bool = False, stdout: bool = True) -> int:
-    """Train, report the outcome on every sink, and return the exit code; never raises."""
+def run_plan(
+    plan: TrainingPlan,
+    *,
+    merge: bool = False,
+    progress_bar: bool = False,
+    stdout: bool = True,
+    preflight_only: bool = False,
+) -> int:
+    """Train (or, with `preflight_only`, run the checks before training), report the outcome on every sink,
+    and return the exit code; never raises."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_libraries()
     reporter = Reporter.for_plan(plan.progress, stdout=stdout, progress_bar=progress_bar)
     try:
-        from .trainer import train
+        from .trainer import preflight, train
 
-        completed = train(plan, reporter, merge=merge)
-        reporter.emit(completed)
+        reporter.emit(preflight(plan, reporter) if preflight_only else train(plan, reporter, merge=merge))
         return EXIT_OK
     except Interrupted as stopped:  # not a failure: no failed event, the Job's next pod carries on
         log.warning("Training %s", stopped.message)

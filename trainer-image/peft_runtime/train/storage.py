@@ -61,10 +61,10 @@ def dataset_files(uri: str, mounts: Mounts, work_dir: Path) -> list[Path]:
     return files
 
 
-def model_dir(uri: str, revision: str | None, mounts: Mounts, work_dir: Path) -> Path:
-    """A local directory with the base model's config, weights and tokenizer."""
+def model_dir(uri: str, revision: str | None, mounts: Mounts, work_dir: Path, *, weights: bool = True) -> Path:
+    """A local directory with the base model's config, tokenizer and (unless `weights` is False) weights."""
     try:
-        return fetch_model_dir(uri, revision, mounts, work_dir)
+        return fetch_model_dir(uri, revision, mounts, work_dir, weights=weights)
     except StorageError as error:
         raise model_unavailable(str(error)) from error
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from peft_operator.api.events import CompletedEvent, PreflightEvent, ProgressEvent
+from peft_operator.api.events import CompletedEvent, PreflightEvent, PreflightPassedEvent, ProgressEvent
 from peft_operator.api.finetunejob import AdapterRecord, DatasetReport, FineTuneJobSpec, LrScheduler, Progress
 from peft_operator.api.methods import MERGEABLE_METHODS, PROMPT_LEARNING_METHODS
 from peft_operator.api.plan import TrainingPlan
@@ -38,6 +38,7 @@ from .memory import map_large_blocks
 from .methods import (
     MethodContext,
     MethodSetup,
+    adapter_on_meta_model,
     attach_adapter,
     load_base_model,
     method_setup,
@@ -62,6 +63,24 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
     state = _resume(plan.spec, run.output, trainee, data.total_steps, reporter)
     clock = _train_loop(plan.spec, run, data, trainee, state, reporter)
     return _finish(plan.spec, run, data, trainee, state, clock)
+
+
+def preflight(plan: TrainingPlan, reporter: Reporter) -> PreflightPassedEvent:
+    """What can fail before any GPU is spent (the operator runs this as a CPU-only step before the training
+    Job): stage 1, stage 2 (tokenizer, every row; the weights are not fetched) and the adapter attached to
+    the base model built on the meta device, which checks the target modules against the real names."""
+    run = _setup(plan, reporter, merge=False)
+    data = _prepare_data(plan, run, reporter, weights=False)
+    setup = method_setup(plan.spec.method, MethodContext(model_dir=data.base_dir, device=torch.device("cpu")))
+    model = adapter_on_meta_model(data.base_dir, setup)
+    wrapped = target_modules(model, setup)
+    attaches = f"wraps {', '.join(wrapped)}" if wrapped else "attaches"
+    message = (
+        f"{data.report.usable_rows} of {data.report.rows} rows usable, {data.total_steps} steps planned; "
+        f"the tokenizer and model config load; {plan.spec.method.type.value} {attaches}. {trainable_summary(model)}"
+    )
+    reporter.note(f"Preflight passed: {message}")
+    return PreflightPassedEvent(dataset=data.report, message=message[:2048])
 
 
 # ------------------------------------------------------------------------ what the stages hand on
@@ -175,11 +194,11 @@ def _setup(plan: TrainingPlan, reporter: Reporter, merge: bool) -> RunSetup:
     return RunSetup(work_dir, device, place, output, merge)
 
 
-def _prepare_data(plan: TrainingPlan, run: RunSetup, reporter: Reporter) -> TrainingData:
+def _prepare_data(plan: TrainingPlan, run: RunSetup, reporter: Reporter, *, weights: bool = True) -> TrainingData:
     """2. Tokenizer, rows, preflight (reported even when it refuses the data), split, step count."""
     spec, hp = plan.spec, plan.spec.training
     reporter.note(f"Fetching base model {spec.base_model.uri} and reading dataset {spec.dataset.uri}")
-    base_dir = model_dir(spec.base_model.uri, spec.base_model.revision, plan.mounts, run.work_dir)
+    base_dir = model_dir(spec.base_model.uri, spec.base_model.revision, plan.mounts, run.work_dir, weights=weights)
     tokenizer = _load_tokenizer(base_dir)
     check_tokenizer(tokenizer, spec.dataset.format)
     files = dataset_files(spec.dataset.uri, plan.mounts, run.work_dir)
