@@ -230,6 +230,25 @@ def test_n_choices_stream_interleaved_by_index(target: Target) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10
 
 
+def test_n_chat_choices_stream_each_with_its_role_and_finish(target: Target) -> None:
+    ask: dict[str, Any] = {
+        "model": target.adapters[0],
+        "messages": QUESTION,
+        "n": 2,
+        "max_tokens": 5,
+        "temperature": 1.0,
+        "seed": 11,
+    }
+    whole = target.client.chat.completions.create(**ask)
+    chunks = [c for c in target.client.chat.completions.create(**ask, stream=True) if c.choices]
+
+    for index in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices[0].index == index]
+        assert mine[0].delta.role == "assistant"
+        assert "".join(c.delta.content or "" for c in mine) == whole.choices[index].message.content
+        assert [c.finish_reason for c in mine if c.finish_reason] == [whole.choices[index].finish_reason]
+
+
 def test_chat_logprobs_give_the_top_alternatives_of_every_token(target: Target) -> None:
     reply = target.client.chat.completions.create(
         model=target.adapters[0],
