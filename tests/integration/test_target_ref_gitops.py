@@ -26,6 +26,7 @@ from peft_operator.api.finetunejob import AdapterRecord, Progress
 from tests.support import kubelet
 from tests.support.adapters import TestAdapter, make_lora_adapter
 from tests.support.controlplane import ControlPlane
+from tests.support.http import call_json
 from tests.support.kubelet import wait_for
 from tests.support.node import NodePod
 from tests.support.operator_process import OperatorProcess
@@ -181,14 +182,14 @@ class Equipped:
             GROUP, VERSION, NAMESPACE, "adapterdeployments", self.name
         )
 
-    def create_adep(self, adapters: list[dict[str, Any]]) -> None:
+    def create_adep(self, adapters: list[dict[str, Any]], engine_port: int = 8000) -> None:
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "AdapterDeployment",
             "metadata": {"name": self.name, "namespace": NAMESPACE},
             "spec": {
                 "baseModel": {"uri": BASE_URI},
-                "targetRef": {"name": self.name, "container": "server", "port": 8000},
+                "targetRef": {"name": self.name, "container": "server", "port": engine_port},
                 "tokenSecretRef": {"name": "engine-admin", "key": "token"},
                 "limits": {"maxAdapters": 8, "maxRank": 16},
                 "adapters": adapters,
@@ -251,12 +252,14 @@ def gate_is_true(cluster: Cluster, pod_name: str) -> bool:
     return any(c.type == "peft.dev/adapters-loaded" and c.status == "True" for c in pod.status.conditions or [])
 
 
-def equip(cluster: Cluster, name: str, apply_mode: str) -> tuple[Equipped, dict[str, Any]]:
+def equip(
+    cluster: Cluster, name: str, apply_mode: str, manifest: dict[str, Any] | None = None, engine_port: int = 8000
+) -> tuple[Equipped, dict[str, Any]]:
     """The owner applies its Deployment, then an AdapterDeployment targets it and serves tenant-a."""
-    equipped = Equipped(cluster, name, apply_mode, owners_manifest(name))
+    equipped = Equipped(cluster, name, apply_mode, manifest or owners_manifest(name))
     equipped.owner_applies()
     as_written = equipped.deployment()
-    equipped.create_adep([entry(cluster, "tenant-a")])
+    equipped.create_adep([entry(cluster, "tenant-a")], engine_port)
     pod = wait_for("the operator's pod", equipped.labelled_pods, timeout=60)[0]
     equipped.start_new_pods()
     wait_for("tenant-a Loaded", lambda: equipped.states().get("tenant-a") == ("Loaded", 1), timeout=120)
@@ -482,6 +485,46 @@ def test_an_owner_that_writes_its_own_readiness_gates_is_told_to_add_ours(cluste
         timeout=60,
     )
     assert equipped.deployment()["spec"]["template"]["spec"]["readinessGates"] == gates
+
+
+def test_an_engine_gate_in_the_owners_manifest_keeps_clients_off_the_admin_routes(cluster: Cluster) -> None:
+    """The operator cannot put its engine gate in front of an engine it does not own (the Service and the
+    engine's port are the owner's); the owner can: the engine on loopback :8080, `peft-runtime gate` on the
+    Service's port, targetRef.port 8080. The agent loads on loopback; clients of :8000 cannot."""
+    manifest = owners_manifest("llm-gated-engine")
+    server = manifest["spec"]["template"]["spec"]["containers"][0]
+    server["command"] = [
+        *(a for a in server["command"] if not a.startswith("--port=")),
+        "--host=127.0.0.1",
+        "--port=8080",
+    ]
+    del server["ports"], server["readinessProbe"]
+    gate = {
+        "name": "gate",
+        "image": "registry.test/peft-runtime:test",
+        "command": ["peft-runtime", "gate", "--engine-url=http://127.0.0.1:8080", "--port=8000"],
+        "ports": [{"name": "http", "containerPort": 8000}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 5},
+    }
+    manifest["spec"]["template"]["spec"]["containers"].append(gate)
+    equipped, _ = equip(cluster, "llm-gated-engine", "server-side", manifest, engine_port=8080)
+    try:
+        node = next(iter(equipped.nodes.values()))
+        client_port = f"http://{node.ip}:8000"
+        intruder = {"lora_name": "intruder", "lora_path": str(cluster.adapters["tenant-a"].path)}
+        for route, body in (
+            ("/v1/load_lora_adapter", intruder),
+            ("/v1/unload_lora_adapter", {"lora_name": "tenant-a"}),
+        ):
+            status, answer = call_json(client_port + route, "POST", body, TOKEN, 30)
+            assert (status, answer["error"]["reason"]) == (403, "AdminRoute"), answer
+        status, answer = call_json(
+            client_port + "/v1/completions", "POST", {"model": "tenant-a", "prompt": "hi", "max_tokens": 2}
+        )
+        assert (status, answer["model"]) == (200, "tenant-a"), answer
+        assert equipped.served(node) == {"tenant-a"}
+    finally:
+        equipped.stop()
 
 
 def _upload(cluster: Cluster, folder: Path, bucket: str, prefix: str) -> None:
