@@ -6,7 +6,9 @@ real vLLM pods are tests/vllm's job). The owner applies its manifest the two way
 server-side apply under Argo CD's field manager (`argocd-controller`), and client-side `kubectl apply`.
 Re-applying the original manifest must leave the operator's sidecar in place and serving, with no writes
 and no generation bumps from either side; a `kubectl replace` (Argo CD's Replace=true) that drops the
-sidecar gets it back once; deleting the AdapterDeployment leaves the Deployment as the owner wrote it."""
+sidecar gets it back once; deleting the AdapterDeployment leaves the Deployment as the owner wrote it.
+Also: an adapter from a FineTuneJob's private bucket (keys checked), vLLM flags the owner's manifest lacks,
+readinessGates the owner holds, and an engine gate in the owner's manifest."""
 
 from __future__ import annotations
 
