@@ -185,7 +185,6 @@ class Engine:
 class Choice:
     text: str = ""
     finish_reason: str | None = None
-    prompt_tokens: int = 0
     completion_tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
@@ -211,7 +210,7 @@ class Submission:
         self.requests = [
             GenerationRequest(adapter, ids, p, emit=self._emitter(i)) for i, (ids, p) in enumerate(per_choice)
         ]
-        self.choices = [Choice(prompt_tokens=len(ids)) for ids, _ in per_choice]
+        self.choices = [Choice() for _ in per_choice]
         self.prompt_tokens = sum(len(ids) for ids in prompts)  # once per prompt, however many choices
         self.started = time.monotonic()
         self._first_text: float | None = None
