@@ -1,5 +1,7 @@
-"""Real vLLM for the `vllm` tests: ONE vLLM process per session (4 GB, both cores while it starts), the
-adapters our trainer made on SmolLM2, and the agent in front of vLLM configured through its real CLI.
+"""Real vLLM for the `vllm` tests: the adapters our trainer made on SmolLM2 (once per session), one vLLM
+process with the agent in front of it configured through its real CLI (per module: it holds 4 GB and both
+cores while it starts, and the operator module runs two of its own), and the control plane and operator
+fixtures of tests/integration for the tests where the operator runs vLLM engine pods.
 
 Without `make vllm` the tests skip with the reason; with $CI set they fail instead (CI must run them)."""
 
@@ -14,6 +16,8 @@ from typing import Any
 
 import pytest
 
+# The control plane, CRDs and operator, exactly as the integration tests get them.
+from tests.integration.conftest import controller_manager, controlplane, crds_installed, operator  # noqa: F401
 from tests.runtime.builders import make_plan, run_training, write_jsonl
 from tests.support.adapters import TestAdapter, corrupt_weights, make_lora_adapter
 from tests.support.agent import start_agent
@@ -104,7 +108,7 @@ def _made(adapter: TestAdapter) -> Trained:
     return Trained(adapter.path, adapter.sha256)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm(trained: dict[str, Trained], smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     log = tmp_path_factory.mktemp("vllm-log") / "vllm.log"
     server = VllmServer(
@@ -115,7 +119,7 @@ def vllm(trained: dict[str, Trained], smollm2_dir: Path, tmp_path_factory: pytes
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def agent(vllm: Any, smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     token_file = tmp_path_factory.mktemp("secrets") / "token"
     token_file.write_text(AGENT_TOKEN)
