@@ -85,6 +85,16 @@ def http_in_node(node: RealNode, method: str, url: str, body: dict[str, Any] | N
     return dict(json.loads(proc.stdout))
 
 
+def wait_for_service(node: RealNode, service_ip: str, port: int, path: str = "/health", timeout: float = 120) -> None:
+    """Wait until the Service answers: kube-proxy programs its rules a moment after the endpoints turn ready."""
+
+    def answers() -> bool:
+        url = f"http://{service_ip}:{port}{path}"
+        return node.in_node("curl", "--silent", "--fail", "--max-time", "5", url, check=False).returncode == 0
+
+    wait_for(f"the Service {service_ip}:{port} to answer {path}", answers, timeout=timeout, interval=1)
+
+
 @dataclass
 class Tenant:
     """A namespace whose claims (`models`, `team-data`, `team-adapters`) are folders on this machine."""

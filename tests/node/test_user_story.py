@@ -7,11 +7,22 @@ the operator's Service by its DNS name (CoreDNS on the node)."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.node.cluster import GROUP, VERSION, Tenant, create_object, get, http_in_node, items, wait_phase
+from tests.node.cluster import (
+    GROUP,
+    VERSION,
+    Tenant,
+    create_object,
+    get,
+    http_in_node,
+    items,
+    wait_for_service,
+    wait_phase,
+)
 from tests.support.adapters import reference_generate
 from tests.support.kubelet import wait_for
 from tests.support.real_node import RealNode
@@ -82,19 +93,28 @@ def test_trained_in_a_pod_served_through_the_service(node: RealNode, tenant: Ten
     assert done["status"]["progress"]["step"] == 24
 
     create_object(node, _adapterdeployment(namespace))
+    try:
+        _serve_and_ask(node, tenant, adapter["sha256"], manifest.parent)
+    finally:  # the node has 2 CPUs: free the engine's for the next test's pods
+        node.kubectl("delete", "adapterdeployment", "-n", namespace, DEPLOYMENT, "--wait=true", timeout=180)
+
+
+def _serve_and_ask(node: RealNode, tenant: Tenant, digest: str, adapter_dir: Path) -> None:
+    namespace = tenant.namespace
     status = wait_for("the adapter Loaded on a ready replica", lambda: _adapter_loaded(node, namespace), 600, 2)
-    assert next(a for a in status["adapters"] if a["name"] == ADAPTER)["digest"] == adapter["sha256"]
+    assert next(a for a in status["adapters"] if a["name"] == ADAPTER)["digest"] == digest
 
     service = items(node, "service", namespace, f"peft.dev/adapterdeployment={DEPLOYMENT}")
     assert len(service) == 1, [s["metadata"]["name"] for s in service]
     service_ip = service[0]["spec"]["clusterIP"]
+    wait_for_service(node, service_ip, 8000)
     models = http_in_node(node, "GET", f"http://{service_ip}:8000/v1/models")["data"]
     served = {m["id"]: m.get("parent") for m in models}
     base = next(name for name, parent in served.items() if parent is None)
     assert served[ADAPTER] == base, served
 
-    # The same greedy text as peft's own generate with the files the trainer pod wrote, and not the base's.
-    model_dir, adapter_dir = tenant.claim_dir("models") / "tiny", manifest.parent
+    # The same greedy texts as peft's own generate: with the adapter files the trainer pod wrote, and without.
+    model_dir = tenant.claim_dir("models") / "tiny"
     with_adapter = _complete(node, service_ip, ADAPTER)
     assert with_adapter["model"] == ADAPTER
     assert with_adapter["choices"][0]["text"] == reference_generate(model_dir, adapter_dir, [PROMPT], MAX_TOKENS)[0]

@@ -1,0 +1,122 @@
+"""End to end on a real node, with pods taken away: a trainer pod deleted mid-training (as a drain evicts it)
+checkpoints on SIGTERM and the Job's next pod resumes from there; the operator pod deleted while an
+AdapterDeployment rolls out is replaced by its Deployment, and the new one finishes the rollout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chart.rendering import NAMESPACE as OPERATOR_NAMESPACE
+from tests.node.cluster import (
+    GROUP,
+    VERSION,
+    Tenant,
+    create_object,
+    get,
+    http_in_node,
+    items,
+    wait_for_service,
+    wait_phase,
+)
+from tests.support.adapters import make_lora_adapter, reference_generate
+from tests.support.kubelet import wait_for
+from tests.support.real_node import RealNode
+
+pytestmark = pytest.mark.node
+POD_RESOURCES = {"gpus": 0, "cpu": "1", "memory": "3Gi"}
+PROMPT, MAX_TOKENS = "Say the word number 5:", 6
+
+
+def _checkpoints(output: Path) -> list[str]:
+    """Complete checkpoints (the trainer writes the marker last)."""
+    return sorted(p.parent.name for p in output.glob("checkpoints/step-*/COMPLETE"))
+
+
+def test_trainer_pod_deleted_mid_training_resumes_from_its_checkpoint(node: RealNode, tenant: Tenant) -> None:
+    namespace, job = tenant.namespace, "tiny-resume"
+    create_object(
+        node,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "FineTuneJob",
+            "metadata": {"name": job, "namespace": namespace},
+            "spec": {
+                "baseModel": {"uri": "pvc://models/tiny"},
+                "dataset": {"uri": "pvc://team-data/train.jsonl", "format": "instruction"},
+                "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}},
+                "training": {"maxSteps": 64, "batchSize": 8, "learningRate": "1e-2", "checkpointEvery": 8},
+                "resources": POD_RESOURCES,
+                "output": {"uri": f"pvc://team-adapters/{job}"},
+            },
+        },
+    )
+    output = tenant.claim_dir("team-adapters") / job
+    wait_for("a complete checkpoint on the claim", lambda: _checkpoints(output), timeout=600, interval=1)
+    first = items(node, "pod", namespace, f"peft.dev/finetunejob={job}")
+    assert len(first) == 1
+    node.kubectl("delete", "pod", "-n", namespace, first[0]["metadata"]["name"], "--wait=false")
+
+    done = wait_phase(node, "finetunejob", job, namespace, "Succeeded", timeout=900)
+    assert done["status"]["progress"]["step"] == 64
+    pods = items(node, "pod", namespace, f"peft.dev/finetunejob={job}")
+    second = [p for p in pods if p["metadata"]["name"] != first[0]["metadata"]["name"]]
+    assert [p["status"]["phase"] for p in second] == ["Succeeded"], [p["metadata"]["name"] for p in pods]
+    log = node.kubectl("logs", "-n", namespace, second[0]["metadata"]["name"]).stdout
+    assert "Resuming from step-" in log, log[-3000:]
+
+
+def _operator_pods(node: RealNode) -> list[dict[str, Any]]:
+    pods = items(node, "pod", OPERATOR_NAMESPACE, "app.kubernetes.io/name=peft-operator")
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_operator_pod_deleted_mid_rollout_recovers(node: RealNode, tenant: Tenant) -> None:
+    namespace, name, adapter_name = tenant.namespace, "failover", "tenant-b-bot"
+    model_dir = tenant.claim_dir("models") / "tiny"
+    adapter = make_lora_adapter(
+        model_dir, tenant.claim_dir("team-adapters") / "made" / adapter_name, seed=5, uri="pvc://models/tiny"
+    )
+    tenant.open_to_pods()
+    create_object(
+        node,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "AdapterDeployment",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "baseModel": {"uri": "pvc://models/tiny"},
+                "runtime": {"engine": "builtin", "replicas": 1, "resources": POD_RESOURCES},
+                "adapters": [
+                    {
+                        "name": adapter_name,
+                        "source": {"uri": f"pvc://team-adapters/made/{adapter_name}", "sha256": adapter.sha256},
+                    }
+                ],
+            },
+        },
+    )
+    selector = f"peft.dev/adapterdeployment={name}"
+    wait_for("the engine pod", lambda: items(node, "pod", namespace, selector), timeout=120)
+    (old,) = _operator_pods(node)
+    node.kubectl("delete", "pod", "-n", OPERATOR_NAMESPACE, old["metadata"]["name"], "--wait=false")
+
+    def loaded() -> dict[str, Any] | None:
+        status = get(node, "adapterdeployment", name, namespace).get("status") or {}
+        entry = next((a for a in status.get("adapters", []) if a["name"] == adapter_name), None)
+        return status if entry and entry["state"] == "Loaded" and status.get("readyReplicas") == 1 else None
+
+    try:
+        wait_for("the rollout finished by the new operator pod", loaded, timeout=600, interval=2)
+        (new,) = _operator_pods(node)
+        assert new["metadata"]["name"] != old["metadata"]["name"]
+        (svc,) = items(node, "service", namespace, selector)
+        wait_for_service(node, svc["spec"]["clusterIP"], 8000)
+        body = {"model": adapter_name, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
+        answer = http_in_node(node, "POST", f"http://{svc['spec']['clusterIP']}:8000/v1/completions", body)
+        assert answer["choices"][0]["text"] == reference_generate(model_dir, adapter.path, [PROMPT], MAX_TOKENS)[0]
+        assert answer["model"] == adapter_name
+    finally:  # the node has 2 CPUs: free the engine's for the next test's pods
+        node.kubectl("delete", "adapterdeployment", "-n", namespace, name, "--wait=true", timeout=180)
