@@ -134,3 +134,21 @@ def test_after_vllm_restarts_the_same_requests_reload_the_adapters_from_the_volu
     assert (status, report["state"]) == (200, "Loaded"), report
     assert "tenant-r" in vllm_roots(vllm)
     assert answer(vllm, "tenant-r") != answer(vllm, SERVED_NAME)
+
+
+def test_an_adapter_attached_from_another_namespace_is_served_under_namespace_slash_name(
+    vllm: Any, agent: Any, trained: dict[str, Trained]
+) -> None:
+    """vLLM takes '/' in a LoRA name (its own served names are org/model): tenant-a/pirate loads, answers
+    under that exact name, and unloads, beside a plain adapter named like the namespace."""
+    assert put(agent, "tenant-a", trained["v1"])[0] == 200
+    status, report = put(agent, "tenant-a/pirate", trained["v2"])
+
+    assert (status, report["state"]) == (200, "Loaded"), report
+    assert vllm_roots(vllm)["tenant-a/pirate"] == report["path"] != vllm_roots(vllm)["tenant-a"]
+    assert answer(vllm, "tenant-a/pirate") != answer(vllm, SERVED_NAME)
+    assert listing(agent)["tenant-a/pirate"]["digest"] == trained["v2"].sha256
+
+    status, body = call_json(f"{agent.url}/v1/adapters/tenant-a/pirate", "DELETE", None, AGENT_TOKEN, 60)
+    assert (status, body["unloaded"]) == (200, True), body
+    assert "tenant-a/pirate" not in vllm_roots(vllm) and "tenant-a" in vllm_roots(vllm)
