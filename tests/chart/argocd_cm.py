@@ -12,13 +12,14 @@ ARGOCD_DIR = Path(__file__).resolve().parents[2] / "charts" / "peft-operator" / 
 PATCH = ARGOCD_DIR / "argocd-cm-patch.yaml"
 # argocd-cm key -> Lua file. Argo CD looks health checks up as resource.customizations.health.<group>_<kind>.
 HEALTH_CHECKS = {
+    "resource.customizations.health.peft.dev_AdapterAttachment": "health-adapterattachment.lua",
     "resource.customizations.health.peft.dev_AdapterDeployment": "health-adapterdeployment.lua",
     "resource.customizations.health.peft.dev_FineTuneJob": "health-finetunejob.lua",
 }
 
 HEADER = """\
 # GENERATED from health-*.lua by `make chart-argocd-cm`: do not edit (a test fails when it drifts).
-# Argo CD health checks for peft.dev FineTuneJob and AdapterDeployment. Merge into argocd-cm:
+# Argo CD health checks for peft.dev FineTuneJob, AdapterDeployment and AdapterAttachment. Merge into argocd-cm:
 #   kubectl -n argocd patch configmap argocd-cm --type merge \\
 #     --patch-file charts/peft-operator/argocd/argocd-cm-patch.yaml
 apiVersion: v1

@@ -1,4 +1,5 @@
-"""Argo CD health checks for FineTuneJob and AdapterDeployment, run in gopher-lua opened as Argo CD opens it.
+"""Argo CD health checks for FineTuneJob, AdapterDeployment and AdapterAttachment, run in gopher-lua opened as
+Argo CD opens it.
 
 The objects the scripts judge are PRODUCED by the operator's own pure status functions
 (`finetunejob.status.compute_status`, `adapterdeployment.status.compute_status`, the progress endpoint's
@@ -18,10 +19,14 @@ from typing import Any
 import pytest
 import yaml
 
+from peft_operator.adapterattachment.admission import Verdict
+from peft_operator.adapterattachment.sources import ResolvedSource
+from peft_operator.adapterattachment.status import Serving, attachment_status
 from peft_operator.adapterdeployment.sources import DesiredAdapter
 from peft_operator.adapterdeployment.status import LoadFailure, PodReport
 from peft_operator.adapterdeployment.status import compute_status as adapterdeployment_status
-from peft_operator.api import AdapterDeploymentStatus, FineTuneJobStatus, Phase
+from peft_operator.api import AdapterAttachmentStatus, AdapterDeploymentStatus, FineTuneJobStatus, Phase
+from peft_operator.api.adapterdeployment import AdapterState, AdapterStatus
 from peft_operator.api.events import CompletedEvent, FailedEvent, FailureReason, ProgressEvent
 from peft_operator.api.finetunejob import AdapterRecord, Progress
 from peft_operator.finetunejob.progress_server import status_patch
@@ -342,7 +347,89 @@ def test_argocd_cm_patch_is_generated_from_the_lua_files() -> None:
     assert PATCH.read_text() == render_patch(), "the snippet drifted: run `make chart-argocd-cm`"
 
 
-def test_argocd_cm_patch_carries_both_health_checks_verbatim() -> None:
+def test_argocd_cm_patch_carries_every_health_check_verbatim() -> None:
     config_map = yaml.safe_load(PATCH.read_text())
     assert (config_map["kind"], config_map["metadata"]["name"]) == ("ConfigMap", "argocd-cm")
     assert config_map["data"] == {key: (ARGOCD_DIR / name).read_text() for key, name in HEALTH_CHECKS.items()}
+
+
+# --------------------------------------------------------------------------- AdapterAttachment
+
+ACCEPTED = Verdict(True, "Accepted", "Attached to AdapterDeployment llm-platform/shared as tenant-a/pirate.")
+RESOLVED = ResolvedSource("ResolvedRefs", "spec.source.uri resolved.", uri="s3://tenant-a-adapters/p", sha256=SHA)
+ENDPOINT = "http://shared.llm-platform.svc:8000/v1"
+
+
+@pytest.fixture
+def adapterattachment_health(luarunner: Path) -> Health:
+    return lambda obj: run_health(luarunner, ARGOCD_DIR / "health-adapterattachment.lua", obj)
+
+
+def _attachment(
+    verdict: Verdict, source: ResolvedSource | None, adapter: AdapterStatus | None, generation: int = 1
+) -> dict[str, Any]:
+    """An AdapterAttachment as the operator writes it (its pure status function, serialized by to_wire())."""
+    serving = Serving(ENDPOINT, 2, adapter) if source is not None else None
+    status = attachment_status(AdapterAttachmentStatus(), 1, "tenant-a/pirate", verdict, source, serving, NOW)
+    return {"metadata": {"generation": generation}, "status": status.to_wire()}
+
+
+def test_adapterattachment_loaded_everywhere_is_healthy(adapterattachment_health: Health) -> None:
+    loaded = AdapterStatus(name="tenant-a/pirate", state=AdapterState.LOADED, loaded_replicas=2, digest=SHA)
+    health = adapterattachment_health(_attachment(ACCEPTED, RESOLVED, loaded))
+    assert health == {"status": "Healthy", "message": "Serving tenant-a/pirate: Loaded on 2 replicas."}
+
+
+@pytest.mark.parametrize(
+    ("verdict", "source", "adapter", "reason"),
+    [
+        (
+            Verdict(False, "NotAllowedByDeployment", "namespace tenant-z is not allowed."),
+            None,
+            None,
+            "NotAllowedByDeployment",
+        ),
+        (Verdict(False, "QuotaExceeded", "namespace tenant-a already holds 4 adapters."), None, None, "QuotaExceeded"),
+        (
+            ACCEPTED,
+            ResolvedSource("RefNotFound", "Secret s3-keys does not exist in this namespace."),
+            None,
+            "RefNotFound",
+        ),
+        (
+            ACCEPTED,
+            RESOLVED,
+            AdapterStatus(name="tenant-a/pirate", state=AdapterState.FAILED, message="ChecksumMismatch: ..."),
+            "LoadFailed",
+        ),
+    ],
+)
+def test_adapterattachment_that_cannot_serve_without_a_change_is_degraded_with_the_reason(
+    adapterattachment_health: Health,
+    verdict: Verdict,
+    source: ResolvedSource | None,
+    adapter: AdapterStatus | None,
+    reason: str,
+) -> None:
+    health = adapterattachment_health(_attachment(verdict, source, adapter))
+    assert health["status"] == "Degraded" and health["message"].startswith(reason + ": ")
+
+
+def test_adapterattachment_waiting_for_training_or_loading_is_progressing(adapterattachment_health: Health) -> None:
+    training = ResolvedSource("RefNotReady", "Waiting for FineTuneJob pirate-v1 (Running) to succeed.")
+    assert adapterattachment_health(_attachment(ACCEPTED, training, None)) == {
+        "status": "Progressing",
+        "message": "Waiting for FineTuneJob pirate-v1 (Running) to succeed.",
+    }
+    loading = AdapterStatus(name="tenant-a/pirate", state=AdapterState.LOADING, message="Loaded on 1 of 2 replicas.")
+    assert adapterattachment_health(_attachment(ACCEPTED, RESOLVED, loading))["status"] == "Progressing"
+    assert adapterattachment_health({"metadata": {"generation": 1}}) == {
+        "status": "Progressing",
+        "message": "Waiting for the operator to report status",
+    }
+
+
+def test_adapterattachment_status_of_an_older_generation_is_progressing(adapterattachment_health: Health) -> None:
+    loaded = AdapterStatus(name="tenant-a/pirate", state=AdapterState.LOADED, loaded_replicas=2, digest=SHA)
+    health = adapterattachment_health(_attachment(ACCEPTED, RESOLVED, loaded, generation=2))
+    assert health == {"status": "Progressing", "message": "Waiting for the operator to observe generation 2"}
