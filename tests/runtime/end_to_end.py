@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from tests.runtime.builders import make_plan, run_training, write_jsonl
+from tests.support.builtin_server import builtin_server
 from tests.support.http import call_json
 
 ANSWER = "Owl owl owl, seven seven."
@@ -68,35 +69,21 @@ def train_each_method(
 @contextlib.contextmanager
 def serving(model_dir: Path, outputs: dict[str, Path], token_file: Path) -> Iterator[str]:
     """The real server on loopback with every output folder loaded; yields its URL."""
-    import torch
-
-    from peft_runtime.common.http_edge import BackgroundServer, TokenSource
-    from peft_runtime.serving.app import create_app
-    from peft_runtime.serving.engine import Engine, EngineConfig
-
-    threads = torch.get_num_threads()
     token_file.write_text(_TOKEN)
-    engine = Engine(
-        EngineConfig(
-            model_dir=model_dir,
-            served_name=BASE,
-            batch_window_ms=200,  # the concurrent questions land in one mixed batch
-            threads=1,
-            adapters={STARTUP_ADAPTER: outputs[STARTUP_ADAPTER]},
-        )
-    ).start()
-    http = BackgroundServer(lambda: create_app(engine, TokenSource(token_file))).start()
-    try:
+    with builtin_server(
+        model_dir,
+        token_file,
+        served_name=BASE,
+        batch_window_ms=200,  # the concurrent questions land in one mixed batch
+        threads=1,
+        adapters={STARTUP_ADAPTER: outputs[STARTUP_ADAPTER]},
+    ) as http:
         for name, output in outputs.items():
             if name != STARTUP_ADAPTER:
                 body = {"lora_name": name, "lora_path": str(output)}
                 status, answer = call_json(http.url + "/v1/load_lora_adapter", "POST", body, _TOKEN)
                 assert (status, answer.get("status")) == (200, "loaded"), answer
         yield http.url
-    finally:
-        http.stop()
-        engine.stop()
-        torch.set_num_threads(threads)
 
 
 def ask_all(url: str, models: list[str], max_tokens: int = 12) -> dict[str, list[str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from tests.support.adapters import (
     reference_generate_without_cache,
     rewrite_manifest,
 )
+from tests.support.builtin_server import builtin_server
 from tests.support.http import call_json
 
 TOKEN = "methods-token"
@@ -54,36 +56,24 @@ def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, adapters: dict[str, Path]) -> Any:
-    import torch
-
-    from peft_runtime.common.http_edge import BackgroundServer, TokenSource
-    from peft_runtime.serving.app import create_app
-    from peft_runtime.serving.engine import Engine, EngineConfig
-
-    threads = torch.get_num_threads()
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, adapters: dict[str, Path]) -> Iterator[Any]:
     token_file = tmp_path_factory.mktemp("methods-secrets") / "token"
     token_file.write_text(TOKEN)
-    engine = Engine(
-        EngineConfig(
-            model_dir=tiny_model_dir,
-            served_name=BASE,
-            base_model_uri=base_uri(tiny_model_dir),
-            max_rank=8,
-            batch_window_ms=200,  # the test's concurrent requests land in one prefill
-            threads=1,
-        )
-    ).start()
-    http = BackgroundServer(lambda: create_app(engine, TokenSource(token_file))).start()
-    for name, path in adapters.items():
-        status, body = call_json(
-            http.url + "/v1/load_lora_adapter", "POST", {"lora_name": name, "lora_path": str(path)}, TOKEN
-        )
-        assert (status, body.get("status")) == (200, "loaded"), body
-    yield http
-    http.stop()
-    engine.stop()
-    torch.set_num_threads(threads)
+    with builtin_server(
+        tiny_model_dir,
+        token_file,
+        served_name=BASE,
+        base_model_uri=base_uri(tiny_model_dir),
+        max_rank=8,
+        batch_window_ms=200,  # the test's concurrent requests land in one prefill
+        threads=1,
+    ) as http:
+        for name, path in adapters.items():
+            status, body = call_json(
+                http.url + "/v1/load_lora_adapter", "POST", {"lora_name": name, "lora_path": str(path)}, TOKEN
+            )
+            assert (status, body.get("status")) == (200, "loaded"), body
+        yield http
 
 
 async def _complete_all(url: str, requests: list[tuple[str, str]]) -> list[str]:
