@@ -87,7 +87,8 @@ def refusal(method: str, path: str) -> Refusal | None:
             "PermissionDeniedError",
             "AdminRoute",
             f"{method} {path} changes or inspects the engine itself and is not served to clients: adapters are "
-            "loaded and unloaded by the operator (list them in the AdapterDeployment's spec.adapters)",
+            "loaded and unloaded by the operator (list them in the AdapterDeployment's spec.adapters, or attach them "
+            "with an AdapterAttachment)",
         )
     if allowed is not None:
         return Refusal(
