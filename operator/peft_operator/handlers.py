@@ -81,14 +81,28 @@ def engine_pod_changed(namespace: str | None, labels: Mapping[str, str], memo: A
 @kopf.on.create(GROUP, VERSION, AdapterAttachment.PLURAL)
 @kopf.on.resume(GROUP, VERSION, AdapterAttachment.PLURAL)
 @kopf.on.update(GROUP, VERSION, AdapterAttachment.PLURAL, field="spec")
-@kopf.on.delete(GROUP, VERSION, AdapterAttachment.PLURAL, optional=True)  # optional: no finalizer
-def adapterattachment_changed(
-    namespace: str | None, name: str, spec: Mapping[str, Any], memo: Any, reason: str, **_: Any
-) -> None:
-    """An attachment came, changed or went: its own checks, then its AdapterDeployment's pass (which
-    accepts, loads or unloads it and reports back). A missed deletion is caught by that pass's re-check."""
-    if reason != "delete":
-        _run(reconcilers.adapterattachment, memo, namespace, name)
+def adapterattachment_changed(namespace: str | None, name: str, spec: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    """An attachment came or changed: its own checks, then its AdapterDeployment's pass (which accepts and
+    loads it, or refuses it, and reports back)."""
+    _run(reconcilers.adapterattachment, memo, namespace, name)
     ref = spec.get("adapterDeploymentRef") or {}
     if ref.get("namespace") and ref.get("name"):
         _run(reconcilers.adapterdeployment, memo, ref["namespace"], ref["name"])
+
+
+@kopf.on.event(GROUP, VERSION, AdapterAttachment.PLURAL)
+def adapterattachment_event(
+    type: str | None, namespace: str | None, name: str, spec: Mapping[str, Any], memo: Any, **_: Any
+) -> None:
+    """Gone (it has no finalizer, so no on.delete handler runs): its AdapterDeployment's pass unloads it now
+    rather than at the next re-check, which still catches a deletion the operator missed while down."""
+    ref = spec.get("adapterDeploymentRef") or {}
+    if type == "DELETED" and ref.get("namespace") and ref.get("name"):
+        log.info(
+            "AdapterAttachment %s/%s was deleted: syncing AdapterDeployment %s/%s",
+            namespace,
+            name,
+            ref["namespace"],
+            ref["name"],
+        )
+        _run_for_event(reconcilers.adapterdeployment, memo, ref["namespace"], ref["name"])

@@ -347,6 +347,8 @@ def test_deleting_an_attachment_unloads_it_and_frees_the_quota(platform: Platfor
     platform.as_tenant("tenant-a", "delete", "adat", "pirate", "-n", "tenant-a")
 
     wait_for("tenant-a/pirate unloaded", lambda: "tenant-a/pirate" not in platform.served(), 60)
+    # The deletion's watch event ran the deployment's pass (not only its 10 s re-check).
+    assert "AdapterAttachment tenant-a/pirate was deleted: syncing AdapterDeployment" in platform.operator.log_text()
     # The status is written after the engines are synced.
     wait_for(
         "tenant-a/pirate gone from the deployment's status",
@@ -357,6 +359,20 @@ def test_deleting_an_attachment_unloads_it_and_frees_the_quota(platform: Platfor
         "tenant-a/second Ready", lambda: platform.conditions("tenant-a", "second").get("Ready", ("",))[0] == "True", 120
     )
     assert platform.served() == {"tenant-a/second", "tenant-b/pirate"}
+
+
+def test_a_namespace_the_selector_no_longer_matches_loses_its_adapters(platform: Platform) -> None:
+    """Admission is re-decided on every pass from live namespace labels: the platform team takes tenant-b out."""
+    platform.cp.kubectl("label", "namespace", "tenant-b", "peft.dev/tenant-")
+
+    wait_for(
+        "tenant-b/pirate refused",
+        lambda: platform.conditions("tenant-b", "pirate").get("Accepted") == ("False", "NotAllowedByDeployment"),
+        60,
+    )
+    wait_for("tenant-b/pirate unloaded", lambda: "tenant-b/pirate" not in platform.served(), 60)
+    assert platform.attachment("tenant-b", "pirate")["status"]["state"] == "Pending"
+    assert platform.served() == {"tenant-a/second"}
 
 
 def test_an_attachment_to_a_missing_deployment_says_so(platform: Platform) -> None:
