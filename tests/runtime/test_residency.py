@@ -1,6 +1,8 @@
 """More adapters registered than held in memory: the built-in server over real HTTP with a real tiny Llama,
-`max_resident` of 2 and eight real peft adapters. Every request is answered by its own adapter (texts equal
-peft's single-adapter reference) while adapters are evicted and cold-loaded behind it; pinned ones stay.
+`max_resident` of 2 and eight real peft adapters (six of one shape, one wider, one DoRA). Every request is
+answered by its own adapter (texts equal peft's single-adapter reference) while adapters are evicted and
+cold-loaded behind it, whether the newcomer takes over the evicted one's tensors or peft adds it anew;
+pinned ones stay.
 """
 
 from __future__ import annotations
@@ -21,15 +23,20 @@ MAX_RESIDENT = 2
 REGISTERED = 8
 PROMPT = "The capital of france is"
 MAX_TOKENS = 8
+WIDE = ("q_proj", "k_proj", "v_proj", "o_proj")
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
 def adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("resident-adapters")
-    return {
-        f"tenant-{i}": make_lora_adapter(tiny_model_dir, root / str(i), seed=100 + i).path for i in range(REGISTERED)
-    }
+    made = {f"tenant-{i}": make_lora_adapter(tiny_model_dir, root / str(i), seed=100 + i).path for i in range(6)}
+    # Six share one shape (a cold load takes over the evicted adapter's tensors); these two do not (peft's
+    # add_adapter and delete_adapter run for them instead).
+    made["tenant-6"] = make_lora_adapter(tiny_model_dir, root / "6", seed=106, r=8, target_modules=WIDE).path
+    made["tenant-7"] = make_lora_adapter(tiny_model_dir, root / "7", seed=107, use_dora=True).path
+    assert len(made) == REGISTERED
+    return made
 
 
 @pytest.fixture(scope="module")

@@ -132,3 +132,15 @@ def _build(layer: Any, adapters: frozenset[str]) -> _Stack:
             a[slot, :r] = layer.lora_A[name].weight
             b[slot, :, :r] = layer.lora_B[name].weight * layer.scaling[name]
     return _Stack(slots={name: slot for slot, name in enumerate(names, start=1)}, others=others, a=a, b=b)
+
+
+def rewrite_slot(layer: Any, name: str) -> None:
+    """Copy adapter `name`'s weights, changed in place, into its rows of the layer's stack (in place too: rows
+    of other adapters read other slots, so a forward pass in progress is not disturbed)."""
+    stack = getattr(layer, _INSTALLED, None)
+    if not isinstance(stack, _Stack) or name not in stack.slots or stack.a is None or stack.b is None:
+        return  # peft's own code computes this adapter on this layer: it reads the module's weights
+    slot, r = stack.slots[name], int(layer.r[name])
+    with torch.no_grad():
+        stack.a[slot, :r] = layer.lora_A[name].weight
+        stack.b[slot, :, :r] = layer.lora_B[name].weight * layer.scaling[name]

@@ -55,6 +55,7 @@ from .adapters import BaseModelInfo, PreparedAdapter, prepare_adapter
 from .bottleneck_rows import BottleneckAdapter, BottleneckRows
 from .ia3 import Ia3Rows, Ia3Vectors
 from .lora_batching import BASE_ROW, RowAdapters, install, refresh
+from .lora_swap import LoraShape, swappable_shape, take_over
 from .virtual_tokens import VirtualTokens, embed_with_soft_prompts
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class LoadedAdapter:
     users: int = 0  # rows generating with these weights
     holds: int = 0  # requests that need it resident (from admission to their last token)
     retired: bool = False
+    shape: LoraShape | None = None  # plain LoRA: a cold load of the same shape may take over its tensors
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class AdapterRegistry:
         self._state = threading.Lock()
         self._room = threading.Condition(self._state)  # notified when a request or row lets go of an adapter
         self._peft: Any = None  # a PeftModel, created by the first load
+        self._lora_layers: dict[str, Any] | None = None  # its LoRA layers by module path (None: look again)
         self._by_name: dict[str, LoadedAdapter] = {}
         self._retired: dict[str, LoadedAdapter] = {}
         self._ids = itertools.count(1)
@@ -231,6 +234,7 @@ class AdapterRegistry:
                 pinned=pinned,
                 resident=resident,
                 last_used=time.monotonic(),
+                shape=swappable_shape(prepared),
             )
             with self._state:
                 if current is not None:  # requests admitted for the old version now need the new one
@@ -274,9 +278,13 @@ class AdapterRegistry:
                     current = self._by_name.get(name)
                 if current is not adapter or adapter.resident:
                     continue  # replaced, unloaded or brought in by another request meanwhile: look again
-                self._make_room(for_pinned=False)
-                internal = f"adapter_{next(self._ids)}"
-                self._attach(internal, prepared)
+                shape = swappable_shape(prepared)
+                internal = self._make_room(for_pinned=False, reuse=shape)
+                if internal is not None:
+                    take_over(self._layers(), internal, prepared.weights)
+                else:
+                    internal = f"adapter_{next(self._ids)}"
+                    self._attach(internal, prepared)
                 with self._state:
                     adapter.internal, adapter.resident = internal, True
                     adapter.holds += 1
@@ -304,14 +312,16 @@ class AdapterRegistry:
             adapter.last_used = time.monotonic()
             return True
 
-    def _make_room(self, *, for_pinned: bool) -> None:
-        """Evict least recently used idle, unpinned adapters until one more fits (caller holds `_admin`)."""
+    def _make_room(self, *, for_pinned: bool, reuse: LoraShape | None = None) -> str | None:
+        """Evict least recently used idle, unpinned adapters until one more fits (caller holds `_admin`).
+        When the evicted one has the shape `reuse`, its weights stay attached and its internal name is
+        returned for the incoming adapter to take over (lora_swap.py); else None."""
         deadline = time.monotonic() + self.resident_wait_s
         while True:
             with self._state:
                 resident = [a for a in self._by_name.values() if a.resident]
                 if len(resident) < self.max_resident:
-                    return
+                    return None
                 if for_pinned and all(a.pinned for a in resident):
                     raise TooManyAdapters(
                         f"all {self.max_resident} memory slots (maxResident) hold pinned adapters: "
@@ -328,8 +338,12 @@ class AdapterRegistry:
                     self._room.wait(remaining)
                     continue
                 victim = min(idle, key=lambda a: a.last_used)
-                victim.resident = False
-            self._detach(victim.internal)
+                # Its internal name leaves with its weights: rows find their adapter by that name (release).
+                internal, victim.internal, victim.resident = victim.internal, "", False
+            if reuse is not None and victim.shape == reuse:
+                self._on_evict()
+                return internal
+            self._detach(internal)
             self._on_evict()
             log.info("Evicted adapter %s (least recently used) to make room", victim.name)
 
@@ -361,6 +375,7 @@ class AdapterRegistry:
         from peft import get_peft_model
         from peft.utils import set_peft_model_state_dict
 
+        self._lora_layers = None  # peft may wrap new modules
         lock = self.model_lock if self._adds_layers(prepared) else contextlib.nullcontext()
         with lock:
             try:
@@ -389,6 +404,13 @@ class AdapterRegistry:
                 raise AdapterCorrupt(f"cannot load adapter '{prepared.name}' into the model: {error}") from error
         refresh(self._peft, self._committed | {internal})
         self._committed |= {internal}
+
+    def _layers(self) -> dict[str, Any]:
+        from peft.tuners.lora import LoraLayer
+
+        if self._lora_layers is None:
+            self._lora_layers = {n: m for n, m in self._peft.named_modules() if isinstance(m, LoraLayer)}
+        return self._lora_layers
 
     def _adds_layers(self, prepared: PreparedAdapter) -> bool:
         """True when peft would have to wrap a module that no loaded adapter has wrapped yet."""
