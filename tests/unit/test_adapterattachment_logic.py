@@ -110,6 +110,14 @@ def test_two_attachments_of_one_namespace_cannot_serve_the_same_name() -> None:
     }
 
 
+def test_an_attachment_cannot_take_the_base_models_served_name() -> None:
+    """hf://bigscience/bloom-560m is served as bigscience/bloom-560m: namespace bigscience must not shadow it."""
+    posing = _attachment("bigscience", "bloom", adapter="bloom-560m")
+    verdicts = admit(_deployment({"from": "All"}), [posing], {}, reserved=frozenset({"bigscience/bloom-560m"}))
+    assert verdicts[("bigscience", "bloom")].reason == "NameConflict"
+    assert "served name of llm-platform/shared's base model" in verdicts[("bigscience", "bloom")].message
+
+
 def test_served_names_are_labels_or_namespace_slash_label() -> None:
     assert is_served_name("pirate") and is_served_name("tenant-a/pirate")
     assert not any(map(is_served_name, ["a/b/c", "/pirate", "tenant-a/", "Tenant/x", "a_b", "x" * 64]))

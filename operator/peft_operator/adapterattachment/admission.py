@@ -67,9 +67,11 @@ def admit(
     deployment: AdapterDeployment,
     attachments: Sequence[AdapterAttachment],
     namespace_labels: Mapping[str, Mapping[str, str]],
+    reserved: frozenset[str] = frozenset(),
 ) -> dict[AttachmentKey, Verdict]:
     """A verdict for every attachment: allowed namespace, under the namespace's quota and the deployment's
-    `limits.maxAdapters` (its own adapters count first), and a served name no older attachment holds."""
+    `limits.maxAdapters` (its own adapters count first), and a served name no older attachment holds and
+    that is not `reserved` (the base model's served name: hf://org/name is served as org/name)."""
     policy = deployment.spec.attachments
     home = deployment.metadata.namespace or ""
     label = f"{home}/{deployment.metadata.name}"
@@ -83,6 +85,12 @@ def admit(
         served = served_name(namespace, attachment.spec.name)
         if not namespace_allowed(policy, home, namespace, namespace_labels.get(namespace, {})):
             verdicts[key] = Verdict(False, NOT_ALLOWED, _refusal_for_namespace(policy, label, namespace))
+        elif served in reserved:
+            verdicts[key] = Verdict(
+                False,
+                NAME_CONFLICT,
+                f"{served} is the served name of {label}'s base model; choose another spec.name.",
+            )
         elif served in taken:
             verdicts[key] = Verdict(
                 False,

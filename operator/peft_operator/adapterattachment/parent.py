@@ -81,8 +81,11 @@ def _credentials(client: ApiClient, namespace: str, secret: str) -> SourceCreden
     return SourceCredentials.model_validate({k: v for k, v in data.items() if k in CREDENTIAL_KEYS and v})
 
 
-def gather(client: ApiClient, deployment: AdapterDeployment, namespaces: tuple[str, ...]) -> Attachments:
-    """`namespaces`: the operator's watched namespaces (empty: cluster-wide)."""
+def gather(
+    client: ApiClient, deployment: AdapterDeployment, namespaces: tuple[str, ...], reserved: frozenset[str]
+) -> Attachments:
+    """`namespaces`: the operator's watched namespaces (empty: cluster-wide); `reserved`: served names no
+    attachment may take (the base model's)."""
     parsed: list[tuple[dict[str, Any], AdapterAttachment]] = []
     for body in _list(client, deployment, namespaces):
         try:
@@ -91,7 +94,7 @@ def gather(client: ApiClient, deployment: AdapterDeployment, namespaces: tuple[s
             continue  # its own controller reports InvalidSpec on it
     selecting = deployment.spec.attachments.from_ is AttachmentsFrom.SELECTOR
     labels = _namespace_labels(client, {key_of(m)[0] for _, m in parsed}) if selecting else {}
-    verdicts = admit(deployment, [m for _, m in parsed], labels)
+    verdicts = admit(deployment, [m for _, m in parsed], labels, reserved)
     items, loadable = [], []
     for body, model in parsed:
         namespace = key_of(model)[0]

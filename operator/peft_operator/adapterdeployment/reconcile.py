@@ -33,6 +33,7 @@ from .engine import (
     render_admin_token_secret,
     render_engine_deployment,
     render_engine_service,
+    served_model_name,
 )
 from .sources import DesiredAdapter, attached_adapters, resolve_adapters
 from .status import LoadFailure, PodReport, compute_status, failed_adapters, may_retry, pod_is_complete
@@ -253,7 +254,8 @@ def reconcile_adapterdeployment(
         problems = local_only_problems({"spec.baseModel.uri": adep.spec.base_model.uri})
         if problems:
             raise SpecError(AdapterDeployment.KIND, name, problems)
-        attached = attachments.gather(client, adep, settings.watch_namespaces)
+        base_name = frozenset({served_model_name(adep.spec.base_model.uri)})
+        attached = attachments.gather(client, adep, settings.watch_namespaces, base_name)
         with kube.creating_children():
             prepared = _prepare(client, adep, settings, current, attached)
     except SpecError as error:
