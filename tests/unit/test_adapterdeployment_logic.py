@@ -272,3 +272,20 @@ def test_an_adapter_from_a_finetunejob_is_read_with_the_jobs_output_credentials(
     # Without output credentials the job's adapter is read with the agent's ambient ones, as before.
     del job["spec"]["output"]["credentialsSecretRef"]
     assert resolve_adapters(_adep(), {"support-bot-v1": job}.get)[0].credentials_secret is None
+
+
+def test_an_attached_adapter_that_fails_is_listed_but_does_not_degrade_the_deployment() -> None:
+    """A tenant's broken adapter is the tenant's problem (reported on its AdapterAttachment): the shared
+    deployment stays Ready, its pods stay in service, and the entry still shows the failure."""
+    own = DesiredAdapter("support-bot", uri="s3://platform-adapters/bot", sha256="a" * 64)
+    tenant = DesiredAdapter("tenant-a/pirate", uri="s3://tenant-a-adapters/p", sha256="b" * 64, attached=True)
+    pod = PodReport(name="engine-0", loaded={"support-bot": "a" * 64})
+    pod.failures["tenant-a/pirate"] = LoadFailure("SourceUnavailable", "403 Forbidden")
+
+    status = compute_status(AdapterDeploymentStatus(), [own, tenant], [pod], 1, 1, "http://e", NOW)
+
+    conditions = {c.type: (c.status.value, c.reason) for c in status.conditions}
+    assert conditions["Ready"] == ("True", "AllAdaptersLoaded") and conditions["Degraded"][0] == "False"
+    assert status.ready_replicas == 1 and status.adapters_ready == "1/2"
+    entry = next(a for a in status.adapters if a.name == "tenant-a/pirate")
+    assert entry.state is AdapterState.FAILED and entry.message is not None and "SourceUnavailable" in entry.message

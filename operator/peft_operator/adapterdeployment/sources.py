@@ -35,6 +35,7 @@ class DesiredAdapter:
     pinned: bool = False  # kept in the engine's memory, never evicted for another adapter
     # An attached adapter's credentials, read from the tenant's namespace: sent with its load request only.
     credentials: SourceCredentials | None = field(default=None, repr=False, compare=False)
+    attached: bool = False  # from an AdapterAttachment: its trouble is the tenant's, not the deployment's
 
     @property
     def loadable(self) -> bool:
@@ -102,4 +103,7 @@ def resolve_adapters(
 
 def attached_adapters(attached: list[AttachedAdapter]) -> list[DesiredAdapter]:
     """Adapters other namespaces attached (accepted, sources resolved), under their `<namespace>/<name>`."""
-    return [DesiredAdapter(a.served_name, uri=a.uri, sha256=a.sha256, credentials=a.credentials) for a in attached]
+    return [
+        DesiredAdapter(a.served_name, uri=a.uri, sha256=a.sha256, credentials=a.credentials, attached=True)
+        for a in attached
+    ]

@@ -109,33 +109,39 @@ def compute_status(
     now: datetime,
     held_back: frozenset[str] = frozenset(),
 ) -> AdapterDeploymentStatus:
-    """`held_back` names failed adapters not retried in this pass (backoff): their status carries over."""
+    """`held_back` names failed adapters not retried in this pass (backoff): their status carries over.
+    Ready and Degraded judge the deployment's own adapters: an attached one that fails or is still loading is
+    listed here but reported to its tenant on the AdapterAttachment, so a tenant never degrades the platform."""
     previous = {a.name: a for a in current.adapters}
     adapters = [_adapter_status(a, pods, previous.get(a.name), a.name in held_back, now) for a in desired]
-    failed = [a for a in adapters if a.state is AdapterState.FAILED]
-    ready_pods = [p for p in pods if pod_is_complete(p, desired, frozenset(a.name for a in failed))]
-    loaded = sum(a.state is AdapterState.LOADED for a in adapters)
+    failed_anywhere = frozenset(a.name for a in adapters if a.state is AdapterState.FAILED)
+    ready_pods = [p for p in pods if pod_is_complete(p, desired, failed_anywhere)]
+    attached = {d.name for d in desired if d.attached}
+    own = [a for a in adapters if a.name not in attached]
+    failed = [a for a in own if a.state is AdapterState.FAILED]
+    loaded = sum(a.state is AdapterState.LOADED for a in own)
     unreachable = [p for p in pods if not p.reachable]
-    everything = loaded == len(adapters) and len(ready_pods) == replicas and replicas > 0
+    everything = loaded == len(own) and len(ready_pods) == replicas and replicas > 0
     status = current.model_copy(deep=True)
     status.adapters = adapters
     status.replicas = replicas
     status.ready_replicas = len(ready_pods)
-    status.adapters_ready = f"{loaded}/{len(adapters)}"
+    status.adapters_ready = f"{sum(a.state is AdapterState.LOADED for a in adapters)}/{len(adapters)}"
     status.endpoint = endpoint
     status.observed_generation = generation
 
     if everything:
-        ready = (True, "AllAdaptersLoaded", f"{loaded} adapters answer on {len(ready_pods)} replicas.")
+        tenants = f" (attached: {len(adapters) - len(own)}, see each AdapterAttachment)" if attached else ""
+        ready = (True, "AllAdaptersLoaded", f"{loaded} adapters answer on {len(ready_pods)} replicas{tenants}.")
     elif replicas == 0:
         ready = (False, "NoReplicas", "The engine has no replicas.")
     else:
         ready = (
             False,
             "AdaptersNotReady",
-            f"{loaded}/{len(adapters)} adapters loaded on {len(ready_pods)}/{replicas} replicas.",
+            f"{loaded}/{len(own)} adapters loaded on {len(ready_pods)}/{replicas} replicas.",
         )
-    progressing = any(a.state in (AdapterState.LOADING, AdapterState.PENDING) for a in adapters) or len(pods) < replicas
+    progressing = any(a.state in (AdapterState.LOADING, AdapterState.PENDING) for a in own) or len(pods) < replicas
     if failed:
         degraded = (True, "AdapterFailed", "; ".join(f"{a.name}: {a.message}" for a in failed))
     elif unreachable:
