@@ -98,7 +98,7 @@ def _resident(server: Any) -> set[str]:
 
 def _metric(server: Any, name: str) -> float:
     text = server.engine.metrics.render().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith((name + " ", name + "{")))
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,14 @@ def test_every_adapter_answers_as_itself_while_they_swap_in_and_out(
         assert body["choices"][0]["text"] == expected[name], f"{name} answered with another adapter's weights"
         assert len(_resident(server)) <= MAX_RESIDENT
     assert _metric(server, "peft_serve_adapter_evictions_total") > evictions_before
-    assert _metric(server, "peft_serve_adapter_cold_load_seconds_count") > 0
+    assert (
+        _metric(server, "peft_serve_adapter_cold_loads_total")
+        == _metric(server, "peft_serve_adapter_cold_load_seconds_count")
+        > 0
+    )
+    assert _metric(server, "peft_serve_adapter_resident_seconds_total") > 0
+    per_adapter = server.engine.metrics.render().decode()
+    assert 'peft_serve_adapter_cold_loads_total{model="tenant-7"}' in per_adapter
 
 
 def test_the_least_recently_used_adapter_is_the_one_evicted(server: Any, registered: dict[str, Path]) -> None:

@@ -89,8 +89,8 @@ class Engine:
             max_rank=config.max_rank,
             device=self.device,
             on_change=self._count_adapters,
-            on_cold_load=self.metrics.adapter_cold_load_seconds.observe,
-            on_evict=self.metrics.adapter_evictions.inc,
+            on_cold_load=self._count_cold_load,
+            on_leave_memory=self._count_time_in_memory,
         )
         runner = BatchRunner(
             self.registry, self.tokenizer, eos_ids=_eos_ids(model, self.tokenizer), max_model_len=self.max_model_len
@@ -116,6 +116,15 @@ class Engine:
     def start(self) -> Engine:
         self.scheduler.start()
         return self
+
+    def _count_cold_load(self, adapter: str, seconds: float) -> None:
+        self.metrics.adapter_cold_loads.labels(adapter).inc()
+        self.metrics.adapter_cold_load_seconds.observe(seconds)
+
+    def _count_time_in_memory(self, adapter: str, seconds: float, evicted: bool) -> None:
+        self.metrics.adapter_resident_seconds.labels(adapter).inc(seconds)
+        if evicted:
+            self.metrics.adapter_evictions.labels(adapter).inc()
 
     def _count_adapters(self) -> None:
         self.metrics.adapters_loaded.set(self.registry.count())

@@ -40,7 +40,19 @@ class ServingMetrics:
         self.adapters_loaded = Gauge("peft_serve_adapters_loaded", "Adapters registered now.", registry=r)
         self.adapters_resident = Gauge("peft_serve_adapters_resident", "Adapters in memory now.", registry=r)
         self.adapter_evictions = Counter(
-            "peft_serve_adapter_evictions", "Adapters evicted from memory to make room.", registry=r
+            "peft_serve_adapter_evictions",
+            "Times an adapter was evicted from memory to make room.",
+            ["model"],
+            registry=r,
+        )
+        self.adapter_cold_loads = Counter(
+            "peft_serve_adapter_cold_loads", "Requests that loaded their evicted adapter first.", ["model"], registry=r
+        )
+        self.adapter_resident_seconds = Counter(
+            "peft_serve_adapter_resident_seconds",
+            "Time an adapter spent in memory, counted when it leaves (evicted, replaced or unloaded).",
+            ["model"],
+            registry=r,
         )
         self.adapter_cold_load_seconds = Histogram(
             "peft_serve_adapter_cold_load_seconds",

@@ -36,7 +36,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class LoadedAdapter:
     pinned: bool = False
     resident: bool = True  # weights in memory; False once evicted (the files stay registered)
     last_used: float = 0.0  # time.monotonic() of the last request; the eviction order
+    resident_since: float = field(default_factory=time.monotonic)
     users: int = 0  # rows generating with these weights
     holds: int = 0  # requests that need it resident (from admission to their last token)
     retired: bool = False
@@ -99,8 +100,8 @@ class AdapterRegistry:
         max_resident: int | None = None,
         resident_wait_s: float = 30.0,
         on_change: Callable[[], None] | None = None,
-        on_cold_load: Callable[[float], None] | None = None,
-        on_evict: Callable[[], None] | None = None,
+        on_cold_load: Callable[[str, float], None] | None = None,
+        on_leave_memory: Callable[[str, float, bool], None] | None = None,
     ) -> None:
         self.model = model
         self.base = base
@@ -125,8 +126,9 @@ class AdapterRegistry:
         self._bottleneck = BottleneckRows(model, self._rows)
         self._virtual: dict[str, VirtualTokens] = {}  # prefix/prompt tuning; replaced, never changed in place
         self._on_change = on_change or (lambda: None)
-        self._on_cold_load = on_cold_load or (lambda seconds: None)
-        self._on_evict = on_evict or (lambda: None)
+        self._on_cold_load = on_cold_load or (lambda name, seconds: None)
+        # (name, seconds it was resident, evicted?) when an adapter's weights leave memory
+        self._on_leave_memory = on_leave_memory or (lambda name, seconds, evicted: None)
 
     # ------------------------------------------------------------------------------------ queries
 
@@ -240,7 +242,8 @@ class AdapterRegistry:
                 if current is not None:  # requests admitted for the old version now need the new one
                     adapter.holds, current.holds = current.holds, 0
                 self._by_name[name] = adapter
-            if current is not None:
+            if current is not None and current.resident:
+                self._on_leave_memory(name, time.monotonic() - current.resident_since, False)
                 self._retire(current)
         self._on_change()
         seconds = time.perf_counter() - started
@@ -254,6 +257,7 @@ class AdapterRegistry:
             if adapter is None:
                 raise AdapterNotFound(f"no adapter named '{name}' is loaded")
             if adapter.resident:
+                self._on_leave_memory(name, time.monotonic() - adapter.resident_since, False)
                 self._retire(adapter)
         self._on_change()
         log.info("Unloaded adapter %s", name)
@@ -287,12 +291,13 @@ class AdapterRegistry:
                     self._attach(internal, prepared)
                 with self._state:
                     adapter.internal, adapter.resident = internal, True
+                    adapter.resident_since = time.monotonic()
                     adapter.holds += 1
                     adapter.last_used = time.monotonic()
                 break
         else:
             return
-        self._on_cold_load(time.perf_counter() - started)
+        self._on_cold_load(name, time.perf_counter() - started)
         self._on_change()
         log.info("Cold-loaded adapter %s in %.0f ms", name, (time.perf_counter() - started) * 1000)
 
@@ -340,11 +345,10 @@ class AdapterRegistry:
                 victim = min(idle, key=lambda a: a.last_used)
                 # Its internal name leaves with its weights: rows find their adapter by that name (release).
                 internal, victim.internal, victim.resident = victim.internal, "", False
+            self._on_leave_memory(victim.name, time.monotonic() - victim.resident_since, True)
             if reuse is not None and victim.shape == reuse:
-                self._on_evict()
                 return internal
             self._detach(internal)
-            self._on_evict()
             log.info("Evicted adapter %s (least recently used) to make room", victim.name)
 
     def _retire(self, adapter: LoadedAdapter) -> None:
