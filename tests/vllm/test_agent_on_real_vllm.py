@@ -152,3 +152,25 @@ def test_an_adapter_attached_from_another_namespace_is_served_under_namespace_sl
     status, body = call_json(f"{agent.url}/v1/adapters/tenant-a/pirate", "DELETE", None, AGENT_TOKEN, 60)
     assert (status, body["unloaded"]) == (200, True), body
     assert "tenant-a/pirate" not in vllm_roots(vllm) and "tenant-a" in vllm_roots(vllm)
+
+
+def test_vllm_serves_more_registered_adapters_than_its_cpu_cache_holds(
+    vllm: Any, smollm2_dir: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """limits.maxResident becomes --max-cpu-loras: vLLM keeps that many adapters in memory and reads an evicted
+    one from its files again on its next request. Registered here: two more than this vLLM's cache (8)."""
+    from tests.support.adapters import make_lora_adapter
+
+    count = vllm.max_cpu_loras + 2
+    root = tmp_path_factory.mktemp("many")
+    for i in range(count):
+        path = make_lora_adapter(smollm2_dir, root / f"many-{i}", seed=50 + i, r=8).path
+        status, body = call_json(
+            f"{vllm.url}/v1/load_lora_adapter", "POST", {"lora_name": f"many-{i}", "lora_path": str(path)}, None, 180
+        )
+        assert status == 200, body
+    first = answer(vllm, "many-0")
+    for i in range(1, count):  # every one of these pushes the least recently used out of vLLM's cache
+        answer(vllm, f"many-{i}")
+    assert {f"many-{i}" for i in range(count)} <= set(vllm_roots(vllm))
+    assert answer(vllm, "many-0") == first, "an evicted adapter came back with other weights"
