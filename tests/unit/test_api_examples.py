@@ -51,7 +51,7 @@ def test_there_is_an_example_per_method_and_a_quickstart_per_kind() -> None:
     names = {p.stem for p in _examples()}
     for method in ("lora", "qlora", "dora", "ia3", "prefix", "prompt", "adapter"):
         assert f"finetunejob-{method}" in names
-    assert {"finetunejob-quickstart", "adapterdeployment-quickstart"} <= names
+    assert {"finetunejob-quickstart", "adapterdeployment-quickstart", "finetunejob-dpo"} <= names
 
 
 @pytest.mark.parametrize("path", _examples(), ids=lambda p: p.stem)
@@ -62,11 +62,12 @@ def test_example_is_valid_for_crd_schema_and_models(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", _examples(), ids=lambda p: p.stem)
-def test_finetunejob_example_method_matches_its_file_name(path: Path) -> None:
+def test_finetunejob_example_method_or_objective_matches_its_file_name(path: Path) -> None:
     obj = yaml.safe_load(path.read_text())
     if obj["kind"] == "FineTuneJob" and not path.stem.endswith("quickstart"):
         job = FineTuneJob.model_validate(obj)
-        assert job.spec.method.type.value == path.stem.removeprefix("finetunejob-")
+        named = path.stem.removeprefix("finetunejob-")
+        assert named in (job.spec.method.type.value, job.spec.training.objective.value)
 
 
 def test_there_are_at_least_fifteen_broken_examples() -> None:

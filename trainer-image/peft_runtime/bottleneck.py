@@ -12,6 +12,8 @@ untouched (and the base can be shared).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,7 @@ class Bottleneck(nn.Module):
         self.up = nn.Linear(bottleneck_size, hidden_size)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
+        self.disabled = False  # BottleneckModel.disable_adapter: the block's output passes unchanged
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         update: torch.Tensor = self.up(self.act(self.down(hidden.to(self.down.weight.dtype))))
@@ -107,6 +110,8 @@ def module_key(name: str) -> str:
 
 def _after(adapter: Bottleneck) -> Any:
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        if adapter.disabled:
+            return output
         if isinstance(output, tuple):
             return (adapter(output[0]), *output[1:])
         return adapter(output)
@@ -146,6 +151,18 @@ class BottleneckModel(nn.Module):
 
     def get_base_model(self) -> Any:
         return self.base_model
+
+    @contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """The base model's own outputs inside the block, as peft's context of the same name (DPO's reference)."""
+        blocks = [module for module in self.adapters.modules() if isinstance(module, Bottleneck)]
+        for block in blocks:
+            block.disabled = True
+        try:
+            yield
+        finally:
+            for block in blocks:
+                block.disabled = False
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         # On disk: layers.<i>.<placement>.(down|up).(weight|bias)

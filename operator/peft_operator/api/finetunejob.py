@@ -55,6 +55,8 @@ class DatasetFormat(StrEnum):
     CHAT = "chat"  # {"messages": [{"role": ..., "content": ...}]}: loss on assistant turns
     INSTRUCTION = "instruction"  # {"prompt": ..., "completion": ...}: loss on the completion
     TEXT = "text"  # {"text": ...}: loss on every token
+    # {"prompt", "chosen", "rejected"}: strings, or lists of chat messages; for training.objective dpo
+    PREFERENCE = "preference"
 
 
 class Dataset(ApiModel):
@@ -66,7 +68,10 @@ class Dataset(ApiModel):
             "or file:///path in local mode. A directory means every .jsonl/.parquet file in it."
         )
     )
-    format: DatasetFormat = Field(description="chat (messages), instruction (prompt/completion) or text (text).")
+    format: DatasetFormat = Field(
+        description="chat (messages), instruction (prompt/completion), text (text), or preference "
+        "(prompt/chosen/rejected, for training.objective dpo)."
+    )
     validation_split: float = Field(
         default=0.1, ge=0.0, le=0.5, description="Fraction of rows held out to compute evalLoss."
     )
@@ -101,6 +106,34 @@ LearningRate = Annotated[
 ]
 
 
+class Objective(StrEnum):
+    SFT = "sft"  # supervised fine-tuning: cross-entropy on the answer tokens
+    DPO = "dpo"  # direct preference optimization on (prompt, chosen, rejected) pairs
+
+
+class DpoParameters(ApiModel):
+    """Direct preference optimization: the reference policy is the base model with the adapter disabled."""
+
+    beta: str = Field(
+        default="0.1",
+        max_length=32,
+        json_schema_extra={"pattern": DECIMAL_PATTERN},
+        description="How strongly the adapter is held to the reference policy (the base model): higher stays "
+        "closer. A decimal string, typically '0.01' to '0.5'.",
+    )
+
+    @field_validator("beta")
+    @classmethod
+    def _positive(cls, value: str) -> str:
+        try:
+            beta = float(value)
+        except ValueError:
+            raise ValueError(f"'{value}' is not a number; write it like '0.1'") from None
+        if beta <= 0:
+            raise ValueError(f"{value} must be above 0, e.g. '0.1'")
+        return value
+
+
 class Training(RuledModel):
     """Hyperparameters. Train for `epochs` or stop at `maxSteps`, not both."""
 
@@ -110,7 +143,25 @@ class Training(RuledModel):
             "set epochs or maxSteps, not both",
             lambda s: s.epochs is None or s.max_steps is None,
         ),
+        Rule(
+            "!has(self.dpo) || (has(self.objective) && self.objective == 'dpo')",
+            "training.dpo is set but training.objective is not dpo: set objective: dpo or remove the dpo block",
+            lambda s: s.dpo is None or s.objective is Objective.DPO,
+        ),
+        Rule(
+            "!has(self.objective) || self.objective != 'dpo' || !has(self.packing) || !self.packing",
+            "packing does not apply to objective dpo (each pair is scored as two whole sequences); "
+            "set training.packing to false",
+            lambda s: s.objective is not Objective.DPO or not s.packing,
+        ),
     )
+
+    objective: Objective = Field(
+        default=Objective.SFT,
+        description="sft: learn the answers (chat, instruction, text data); dpo: learn to prefer the chosen answer "
+        "over the rejected one (preference data).",
+    )
+    dpo: DpoParameters | None = Field(default=None, description="DPO parameters (objective dpo; beta 0.1 if unset).")
 
     epochs: int | None = Field(default=None, ge=1, le=1000, description="Passes over the data (3 if unset).")
     max_steps: int | None = Field(default=None, ge=1, le=10_000_000, description="Optimizer steps, instead of epochs.")
@@ -319,6 +370,12 @@ class FineTuneJobSpec(RuledModel):
             lambda s: not s.output.merged or s.method.type in MERGEABLE_METHODS,
         ),
         Rule(
+            "(has(self.training.objective) && self.training.objective == 'dpo') == (self.dataset.format == 'preference')",
+            "training.objective dpo learns from dataset.format preference (prompt, chosen, rejected), and preference "
+            "data needs training.objective dpo: set both, or neither",
+            lambda s: (s.training.objective is Objective.DPO) == (s.dataset.format is DatasetFormat.PREFERENCE),
+        ),
+        Rule(
             "!has(self.deploy) || !has(self.deploy.when) || self.dataset.validationSplit > 0",
             "deploy.when judges the held-out rows, and dataset.validationSplit is 0: set validationSplit "
             "above 0 (e.g. 0.1) or remove deploy.when",
@@ -355,6 +412,14 @@ class Progress(ApiModel):
     loss: float | None = Field(default=None, description="Training loss (recent average).")
     eval_loss: float | None = Field(default=None, description="Loss on the validation split.")
     eval_rows: int | None = Field(default=None, ge=0, description="Held-out rows evalLoss is measured on.")
+    reward_margin: float | None = Field(
+        default=None,
+        description="dpo: mean over held-out pairs of beta x (how much more the adapter prefers the chosen answer "
+        "over the rejected one than the base model does).",
+    )
+    reward_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="dpo: share of held-out pairs where that margin is above 0."
+    )
     tokens_per_second: float | None = Field(default=None, ge=0, description="Non-padding tokens per second.")
     eta: str | None = Field(default=None, max_length=32, description="Estimated time left, e.g. 12m30s.")
     percent: int | None = Field(default=None, ge=0, le=100, description="step / totalSteps in percent.")

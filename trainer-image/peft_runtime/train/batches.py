@@ -73,7 +73,10 @@ class Batch:
     attention_mask: torch.Tensor | None  # padded rows only; None when every row is full
     position_ids: torch.Tensor | None  # packed rows: restart at 0 for every row
     tokens: int  # real (non-pad) tokens
+    # What the batch's summed loss is divided by: its answer tokens, or for a preference batch its pairs
+    # (the DPO loss is one term per pair).
     loss_tokens: int
+    pairs: int = 0  # a preference batch: rows [0, pairs) are the chosen answers, [pairs, 2 pairs) the rejected
 
     def to(self, device: torch.device) -> Batch:
         def move(tensor: torch.Tensor) -> torch.Tensor:
@@ -86,6 +89,7 @@ class Batch:
             None if self.position_ids is None else move(self.position_ids),
             self.tokens,
             self.loss_tokens,
+            self.pairs,
         )
 
 
@@ -93,7 +97,19 @@ def collate(examples: Sequence[Example], micro_batch: MicroBatch, pad_id: int, p
     """Right-pad to the longest sequence in this micro-batch (never to maxSeqLength).
 
     Packed: padding becomes one more segment with its own positions, so no attention mask is needed and
-    the model keeps every row separate. Not packed: an attention mask, only if some row is shorter."""
+    the model keeps every row separate. Not packed: an attention mask, only if some row is shorter.
+    Preference rows (never packed): the chosen sequences, then the rejected ones in the same order."""
+    if examples[micro_batch[0][0]].rejected is not None:
+        chosen = [examples[index] for sequence in micro_batch for index in sequence]
+        rows = chosen + [example.rejected for example in chosen if example.rejected is not None]
+        batch = _collate_rows(rows, [[i] for i in range(len(rows))], pad_id, packed=False)
+        batch.loss_tokens = batch.pairs = len(chosen)
+        return batch
+    return _collate_rows(examples, micro_batch, pad_id, packed)
+
+
+def _collate_rows(examples: Sequence[Example], micro_batch: MicroBatch, pad_id: int, packed: bool) -> Batch:
+    """Each sequence of the micro-batch as one padded row (its examples' input_ids and targets only)."""
     rows_ids, rows_targets, rows_positions = [], [], []
     for sequence in micro_batch:
         ids: list[int] = []

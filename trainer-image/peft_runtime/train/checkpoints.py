@@ -43,6 +43,8 @@ class TrainState:
     tokens_seen: int = 0
     recent_losses: list[float] = field(default_factory=list)
     eval_loss: float | None = None
+    eval_reward_margin: float | None = None  # objective dpo (see dpo.RewardTally)
+    eval_reward_accuracy: float | None = None
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -5,6 +5,9 @@ Formats (one JSON object per row, JSON Lines or Parquet):
   the loss is on the assistant turns only (each turn's text and its end-of-turn marker).
 - instruction: {"prompt": ..., "completion": ...}: prompt then completion then EOS, loss on completion + EOS.
 - text: {"text": ...}: text then EOS, loss on every token.
+- preference: {"prompt": ..., "chosen": ..., "rejected": ...}, all strings (tokenized as instruction rows) or
+  all lists of chat messages (prompt + answer rendered with the chat template; scored on the answer's
+  assistant turns only). One example holds the chosen sequence and, in `rejected`, the rejected one.
 
 Each example keeps `input_ids` and `targets`, where targets[t] is the token position t must predict (the
 next one) or IGNORE. Shifting once here means packed or padded rows never predict across a boundary.
@@ -35,9 +38,11 @@ MAX_WARNINGS = 64  # DatasetReport.warnings holds at most this many
 class Example:
     input_ids: list[int]
     targets: list[int]
+    rejected: Example | None = None  # preference rows: the rejected answer (this one holds the chosen)
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        """Tokens this row puts through the model (both sequences of a preference row)."""
+        return len(self.input_ids) + (len(self.rejected) if self.rejected is not None else 0)
 
 
 @dataclass
@@ -141,15 +146,12 @@ def _check(value: Any, data_format: DatasetFormat) -> tuple[str | None, bool]:
         messages = value.get("messages")
         if messages is None:
             return "'messages' is missing", False
-        if not isinstance(messages, list):
-            return "'messages' must be a list of {role, content} objects", False
-        for index, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                return f"messages[{index}] needs a string 'role'", False
-            if not isinstance(message.get("content"), str):
-                return f"messages[{index}].content must be a string", False
+        if (problem := _check_messages(messages, "messages")) is not None:
+            return problem, False
         has_answer = any(m["role"] == "assistant" and m["content"].strip() for m in messages)
         return None, not has_answer
+    if data_format is DatasetFormat.PREFERENCE:
+        return _check_preference(value)
     if data_format is DatasetFormat.INSTRUCTION:
         for key in ("prompt", "completion"):
             if key not in value:
@@ -164,11 +166,42 @@ def _check(value: Any, data_format: DatasetFormat) -> tuple[str | None, bool]:
     return None, not value["text"].strip()
 
 
+def _check_messages(messages: Any, field_name: str) -> str | None:
+    if not isinstance(messages, list):
+        return f"'{field_name}' must be a list of {{role, content}} objects"
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return f"{field_name}[{index}] needs a string 'role'"
+        if not isinstance(message.get("content"), str):
+            return f"{field_name}[{index}].content must be a string"
+    return None
+
+
+def _check_preference(value: dict[str, Any]) -> tuple[str | None, bool]:
+    """Strings throughout, or chat messages throughout; a pair must differ to teach a preference."""
+    for key in ("prompt", "chosen", "rejected"):
+        if key not in value:
+            return f"'{key}' is missing", False
+    if all(isinstance(value[k], str) for k in ("prompt", "chosen", "rejected")):
+        answers = {k: value[k].strip() for k in PAIR}
+    elif all(isinstance(value[k], list) for k in ("prompt", "chosen", "rejected")):
+        for key in ("prompt", "chosen", "rejected"):
+            if (problem := _check_messages(value[key], key)) is not None:
+                return problem, False
+        answers = {k: "".join(m["content"] for m in value[k] if m["role"] == "assistant").strip() for k in PAIR}
+    else:
+        return "prompt, chosen and rejected must all be strings, or all be lists of {role, content} messages", False
+    if answers["chosen"] and answers["chosen"] == answers["rejected"]:
+        return "chosen and rejected are the same answer: nothing to prefer", False
+    return None, not (answers["chosen"] and answers["rejected"])
+
+
 # The keys that say which format a row is in.
 _FORMAT_KEYS = {
     DatasetFormat.CHAT: ("messages",),
     DatasetFormat.INSTRUCTION: ("prompt", "completion"),
     DatasetFormat.TEXT: ("text",),
+    DatasetFormat.PREFERENCE: ("prompt", "chosen", "rejected"),
 }
 
 
@@ -206,8 +239,10 @@ def _fingerprint(value: Any) -> str:
 # ------------------------------------------------------------------------------------------- tokenizing
 
 
-def _assistant_spans(tokenizer: Any, messages: list[dict[str, str]], full: str) -> list[tuple[int, int]]:
-    """Character spans of the assistant turns in the rendered conversation.
+def _assistant_spans(
+    tokenizer: Any, messages: list[dict[str, str]], full: str, first: int = 0
+) -> list[tuple[int, int]]:
+    """Character spans of the assistant turns from message `first` on in the rendered conversation.
 
     A turn's span runs from the end of the conversation rendered up to it (with the generation prompt)
     to the end of the conversation rendered through it, which includes the end-of-turn marker. Templates
@@ -215,7 +250,7 @@ def _assistant_spans(tokenizer: Any, messages: list[dict[str, str]], full: str) 
     spans: list[tuple[int, int]] = []
     searched_to = 0
     for index, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or index < first:
             continue
         try:
             before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
@@ -234,11 +269,18 @@ def _assistant_spans(tokenizer: Any, messages: list[dict[str, str]], full: str) 
 
 
 def _tokenize_chat(tokenizer: Any, rows: list[Any]) -> list[tuple[list[int], list[int]]]:
+    return _tokenize_conversations(tokenizer, [(value["messages"], 0) for value in rows])
+
+
+def _tokenize_conversations(
+    tokenizer: Any, conversations: list[tuple[list[dict[str, str]], int]]
+) -> list[tuple[list[int], list[int]]]:
+    """Each (messages, first) rendered with the chat template, labelled on its assistant turns from `first` on."""
     texts, spans = [], []
-    for value in rows:
-        full = tokenizer.apply_chat_template(value["messages"], tokenize=False)
+    for messages, first in conversations:
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
         texts.append(full)
-        spans.append(_assistant_spans(tokenizer, value["messages"], full))
+        spans.append(_assistant_spans(tokenizer, messages, full, first))
     encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     result = []
     for ids, offsets, row_spans in zip(encoded["input_ids"], encoded["offset_mapping"], spans, strict=True):
@@ -267,6 +309,15 @@ def _tokenize_text(tokenizer: Any, rows: list[Any]) -> list[tuple[list[int], lis
     return [(list(ids) + eos, list(ids) + eos) for ids in encoded]
 
 
+def _tokenize_preference(tokenizer: Any, value: dict[str, Any]) -> list[tuple[list[int], list[int]]]:
+    """[chosen, rejected]: the prompt then each answer, labelled on the answer only."""
+    prompt = value["prompt"]
+    if isinstance(prompt, str):
+        return _tokenize_instruction(tokenizer, [{"prompt": prompt, "completion": value[k]} for k in PAIR])
+    return _tokenize_conversations(tokenizer, [(prompt + value[k], len(prompt)) for k in PAIR])
+
+
+PAIR = ("chosen", "rejected")
 _TOKENIZE = {
     DatasetFormat.CHAT: _tokenize_chat,
     DatasetFormat.INSTRUCTION: _tokenize_instruction,
@@ -324,13 +375,16 @@ def prepare_dataset(
 
     examples: list[Example] = []
     tokenized = _tokenize_rendered(tokenizer, valid, data_format, findings) if valid else []
-    for row, (ids, labels) in tokenized:
-        example, truncated = _example(ids, labels, max_seq_length)
-        if truncated:
-            findings.truncated.append(f"{row.where} ({len(ids)} tokens)")
-        if all(t == IGNORE for t in example.targets):
+    for row, sequences in tokenized:
+        built = [_example(ids, labels, max_seq_length) for ids, labels in sequences]
+        if any(truncated for _, truncated in built):
+            findings.truncated.append(f"{row.where} ({max(len(ids) for ids, _ in sequences)} tokens)")
+        if any(all(t == IGNORE for t in example.targets) for example, _ in built):
             findings.nothing_to_learn.append(row.where)
             continue
+        example = built[0][0]
+        if len(built) == 2:  # a preference row: chosen, rejected
+            example.rejected = built[1][0]
         examples.append(example)
 
     report = DatasetReport(
@@ -346,7 +400,16 @@ def prepare_dataset(
 
 def _tokenize_rendered(
     tokenizer: Any, rows: list[_Row], data_format: DatasetFormat, findings: _Findings
-) -> list[tuple[_Row, tuple[list[int], list[int]]]]:
+) -> list[tuple[_Row, list[tuple[list[int], list[int]]]]]:
+    """Each usable row with its token sequences (ids, labels): one, or chosen and rejected for preference rows."""
+    if data_format is DatasetFormat.PREFERENCE:
+        pairs = []
+        for row in rows:  # one at a time: a chat-form row's template may refuse it
+            try:
+                pairs.append((row, _tokenize_preference(tokenizer, row.value)))
+            except Exception as error:
+                findings.malformed.append(f"{row.where}: the chat template refused it ({error})")
+        return pairs
     if data_format is DatasetFormat.CHAT:
         # A template may refuse a conversation (e.g. roles that do not alternate): that row is malformed.
         renderable = []
@@ -357,8 +420,8 @@ def _tokenize_rendered(
             except Exception as error:
                 findings.malformed.append(f"{row.where}: the chat template refused it ({error})")
         rows = renderable
-    pairs = _TOKENIZE[data_format](tokenizer, [r.value for r in rows]) if rows else []
-    return list(zip(rows, pairs, strict=True))
+    sequences = _TOKENIZE[data_format](tokenizer, [r.value for r in rows]) if rows else []
+    return [(row, [sequence]) for row, sequence in zip(rows, sequences, strict=True)]
 
 
 def count_of(number: int, noun: str) -> str:

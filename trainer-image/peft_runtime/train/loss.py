@@ -41,18 +41,26 @@ class AnswerLoss:
         self.rows_per_chunk = max(1, LOGITS_PER_CHUNK // int(vocab))
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        return self.token_losses(batch).sum()
+
+    def token_losses(self, batch: Batch, adapter_disabled: bool = False) -> torch.Tensor:
+        """Cross-entropy at every target position, in row-major order (`batch.targets[targets != IGNORE]`).
+        `adapter_disabled`: the model runs as its base (peft's disable_adapter), so prompt tuning's soft
+        tokens are not in front of the input."""
         keep = batch.targets != IGNORE
         targets = batch.targets[keep]
+        virtual_tokens = 0 if adapter_disabled else self.virtual_tokens
         if not self.chunked:
-            return F.cross_entropy(self._forward(batch, keep).float(), targets, reduction="sum")
+            logits = self._forward(batch, keep, virtual_tokens).float()
+            return F.cross_entropy(logits, targets, reduction="none")
         with self._hidden_states_out() as output_layer:
-            hidden = self._forward(batch, keep)
+            hidden = self._forward(batch, keep, virtual_tokens)
         return chunked_cross_entropy(output_layer, hidden, targets, self.rows_per_chunk)
 
-    def _forward(self, batch: Batch, keep: torch.Tensor) -> torch.Tensor:
+    def _forward(self, batch: Batch, keep: torch.Tensor, virtual_tokens: int) -> torch.Tensor:
         """The model's output at the kept positions only (the output layer never sees the others)."""
-        if self.virtual_tokens:  # prompt tuning puts its soft tokens in front of the input
-            keep = torch.cat([keep.new_zeros(keep.shape[0], self.virtual_tokens), keep], dim=1)
+        if virtual_tokens:  # prompt tuning puts its soft tokens in front of the input
+            keep = torch.cat([keep.new_zeros(keep.shape[0], virtual_tokens), keep], dim=1)
         output = self.model(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
@@ -95,17 +103,21 @@ class AnswerLoss:
 def chunked_cross_entropy(
     output_layer: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, rows: int
 ) -> torch.Tensor:
-    """Sum of cross_entropy(output_layer(hidden[i]), targets[i]), `rows` positions' logits at a time."""
+    """cross_entropy(output_layer(hidden[i]), targets[i]) for every i, `rows` positions' logits at a time."""
     if hidden.shape[0] <= rows:
-        return _cross_entropy_sum(output_layer, hidden, targets)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], rows):
-        end = start + rows
-        total = total + checkpoint(
-            _cross_entropy_sum, output_layer, hidden[start:end], targets[start:end], use_reentrant=False
+        return _cross_entropy(output_layer, hidden, targets)
+    chunks = [
+        checkpoint(
+            _cross_entropy,
+            output_layer,
+            hidden[start : start + rows],
+            targets[start : start + rows],
+            use_reentrant=False,
         )
-    return total
+        for start in range(0, hidden.shape[0], rows)
+    ]
+    return torch.cat(chunks)
 
 
-def _cross_entropy_sum(output_layer: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(output_layer(hidden).float(), targets, reduction="sum")
+def _cross_entropy(output_layer: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(output_layer(hidden).float(), targets, reduction="none")

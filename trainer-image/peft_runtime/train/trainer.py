@@ -2,7 +2,8 @@
 
 Everything comes from the TrainingPlan, read once. No transformers.Trainer: one forward per micro-batch,
 a loss summed over the answer tokens only (logits only where there is a target, a chunk at a time), gradient
-accumulation normalised by the step's answer tokens, AdamW, warmup then cosine/linear/constant decay.
+accumulation normalised by the step's answer tokens (or, for objective dpo, the DPO loss of dpo.py normalised
+by the step's pairs), AdamW, warmup then cosine/linear/constant decay.
 Each stage is one function below `train`; what a stage hands on is one small object.
 """
 
@@ -23,7 +24,15 @@ from typing import Any
 import torch
 
 from peft_operator.api.events import CompletedEvent, PreflightEvent, PreflightPassedEvent, ProgressEvent
-from peft_operator.api.finetunejob import AdapterRecord, DatasetReport, FineTuneJobSpec, LrScheduler, Progress
+from peft_operator.api.finetunejob import (
+    AdapterRecord,
+    DatasetReport,
+    DpoParameters,
+    FineTuneJobSpec,
+    LrScheduler,
+    Objective,
+    Progress,
+)
 from peft_operator.api.methods import MERGEABLE_METHODS, PROMPT_LEARNING_METHODS
 from peft_operator.api.plan import TrainingPlan
 
@@ -31,6 +40,7 @@ from .batches import Batch, EpochPlanner, MicroBatch, collate, eval_batches
 from .checkpoints import TrainState, latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from .data import Example, check_tokenizer, prepare_dataset, split_examples, why_unusable
 from .device import CPU_THREADS_ENV, Placement, apply_cpu_threads, pick_device, placement
+from .dpo import PreferenceLoss
 from .errors import configuration_error, dataset_invalid, model_unavailable, training_error
 from .gradients import GradientCheck
 from .loss import AnswerLoss
@@ -115,7 +125,7 @@ class Trainee:
     base: Any  # the frozen base model (its config goes into the manifest)
     model: Any  # base + adapter
     setup: MethodSetup
-    loss_of: AnswerLoss
+    loss_of: AnswerLoss | PreferenceLoss
     parameters: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -126,16 +136,22 @@ class Trainee:
         save_checkpoint(output, state, self.model, self.optimizer, self.scheduler, self.scaler)
 
     @torch.no_grad()
-    def evaluate(self, data: TrainingData, batch_size: int, device: torch.device) -> float:
+    def evaluate(self, data: TrainingData, batch_size: int, device: torch.device, state: TrainState) -> None:
+        """The held-out loss (and for dpo the reward margin and accuracy) into `state`."""
         self.model.eval()
         total, tokens = 0.0, 0
+        tally = self.loss_of.tally if isinstance(self.loss_of, PreferenceLoss) else None
+        if tally is not None:
+            tally.reset()
         for micro_batch in eval_batches([len(e) for e in data.eval_set], batch_size):
             batch = collate(data.eval_set, micro_batch, data.pad_id, packed=False).to(device)
             with self.autocast():
                 total += float(self.loss_of(batch))
             tokens += batch.loss_tokens
         self.model.train()
-        return round(total / max(tokens, 1), 6)
+        state.eval_loss = round(total / max(tokens, 1), 6)
+        if tally is not None:
+            state.eval_reward_margin, state.eval_reward_accuracy = tally.margin, tally.accuracy
 
 
 @dataclass
@@ -158,6 +174,8 @@ class SessionClock:
             loss=round(sum(state.recent_losses) / len(state.recent_losses), 6) if state.recent_losses else None,
             eval_loss=state.eval_loss,
             eval_rows=eval_rows if state.eval_loss is not None else None,
+            reward_margin=state.eval_reward_margin,
+            reward_accuracy=state.eval_reward_accuracy,
             tokens_per_second=round(self.tokens / self.step_seconds, 1) if self.step_seconds > 0 else None,
             eta=format_duration((total_steps - state.step) * per_step) if per_step is not None else None,
             percent=min(100, int(100 * state.step / total_steps)) if total_steps else None,
@@ -236,7 +254,7 @@ def _build_trainee(spec: FineTuneJobSpec, run: RunSetup, data: TrainingData, rep
         base=base,
         model=model,
         setup=setup,
-        loss_of=AnswerLoss(model, setup),
+        loss_of=_loss(spec, model, setup),
         parameters=parameters,
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
@@ -292,7 +310,7 @@ def _train_loop(
 
             final = state.step == data.total_steps
             if data.eval_set and (state.step % eval_every == 0 or final):
-                state.eval_loss = trainee.evaluate(data, hp.batch_size, run.device)
+                trainee.evaluate(data, hp.batch_size, run.device, state)
             progress = clock.progress(state, data.total_steps, len(micro_batches), len(data.eval_set))
             reporter.emit(ProgressEvent(progress=progress, lr=lr))
             if state.step % hp.checkpoint_every == 0 or final:
@@ -369,13 +387,18 @@ def _finish(
 ) -> CompletedEvent:
     """6. The adapter and its manifest, the merged model if asked, the completed event."""
     if data.eval_set and state.eval_loss is None:
-        state.eval_loss = trainee.evaluate(data, spec.training.batch_size, run.device)
+        trainee.evaluate(data, spec.training.batch_size, run.device, state)
     progress = clock.progress(state, data.total_steps, clock.batches_in_epoch, len(data.eval_set))
     metrics = {"steps": float(state.step), "tokens": float(state.tokens_seen), "epochs": float(progress.epoch or 0)}
     if progress.loss is not None:
         metrics["loss"] = progress.loss
     if state.eval_loss is not None:
         metrics["evalLoss"] = state.eval_loss
+    if state.eval_reward_margin is not None and state.eval_reward_accuracy is not None:
+        metrics["evalRewardMargin"], metrics["evalRewardAccuracy"] = (
+            state.eval_reward_margin,
+            state.eval_reward_accuracy,
+        )
     metrics["trainableParameters"] = float(sum(p.numel() for p in trainee.parameters))
     written = write_adapter(
         trainee.model,
@@ -415,6 +438,14 @@ def _load_tokenizer(base_dir: Path) -> Any:
         return AutoTokenizer.from_pretrained(str(base_dir))
     except Exception as error:
         raise model_unavailable(f"cannot load the tokenizer in {base_dir}: {error}") from error
+
+
+def _loss(spec: FineTuneJobSpec, model: Any, setup: MethodSetup) -> AnswerLoss | PreferenceLoss:
+    """The objective: cross-entropy on the answers (sft), or DPO on preference pairs."""
+    answers = AnswerLoss(model, setup)
+    if spec.training.objective is not Objective.DPO:
+        return answers
+    return PreferenceLoss(answers, float((spec.training.dpo or DpoParameters()).beta))
 
 
 def learning_rate_factor(kind: LrScheduler, warmup: int, total: int) -> Callable[[int], float]:
