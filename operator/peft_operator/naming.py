@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 LABEL_FINETUNEJOB = "peft.dev/finetunejob"
 LABEL_ADAPTERDEPLOYMENT = "peft.dev/adapterdeployment"
 LABEL_COMPONENT = "app.kubernetes.io/component"
@@ -50,6 +52,26 @@ def engine_name(adapter_deployment: str) -> str:
 
 def admin_token_secret_name(adapter_deployment: str) -> str:
     return f"{adapter_deployment}-admin-token"
+
+
+def platform_key_secret_name(adapter_deployment: str) -> str:
+    """The platform's API key (access.apiKeys: Required): the base model and every adapter in spec.adapters."""
+    return f"{adapter_deployment}-api-key"
+
+
+def adapter_key_secret_name(adapter_deployment: str, adapter: str) -> str:
+    """The API key of one adapter in spec.adapters."""
+    return f"{adapter_deployment}-{adapter}-api-key"
+
+
+def attachment_key_secret_name(attachment: str) -> str:
+    """The API key of an AdapterAttachment's adapter, in the tenant's namespace (a Secret name holds 253)."""
+    name = f"{attachment}-api-key"
+    return (
+        name
+        if len(name) <= 253
+        else f"{attachment[:230]}-{hashlib.sha256(attachment.encode()).hexdigest()[:10]}-api-key"
+    )
 
 
 def adapterdeployment_labels(adapter_deployment: str) -> dict[str, str]:

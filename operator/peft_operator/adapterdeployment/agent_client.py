@@ -9,9 +9,12 @@ from typing import Any
 
 from ..api.agent import (
     ADAPTERS_PATH,
+    KEYRING_PATH,
     AdapterList,
     AdapterReport,
     ErrorBody,
+    Keyring,
+    KeyringReport,
     LoadAdapterRequest,
     SourceCredentials,
     adapter_path,
@@ -85,3 +88,7 @@ class AgentClient:
 
     def unload(self, name: str) -> None:
         self._call("DELETE", adapter_path(name))
+
+    def put_keyring(self, keyring: Keyring) -> KeyringReport:
+        """Hand the engine gate every valid API key (by digest); a key left out is revoked."""
+        return KeyringReport.model_validate(self._call("PUT", KEYRING_PATH, keyring.to_wire()))

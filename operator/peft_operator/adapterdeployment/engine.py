@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..api import AdapterDeployment, Scheme, parse_uri
-from ..api.adapterdeployment import Engine, Limits
+from ..api.adapterdeployment import ApiKeys, Engine, Limits
 from ..api.plan import MODEL_CREDENTIALS_PREFIX, PVC_MOUNT_ROOT
 from ..naming import (
     ADAPTERS_READY_GATE,
@@ -33,6 +33,9 @@ MODEL_DIR = "/models/base"
 VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 VLLM_MAX_LORAS_PER_BATCH = 16
 TOKEN_ENV = "PEFT_ADMIN_TOKEN"
+# access.apiKeys: Required: the agent writes the keyring here (from the operator), the gate reads it.
+ACCESS_DIR = "/var/run/peft-access"
+KEYRING_FILE = f"{ACCESS_DIR}/keyring.json"
 
 
 def _token_env(adep: AdapterDeployment) -> dict[str, Any]:
@@ -216,6 +219,17 @@ def _gate_container(settings: OperatorSettings) -> dict[str, Any]:
     }
 
 
+def _require_keys(gate: dict[str, Any], agent: dict[str, Any]) -> dict[str, Any]:
+    """access.apiKeys: Required: the agent writes the keyring the operator sends into a volume the gate reads
+    (no Secret volume: the kubelet would take up to a minute to show a revoked key; this takes one pass).
+    Returns that volume."""
+    agent["command"].append(f"--keyring-file={KEYRING_FILE}")
+    agent["volumeMounts"].append({"name": "access", "mountPath": ACCESS_DIR})
+    gate["command"].append(f"--keyring-file={KEYRING_FILE}")
+    gate["volumeMounts"] = [{"name": "access", "mountPath": ACCESS_DIR, "readOnly": True}]
+    return {"name": "access", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}
+
+
 def render_engine_deployment(
     adep: AdapterDeployment,
     settings: OperatorSettings,
@@ -240,8 +254,11 @@ def render_engine_deployment(
         *model_volumes,
         *claim_vols,
     ]
+    gate = _gate_container(settings)
+    if spec.access.api_keys is ApiKeys.REQUIRED:
+        volumes.append(_require_keys(gate, agent))
     engine_pod = pod_spec(
-        [engine, _gate_container(settings), agent],
+        [engine, gate, agent],
         volumes,
         spec.runtime.resources,
         settings.trainer_run_as_user,

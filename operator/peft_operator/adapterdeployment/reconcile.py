@@ -18,7 +18,8 @@ from kubernetes.client import ApiClient
 from .. import kube, metrics
 from ..adapterattachment import parent as attachments
 from ..api import AdapterDeployment, AdapterDeploymentStatus, FineTuneJob, Scheme, parse_uri
-from ..api.adapterdeployment import AdapterState
+from ..api.adapterdeployment import AdapterState, ApiKeys
+from ..api.agent import Keyring
 from ..api.validation import SpecError, parse_object
 from ..conditions import set_condition
 from ..events import KubeEvent, post_event
@@ -26,6 +27,7 @@ from ..local_only import local_only_problems
 from ..naming import ADAPTERS_READY_GATE, LABEL_ADAPTERDEPLOYMENT, admin_token_secret_name
 from ..secret_refs import SecretReference, first_missing
 from ..settings import OperatorSettings
+from .access import build_keyring
 from .agent_client import AgentClient, AgentRefusal, AgentUnreachableError
 from .engine import (
     adapter_credentials_prefix,
@@ -51,10 +53,19 @@ def wants_resync(_body: dict[str, Any]) -> bool:
     return True
 
 
-def sync_pod(agent: AgentClient, pod_name: str, desired: list[DesiredAdapter], held_back: frozenset[str]) -> PodReport:
-    """Make one engine hold exactly the desired adapters; report what it holds afterwards."""
+def sync_pod(
+    agent: AgentClient,
+    pod_name: str,
+    desired: list[DesiredAdapter],
+    held_back: frozenset[str],
+    keyring: Keyring | None = None,
+) -> PodReport:
+    """Make one engine hold exactly the desired adapters, and its gate exactly the `keyring` (access.apiKeys:
+    Required; first, so a revoked key stops before anything else happens); report what it holds afterwards."""
     report = PodReport(name=pod_name)
     try:
+        if keyring is not None:
+            agent.put_keyring(keyring)
         listing = agent.loaded()
         engine_holds = {a.name: a.digest for a in listing.adapters if a.state is AdapterState.LOADED}
         engine_pins = {a.name: a.pinned for a in listing.adapters if a.pinned is not None}
@@ -169,12 +180,18 @@ def _prepare(
     settings: OperatorSettings,
     current: AdapterDeploymentStatus,
     attached: attachments.Attachments,
-) -> tuple[str, list[DesiredAdapter], int, tuple[str, ...]] | Blocked:
+    base_name: str,
+) -> tuple[str, list[DesiredAdapter], int, tuple[str, ...], Keyring | None] | Blocked:
     """The admin token, the adapters to serve (its own, then those other namespaces attached), the engine's
-    replicas and the vLLM flags its manifest lacks; or what blocks serving."""
+    replicas, the vLLM flags its manifest lacks and the API keyring (access.apiKeys: Required); or what
+    blocks serving."""
     token = _admin_token(client, adep)
     if isinstance(token, Blocked):
         return token
+    keyring = None
+    if adep.spec.access.api_keys is ApiKeys.REQUIRED:
+        accepted = [item.model for item in attached.items if item.verdict.accepted]
+        keyring = build_keyring(client, adep, accepted, base_name)
     namespace = adep.metadata.namespace
     desired = resolve_adapters(
         adep,
@@ -182,7 +199,7 @@ def _prepare(
         {a.name: a for a in current.adapters},
     ) + attached_adapters(attached.loadable)
     replicas, blocked, flags = _ensure_engine(client, adep, settings, desired)
-    return blocked if blocked is not None else (token, desired, replicas, flags)
+    return blocked if blocked is not None else (token, desired, replicas, flags, keyring)
 
 
 def _set_gate(client: ApiClient, pod: dict[str, Any], ready: bool, now: datetime) -> None:
@@ -254,10 +271,10 @@ def reconcile_adapterdeployment(
         problems = local_only_problems({"spec.baseModel.uri": adep.spec.base_model.uri})
         if problems:
             raise SpecError(AdapterDeployment.KIND, name, problems)
-        base_name = frozenset({served_model_name(adep.spec.base_model.uri)})
-        attached = attachments.gather(client, adep, settings.watch_namespaces, base_name)
+        base_name = served_model_name(adep.spec.base_model.uri)
+        attached = attachments.gather(client, adep, settings.watch_namespaces, frozenset({base_name}))
         with kube.creating_children():
-            prepared = _prepare(client, adep, settings, current, attached)
+            prepared = _prepare(client, adep, settings, current, attached, base_name)
     except SpecError as error:
         status, events = _refused(current, generation, "InvalidSpec", "; ".join(error.problems), now)
     except kube.ChildNotCreatedError as error:
@@ -266,7 +283,7 @@ def reconcile_adapterdeployment(
         if isinstance(prepared, Blocked):
             status, events = _refused(current, generation, prepared.reason, prepared.message, now)
         else:
-            token, desired, replicas, flags = prepared
+            token, desired, replicas, flags, keyring = prepared
             previous = {a.name: a for a in current.adapters}
             held_back = frozenset(
                 a.name for a in desired if a.loadable and not may_retry(previous.get(a.name), a.sha256, now)
@@ -276,7 +293,11 @@ def reconcile_adapterdeployment(
                 reports = list(
                     pool.map(
                         lambda pod: sync_pod(
-                            agent_factory(pod["status"]["podIP"], token), pod["metadata"]["name"], desired, held_back
+                            agent_factory(pod["status"]["podIP"], token),
+                            pod["metadata"]["name"],
+                            desired,
+                            held_back,
+                            keyring,
                         ),
                         pods,
                     )

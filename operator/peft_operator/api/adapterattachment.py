@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from .adapterdeployment import AdapterSource, AdapterState
-from .base import ApiModel, Condition, DnsLabel, ObjectMeta
+from .base import ApiModel, Condition, DnsLabel, ObjectMeta, SecretRef
 from .rules import Rule, RuledModel
 
 # What clients send as `model`: a deployment's own adapters keep their plain name (a DNS label); an
@@ -78,6 +78,13 @@ class AdapterAttachmentStatus(ApiModel):
     replicas: int = Field(default=0, ge=0, description="Replicas of the AdapterDeployment.")
     digest: str | None = Field(default=None, description="sha256 of the manifest being served.")
     message: str | None = Field(default=None, max_length=4096, description="Why it is not Loaded, when it is not.")
+    api_key_secret_ref: SecretRef | None = Field(
+        default=None,
+        description=(
+            "The Secret in this namespace whose `apiKey` calls this adapter, when the AdapterDeployment requires API "
+            "keys (access.apiKeys: Required); owned by this attachment. Delete the Secret to rotate the key."
+        ),
+    )
 
 
 class AdapterAttachment(ApiModel):

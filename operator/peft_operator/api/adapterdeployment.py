@@ -164,6 +164,25 @@ class AttachmentPolicy(RuledModel):
     )
 
 
+class ApiKeys(StrEnum):
+    DISABLED = "Disabled"  # anyone who reaches the engine Service may call any model it serves
+    REQUIRED = "Required"  # every completion needs a key, and a key grants exactly the models it was issued for
+
+
+class AccessPolicy(ApiModel):
+    """Who may call which model through the engine Service (checked by the engine gate in each engine pod)."""
+
+    api_keys: ApiKeys = Field(
+        default=ApiKeys.DISABLED,
+        description=(
+            "Disabled (the default: anyone who reaches the Service may call every model) or Required: clients send "
+            "`Authorization: Bearer <key>`; the operator issues one key per adapter (an AdapterAttachment's in a "
+            "Secret in the tenant's namespace, named in its status.apiKeySecretRef) and a platform key for the base "
+            "model and spec.adapters. Needs runtime (a targetRef Deployment has no engine gate)."
+        ),
+    )
+
+
 class AdapterSpec(ApiModel):
     """One tenant's adapter; `name` is the `model` clients ask for."""
 
@@ -212,6 +231,14 @@ class AdapterDeploymentSpec(RuledModel):
             ),
         ),
         Rule(
+            # has(): the structural default {} is checked before it is defaulted.
+            "!has(self.access) || !has(self.access.apiKeys) || self.access.apiKeys == 'Disabled' || has(self.runtime)",
+            "access.apiKeys: Required needs runtime: the keys are checked by the engine gate in the engine pods the "
+            "operator runs, and a targetRef Deployment has none (its Service is yours); use runtime, or put your own "
+            "authenticating proxy in front of your Deployment",
+            lambda s: s.access.api_keys is ApiKeys.DISABLED or s.runtime is not None,
+        ),
+        Rule(
             "self.adapters.filter(a, has(a.pinned) && a.pinned).size() <= "
             "(has(self.limits.maxResident) ? self.limits.maxResident : self.limits.maxAdapters)",
             "more adapters are pinned than limits.maxResident holds in memory: unpin some or raise maxResident",
@@ -236,6 +263,10 @@ class AdapterDeploymentSpec(RuledModel):
     attachments: AttachmentPolicy = Field(
         default_factory=AttachmentPolicy,
         description="Which namespaces may attach adapters with an AdapterAttachment, and how many each.",
+    )
+    access: AccessPolicy = Field(
+        default_factory=AccessPolicy,
+        description="Whether clients need an API key, which grants exactly the models it was issued for.",
     )
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ the agent (runtime) and the operator's client alike. Every route but /health nee
     DELETE /v1/adapters/{name}                    -> 200 UnloadReport (idempotent: absent is not an error)
     GET    /v1/adapters                           -> 200 AdapterList (what the ENGINE holds, plus failures)
     GET    /v1/adapters/{name}                    -> 200 AdapterReport, 404 when the agent knows nothing of it
+    PUT    /v1/keyring  Keyring                   -> 200 KeyringReport (access.apiKeys: Required; 404 otherwise)
     GET    /health                                -> 200 {"status": "ok"} (no token)
 
 Errors are `ErrorBody` JSON with a CamelCase `reason` (a `Reason` value) that the operator copies into the
@@ -31,6 +32,7 @@ from .base import ApiModel, Sha256
 from .uris import AdapterUri
 
 ADAPTERS_PATH = "/v1/adapters"
+KEYRING_PATH = "/v1/keyring"
 HEALTH_PATH = "/health"
 SHA256_DIR_RE = re.compile(r"^[a-f0-9]{64}$")
 
@@ -145,6 +147,25 @@ class UnloadReport(ApiModel):
     name: str
     unloaded: bool = Field(description="True when the engine held the adapter and let it go.")
     removed_files: bool = Field(description="True when files were removed from the shared volume.")
+
+
+class KeyGrant(ApiModel):
+    """One API key, by the sha256 of its text only, and the models (`model` values) it may call."""
+
+    sha256: Sha256 = Field(description="Lowercase hex sha256 of the key; the key itself never leaves its Secret.")
+    models: list[str] = Field(max_length=8192, description="Served names: the base model's and adapters'.")
+
+
+class Keyring(ApiModel):
+    """Body of PUT /v1/keyring: every key the engine gate accepts. The agent writes it where the gate reads it,
+    replacing the previous one whole, so a key missing here is revoked."""
+
+    keys: list[KeyGrant] = Field(default_factory=list, max_length=8192)
+
+
+class KeyringReport(ApiModel):
+    keys: int = Field(ge=0, description="Keys the gate accepts now.")
+    changed: bool = Field(description="False when the gate already had exactly this keyring.")
 
 
 class ErrorDetail(ApiModel):

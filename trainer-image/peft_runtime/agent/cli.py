@@ -45,6 +45,11 @@ def register(subcommands: Any) -> None:
     add_adapter_checks(parser)
     parser.add_argument("--base-model-dir", type=Path, help="the base model's files: check target modules and shapes")
     parser.add_argument("--engine-timeout", type=float, default=300.0, help="seconds to wait for one engine call")
+    parser.add_argument(
+        "--keyring-file",
+        type=Path,
+        help="serve PUT /v1/keyring and write the engine gate's API key digests here (access.apiKeys: Required)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from .app import create_app
 
     async def main() -> web.Application:
-        return create_app(build_agent(args), TokenSource(args.token_file))
+        return create_app(build_agent(args), TokenSource(args.token_file), args.keyring_file)
 
     web.run_app(main(), host=args.host, port=args.port, access_log=None, print=None)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 
@@ -20,6 +21,14 @@ def register(subcommands: Any) -> None:
     parser.add_argument("--engine-url", default="http://127.0.0.1:8080", help="the engine, on the pod's loopback")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--keyring-file",
+        type=Path,
+        help=(
+            "require API keys (access.apiKeys: Required): the keyring the adapter agent writes, sha256(key) -> "
+            "models; reread when it changes; while it is missing every key is refused"
+        ),
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.set_defaults(run=run)
 
@@ -30,5 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .app import create_app
 
-    web.run_app(create_app(args.engine_url), host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(
+        create_app(args.engine_url, args.keyring_file), host=args.host, port=args.port, access_log=None, print=None
+    )
     return 0

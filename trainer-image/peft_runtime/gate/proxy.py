@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -31,20 +32,22 @@ class EngineUnreachable(Exception):
     """The engine did not accept the connection (still starting, or gone)."""
 
 
-def _end_to_end(headers: Mapping[str, str]) -> CIMultiDict[str]:
+def _end_to_end(headers: Mapping[str, str], dropped: frozenset[str] = frozenset()) -> CIMultiDict[str]:
     kept: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
-        if name.lower() not in _HOP_BY_HOP:
+        if name.lower() not in _HOP_BY_HOP and name.lower() not in dropped:
             kept.add(name, value)
     return kept
 
 
 class EngineProxy:
     """One connection pool to the engine; `forward` sends `path` (the route the gate checked, never the raw
-    request target) with the request's query, headers and body."""
+    request target) with the request's query, headers and body, less `dropped_headers` (lowercase names: the
+    clients' API keys stay at the gate)."""
 
-    def __init__(self, engine_url: str) -> None:
+    def __init__(self, engine_url: str, dropped_headers: frozenset[str] = frozenset()) -> None:
         self.engine_url = engine_url.rstrip("/")
+        self.dropped_headers = dropped_headers
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -71,12 +74,22 @@ class EngineProxy:
                         self.engine_url + path,
                         params=request.rel_url.query,
                         data=body or None,
-                        headers=_end_to_end(request.headers),
+                        headers=_end_to_end(request.headers, self.dropped_headers),
                     )
                 )
             except (aiohttp.ClientConnectionError, TimeoutError) as error:
                 raise EngineUnreachable(f"the engine at {self.engine_url} is not answering: {error}") from error
             return await _relay(request, upstream)
+
+    async def get_json(self, path: str) -> tuple[int, Any]:
+        """GET `path` from the engine as the gate itself (no client headers): its status and decoded JSON."""
+        assert self._session is not None, "start() first"
+        try:
+            # identity: the session does not decompress, and this body is read here, not relayed.
+            async with self._session.get(self.engine_url + path, headers={"Accept-Encoding": "identity"}) as upstream:
+                return upstream.status, await upstream.json(content_type=None)
+        except (aiohttp.ClientConnectionError, TimeoutError) as error:
+            raise EngineUnreachable(f"the engine at {self.engine_url} is not answering: {error}") from error
 
 
 async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
