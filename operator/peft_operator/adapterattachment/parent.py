@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from kubernetes.client import ApiClient, ApiException, CoreV1Api, CustomObjectsApi
@@ -95,21 +95,20 @@ def gather(
     selecting = deployment.spec.attachments.from_ is AttachmentsFrom.SELECTOR
     labels = _namespace_labels(client, {key_of(m)[0] for _, m in parsed}) if selecting else {}
     verdicts = admit(deployment, [m for _, m in parsed], labels, reserved)
+    # One GET per object and pass: a tenant's attachments often share a Secret.
+    jobs = cache(partial(kube.get_custom, client, "finetunejobs"))
+    secret_keys = cache(partial(kube.secret_keys, client))
+    credentials_in = cache(partial(_credentials, client))
     items, loadable = [], []
     for body, model in parsed:
         namespace = key_of(model)[0]
-        source = resolve_source(
-            model.spec,
-            partial(kube.get_custom, client, "finetunejobs", namespace),
-            partial(kube.secret_keys, client, namespace),
-        )
+        source = resolve_source(model.spec, partial(jobs, namespace), partial(secret_keys, namespace))
         verdict = verdicts[key_of(model)]
         items.append(Attachment(body, model, verdict, source))
         if verdict.accepted and source.resolved:
             assert source.uri is not None and source.sha256 is not None
-            credentials = (
-                _credentials(client, namespace, source.credentials_secret) if source.credentials_secret else None
-            )
+            secret = source.credentials_secret
+            credentials = credentials_in(namespace, secret) if secret else None
             loadable.append(
                 AttachedAdapter(served_name(namespace, model.spec.name), source.uri, source.sha256, credentials)
             )
