@@ -23,6 +23,7 @@ from ..api.adapterdeployment import AttachmentsFrom
 from ..api.agent import CREDENTIAL_KEYS, SourceCredentials
 from ..api.validation import SpecError, parse_object
 from ..events import post_event
+from ..naming import attachment_key_secret_name
 from .admission import Verdict, admit, key_of
 from .sources import ResolvedSource, resolve_source
 from .status import Serving, attachment_events, attachment_status
@@ -144,8 +145,10 @@ def report(
     deployment_status: AdapterDeploymentStatus,
     endpoint: str | None,
     now: datetime,
+    keys_required: bool = False,
 ) -> None:
-    """Tell each attachment, in its own namespace, what the deployment decided and where it is loaded."""
+    """Tell each attachment, in its own namespace, what the deployment decided, where it is loaded and, when
+    the deployment requires API keys, which Secret there holds its key (issued for accepted ones only)."""
     by_name = {a.name: a for a in deployment_status.adapters}
     for item in attachments.items:
         namespace = key_of(item.model)[0]
@@ -153,5 +156,8 @@ def report(
         serving = Serving(endpoint, deployment_status.replicas, by_name.get(name))
         current = AdapterAttachmentStatus.model_validate(item.body.get("status") or {})
         generation = item.body["metadata"].get("generation")
-        status = attachment_status(current, generation, name, item.verdict, item.source, serving, now)
+        key_secret = (
+            attachment_key_secret_name(key_of(item.model)[1]) if keys_required and item.verdict.accepted else None
+        )
+        status = attachment_status(current, generation, name, item.verdict, item.source, serving, now, key_secret)
         write_status(client, item.body, status)

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from ..api import AdapterAttachmentStatus
 from ..api.adapterdeployment import AdapterState, AdapterStatus
+from ..api.base import SecretRef
 from ..conditions import set_condition
 from ..events import KubeEvent
 from .admission import Verdict
@@ -48,8 +49,10 @@ def attachment_status(
     source: ResolvedSource | None,
     serving: Serving | None,
     now: datetime,
+    api_key_secret: str | None = None,
 ) -> AdapterAttachmentStatus:
-    """`source` None: not evaluated (no such AdapterDeployment, or an invalid spec); `serving` None: likewise."""
+    """`source` None: not evaluated (no such AdapterDeployment, or an invalid spec); `serving` None: likewise.
+    `api_key_secret`: the Secret in the tenant's namespace with this adapter's API key, when keys are required."""
     adapter = serving.adapter if serving and verdict.accepted and source and source.resolved else None
     status = current.model_copy(deep=True)
     status.observed_generation = generation
@@ -59,6 +62,7 @@ def attachment_status(
     status.loaded_replicas = adapter.loaded_replicas if adapter else 0
     status.digest = adapter.digest if adapter else None
     status.state = adapter.state if adapter else AdapterState.PENDING
+    status.api_key_secret_ref = SecretRef(name=api_key_secret) if api_key_secret else None
     ready = _ready(verdict, source, adapter)
     status.message = None if ready[0] else ready[2]
     conditions = set_condition(

@@ -266,11 +266,13 @@ def reconcile_adapterdeployment(
     generation = body["metadata"].get("generation")
     now = datetime.now(UTC)
     attached: attachments.Attachments | None = None
+    keys_required = False
     try:
         adep = parse_object(AdapterDeployment, body)
         problems = local_only_problems({"spec.baseModel.uri": adep.spec.base_model.uri})
         if problems:
             raise SpecError(AdapterDeployment.KIND, name, problems)
+        keys_required = adep.spec.access.api_keys is ApiKeys.REQUIRED
         base_name = served_model_name(adep.spec.base_model.uri)
         attached = attachments.gather(client, adep, settings.watch_namespaces, frozenset({base_name}))
         with kube.creating_children():
@@ -319,4 +321,4 @@ def reconcile_adapterdeployment(
             client, AdapterDeployment.PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion")
         )
     if attached is not None:
-        attachments.report(client, attached, status, status.endpoint, now)
+        attachments.report(client, attached, status, status.endpoint, now, keys_required)
