@@ -20,7 +20,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "namespaced": {"watchNamespaces": ["tenant-a", "tenant-b"]},
     "network-policy": {"networkPolicy": {"enabled": True}},
     "network-policy-namespaced": {"networkPolicy": {"enabled": True}, "watchNamespaces": ["tenant-a"]},
-    "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}},
+    "service-monitor": {
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+            "engines": {"podMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+        }
+    },
     "single-replica": {"replicas": 1},
     "existing-secret": {"progress": {"existingSecret": "my-progress-key", "existingSecretKey": "key"}},
     "everything": {

@@ -37,7 +37,7 @@ from tests.chart.rendering import (
 
 KUBERNETES_VERSION = "1.37"
 # prometheus-operator's kind: kubernetes-validate has no schema for it.
-CUSTOM_KINDS = {"ServiceMonitor"}
+CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor"}
 # Every PEFT_* variable OperatorSettings.from_env reads (a variable the chart sets must be one of them).
 ENV_THE_OPERATOR_READS = set(re.findall(r'env.get\("(PEFT_[A-Z_]+)"', inspect.getsource(OperatorSettings.from_env)))
 REQUIRED_LABELS = {
@@ -505,3 +505,27 @@ def test_argocd_application_example_installs_this_chart_with_valid_values(chart:
     assert source["path"] == "charts/peft-operator"
     objects = render(chart, source["helm"]["valuesObject"], namespace=application["spec"]["destination"]["namespace"])
     assert of_kind(objects, "Secret") == []  # the key comes from the Secret created by hand
+
+
+def test_pod_monitor_scrapes_the_engine_pods_of_every_adapterdeployment(chart: Any) -> None:
+    from pathlib import Path
+
+    from peft_operator.adapterdeployment.engine import render_engine_deployment
+    from peft_operator.api import AdapterDeployment
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "adapterdeployment-quickstart.yaml"
+    body = yaml.safe_load(example.read_text())
+    body["metadata"].update({"namespace": "tenant-a", "uid": "uid-1"})  # as read from the apiserver
+    adep = AdapterDeployment.model_validate(body)
+    assert of_kind(render(chart), "PodMonitor") == []
+    monitor = one(render(chart, SCENARIOS["service-monitor"]), "PodMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    # The engine pods the operator renders carry the selected label and a port of that name.
+    pod = render_engine_deployment(adep, OperatorSettings())["spec"]["template"]
+    [requirement] = monitor["spec"]["selector"]["matchExpressions"]
+    assert requirement == {"key": "peft.dev/adapterdeployment", "operator": "Exists"}
+    assert requirement["key"] in pod["metadata"]["labels"]
+    ports = [p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])]
+    assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
