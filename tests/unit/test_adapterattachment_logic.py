@@ -13,11 +13,12 @@ from openapi_schema_validator import OAS30Validator
 from pydantic import ValidationError
 
 from peft_operator.adapterattachment.admission import Verdict, admit
-from peft_operator.adapterattachment.sources import resolve_source
+from peft_operator.adapterattachment.sources import credentials_from, resolve_source
 from peft_operator.adapterattachment.status import Serving, attachment_events, attachment_status
 from peft_operator.api import AdapterAttachment, AdapterAttachmentStatus, AdapterDeployment
 from peft_operator.api.adapterattachment import is_served_name
 from peft_operator.api.adapterdeployment import AdapterState, AdapterStatus
+from peft_operator.api.agent import SourceCredentials
 from peft_operator.api.selectors import LabelSelector
 from peft_operator.api.validation import parse_object
 from peft_operator.crdgen import adapterattachment_crd, adapterdeployment_crd
@@ -188,6 +189,19 @@ def _job(phase: str, adapter: bool = True) -> dict[str, Any]:
         "spec": {"output": {"uri": "s3://tenant-a-bucket/out", "credentialsSecretRef": {"name": "out-keys"}}},
         "status": status,
     }
+
+
+def test_a_tenants_unusable_secret_refuses_its_own_attachment_without_showing_a_value() -> None:
+    data = {"AWS_ACCESS_KEY_ID": "AKIATENANT", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value", "AWS_ENDPOINT_URL": "h" * 3000}
+    refused = credentials_from("s3-keys", data)
+    assert not isinstance(refused, SourceCredentials) and refused.reason == "RefNotValid"
+    assert "Secret s3-keys: AWS_ENDPOINT_URL" in refused.message and "s3cr3t-value" not in refused.message
+    assert "hhhh" not in refused.message
+    usable = credentials_from("s3-keys", {**data, "AWS_ENDPOINT_URL": "http://s3.example", "unrelated": "x"})
+    assert isinstance(usable, SourceCredentials) and usable.aws_endpoint_url == "http://s3.example"
+    assert (
+        usable.aws_secret_access_key is not None and usable.aws_secret_access_key.get_secret_value() == "s3cr3t-value"
+    )
 
 
 def test_a_finetunejob_source_waits_for_success_and_uses_the_jobs_output_secret() -> None:

@@ -20,12 +20,12 @@ from .. import kube
 from ..api import GROUP, VERSION, AdapterAttachment, AdapterAttachmentStatus, AdapterDeployment, AdapterDeploymentStatus
 from ..api.adapterattachment import served_name
 from ..api.adapterdeployment import AttachmentsFrom
-from ..api.agent import CREDENTIAL_KEYS, SourceCredentials
+from ..api.agent import SourceCredentials
 from ..api.validation import SpecError, parse_object
 from ..events import post_event
 from ..naming import attachment_key_secret_name
 from .admission import Verdict, admit, key_of
-from .sources import ResolvedSource, resolve_source
+from .sources import ResolvedSource, credentials_from, resolve_source
 from .status import Serving, attachment_events, attachment_status
 
 log = logging.getLogger(__name__)
@@ -77,9 +77,8 @@ def _namespace_labels(client: ApiClient, namespaces: set[str]) -> dict[str, dict
     return {ns: dict(core.read_namespace(ns).metadata.labels or {}) for ns in sorted(namespaces)}
 
 
-def _credentials(client: ApiClient, namespace: str, secret: str) -> SourceCredentials:
-    data = kube.read_secret_data(client, namespace, secret) or {}
-    return SourceCredentials.model_validate({k: v for k, v in data.items() if k in CREDENTIAL_KEYS and v})
+def _credentials(client: ApiClient, namespace: str, secret: str) -> SourceCredentials | ResolvedSource:
+    return credentials_from(secret, kube.read_secret_data(client, namespace, secret) or {})
 
 
 def gather(
@@ -105,14 +104,15 @@ def gather(
         namespace = key_of(model)[0]
         source = resolve_source(model.spec, partial(jobs, namespace), partial(secret_keys, namespace))
         verdict = verdicts[key_of(model)]
+        credentials = None
+        if verdict.accepted and source.resolved and source.credentials_secret:
+            found = credentials_in(namespace, source.credentials_secret)
+            source, credentials = (found, None) if isinstance(found, ResolvedSource) else (source, found)
         items.append(Attachment(body, model, verdict, source))
         if verdict.accepted and source.resolved:
             assert source.uri is not None and source.sha256 is not None
-            secret = source.credentials_secret
-            credentials = credentials_in(namespace, secret) if secret else None
-            loadable.append(
-                AttachedAdapter(served_name(namespace, model.spec.name), source.uri, source.sha256, credentials)
-            )
+            name = served_name(namespace, model.spec.name)
+            loadable.append(AttachedAdapter(name, source.uri, source.sha256, credentials))
     return Attachments(items, loadable)
 
 

@@ -7,18 +7,21 @@ read a claim it has no access to); file:// reads the engine container's own file
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..api import FineTuneJobStatus, Phase, Scheme, parse_uri
 from ..api.adapterattachment import AdapterAttachmentSpec
-from ..api.agent import CREDENTIAL_KEYS
+from ..api.agent import CREDENTIAL_KEYS, SourceCredentials
 
 RESOLVED = "ResolvedRefs"
 REF_NOT_FOUND = "RefNotFound"
 REF_NOT_READY = "RefNotReady"
 REF_NOT_PERMITTED = "RefNotPermitted"
+REF_NOT_VALID = "RefNotValid"
 ATTACHABLE_SCHEMES = (Scheme.S3, Scheme.HF)
 
 FineTuneJobLookup = Callable[[str], dict[str, Any] | None]  # by name, in the attachment's namespace
@@ -86,3 +89,13 @@ def resolve_source(
                 f"Secret {secret} (credentials for {uri}) has none of the keys {', '.join(CREDENTIAL_KEYS)}.",
             )
     return ResolvedSource(RESOLVED, f"{where} resolved.", uri=uri, sha256=sha256, credentials_secret=secret)
+
+
+def credentials_from(secret: str, data: Mapping[str, str]) -> SourceCredentials | ResolvedSource:
+    """The credential keys of the tenant's Secret, or why they cannot be used. The message names the keys and
+    what is wrong, never a value; a tenant's odd Secret refuses its own attachment and nobody else's."""
+    try:
+        return SourceCredentials.model_validate({k: v for k, v in data.items() if k in CREDENTIAL_KEYS and v})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        return ResolvedSource(REF_NOT_VALID, f"Secret {secret}: {problems}; fix the Secret.")
