@@ -580,3 +580,36 @@ def _finish_finetunejob(cluster: Cluster, uri: str, sha256: str) -> None:
         ),
         timeout=60,
     )
+
+
+def test_a_second_adapterdeployment_on_an_equipped_deployment_is_refused(cluster: Cluster) -> None:
+    first = Equipped(cluster, "llm-shared", "server-side", owners_manifest("llm-shared"))
+    first.owner_applies()
+    first.create_adep([entry(cluster, "tenant-a")])
+    wait_for(
+        "the first one's sidecar",
+        lambda: "adapter-agent" in [c["name"] for c in first.deployment()["spec"]["template"]["spec"]["containers"]],
+        timeout=60,
+    )
+    second = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "AdapterDeployment",
+        "metadata": {"name": "llm-shared-too", "namespace": NAMESPACE},
+        "spec": {
+            "baseModel": {"uri": BASE_URI},
+            "targetRef": {"name": "llm-shared", "container": "server"},
+            "limits": {"maxAdapters": 8, "maxRank": 16},
+        },
+    }
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "adapterdeployments", second)
+
+    def degraded() -> dict[str, Any] | None:
+        body = cluster.custom.get_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "adapterdeployments", "llm-shared-too"
+        )
+        conditions = (body.get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == "Degraded" and c["status"] == "True"), None)
+
+    condition = wait_for("Degraded", degraded, timeout=60)
+    assert condition["reason"] == "TargetTaken" and "AdapterDeployment llm-shared" in condition["message"]
+    assert first.deployment()["metadata"]["labels"]["peft.dev/target-of"] == "llm-shared"
