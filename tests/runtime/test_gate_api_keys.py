@@ -16,7 +16,7 @@ import aiohttp
 import openai
 import pytest
 
-from peft_operator.api.agent import KeyGrant, Keyring
+from peft_operator.api.agent import KeyGrant, Keyring, key_digest
 from tests.support.adapters import make_lora_adapter
 from tests.support.http import call_json
 
@@ -30,8 +30,6 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def keyring(*grants: tuple[str, list[str]]) -> str:
-    from peft_runtime.gate.access import key_digest
-
     return Keyring(keys=[KeyGrant(sha256=key_digest(k), models=m) for k, m in grants]).model_dump_json()
 
 

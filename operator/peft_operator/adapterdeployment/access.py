@@ -14,7 +14,6 @@ issues a new one and the old one stops working."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import secrets
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from kubernetes.client import ApiClient, ApiException, CoreV1Api
 from .. import kube
 from ..api import AdapterAttachment, AdapterDeployment
 from ..api.adapterattachment import served_name
-from ..api.agent import KeyGrant, Keyring
+from ..api.agent import KeyGrant, Keyring, key_digest
 from ..api.base import ObjectMeta
 from ..naming import (
     LABEL_COMPONENT,
@@ -39,10 +38,6 @@ from ..pods import owned_metadata
 
 log = logging.getLogger(__name__)
 API_KEY = "apiKey"  # the Secret's key holding the API key
-
-
-def key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def key_secret(owner_kind: str, owner: ObjectMeta, name: str, key: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ AdapterDeployment status, and a sentence in `message`:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from enum import StrEnum
 
@@ -147,6 +148,11 @@ class UnloadReport(ApiModel):
     name: str
     unloaded: bool = Field(description="True when the engine held the adapter and let it go.")
     removed_files: bool = Field(description="True when files were removed from the shared volume.")
+
+
+def key_digest(key: str) -> str:
+    """How the engine gate knows an API key: the lowercase hex sha256 of its text."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 class KeyGrant(ApiModel):

@@ -8,20 +8,15 @@ an attacker guessed right (finding a key from its digest is a preimage attack on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from peft_operator.api.agent import Keyring
+from peft_operator.api.agent import Keyring, key_digest
 
 log = logging.getLogger(__name__)
-
-
-def key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
