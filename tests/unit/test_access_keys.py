@@ -76,7 +76,10 @@ def test_a_key_secret_is_owned_by_its_owner_in_its_namespace_and_holds_only_the_
     owner = ObjectMeta(name="pirate", namespace="tenant-a", uid="att-uid")
     secret = key_secret("AdapterAttachment", owner, "pirate-api-key", "s3cret")
     assert secret["metadata"]["namespace"] == "tenant-a" and secret["stringData"] == {API_KEY: "s3cret"}
-    assert secret["metadata"]["ownerReferences"][0]["uid"] == "att-uid"
+    owner_ref = secret["metadata"]["ownerReferences"][0]
+    assert (owner_ref["kind"], owner_ref["uid"], owner_ref["controller"]) == ("AdapterAttachment", "att-uid", True)
+    # No finalizers right on AdapterAttachments needed (OwnerReferencesPermissionEnforcement).
+    assert owner_ref["blockOwnerDeletion"] is False
     # FIPS 180-2's test vector for "abc": a plain sha256 of the key's text, as the docs tell clients.
     assert key_digest("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 

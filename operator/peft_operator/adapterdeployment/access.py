@@ -41,14 +41,11 @@ API_KEY = "apiKey"  # the Secret's key holding the API key
 
 
 def key_secret(owner_kind: str, owner: ObjectMeta, name: str, key: str) -> dict[str, Any]:
-    labels = {LABEL_COMPONENT: "api-key", LABEL_MANAGED_BY: MANAGER}
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": owned_metadata(owner_kind, owner, name, labels),
-        "stringData": {API_KEY: key},
-    }
+    metadata = owned_metadata(owner_kind, owner, name, {LABEL_COMPONENT: "api-key", LABEL_MANAGED_BY: MANAGER})
+    # Nothing waits for a key Secret in a foreground deletion, and blockOwnerDeletion would need `update` on
+    # the owner's finalizers (AdapterAttachments too) where OwnerReferencesPermissionEnforcement runs.
+    metadata["ownerReferences"][0]["blockOwnerDeletion"] = False
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": metadata, "stringData": {API_KEY: key}}
 
 
 def _read_secret(client: ApiClient, namespace: str, name: str) -> Any | None:
@@ -62,12 +59,18 @@ def _read_secret(client: ApiClient, namespace: str, name: str) -> Any | None:
 
 def issued_key(client: ApiClient, owner_kind: str, owner: ObjectMeta, name: str) -> str | None:
     """The key in Secret `name` of the owner's namespace, issued now if the Secret does not exist. None (no
-    key: nothing granted) when a Secret of that name is not the owner's or holds no apiKey: a tenant's
-    mistake in its own namespace must not stop the deployment's pass for everyone else."""
+    key: nothing granted) when a Secret of that name is not the owner's or holds no apiKey, or the apiserver
+    refuses to create it: one namespace's trouble must not stop the deployment's pass for everyone else."""
     namespace = owner.namespace or ""
     secret = _read_secret(client, namespace, name)
     if secret is None:
-        kube.ensure_namespaced(client, key_secret(owner_kind, owner, name, secrets.token_urlsafe(32)))
+        try:
+            kube.ensure_namespaced(client, key_secret(owner_kind, owner, name, secrets.token_urlsafe(32)))
+        except (ApiException, kube.OwnershipConflictError) as error:
+            if isinstance(error, ApiException) and kube.refusal_message(error) is None:
+                raise  # a 409, 429 or 5xx: the next pass retries
+            log.warning("Cannot issue the API key Secret %s/%s: %s", namespace, name, error)
+            return None
         secret = _read_secret(client, namespace, name)
     owners = {ref.uid for ref in (secret.metadata.owner_references or [])} if secret is not None else set()
     value = ((secret.data or {}).get(API_KEY) if secret is not None else None) or ""
