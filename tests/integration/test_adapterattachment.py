@@ -218,6 +218,12 @@ def test_an_attached_adapter_serves_under_namespace_slash_name_on_the_real_engin
         lambda: (r := {e.reason for e in platform.events("tenant-a", "pirate")}) >= {"Accepted", "AdapterLoaded"} and r,
     )
     assert "NotAllowedByDeployment" not in reasons
+    # What the tenant sees with its own token: the printer columns and the Events of its namespace.
+    table = platform.as_tenant("tenant-a", "get", "adat", "-n", "tenant-a").stdout.split()
+    assert table[:6] == ["NAME", "DEPLOYMENT", "ACCEPTED", "READY", "MODEL", "AGE"]
+    assert table[6:11] == ["pirate", "shared", "True", "True", "tenant-a/pirate"]
+    events = platform.as_tenant("tenant-a", "get", "events", "-n", "tenant-a").stdout
+    assert "AdapterLoaded" in events and "Serving tenant-a/pirate on 1 replicas" in events
 
 
 def test_a_namespace_outside_the_allow_list_is_refused_in_its_own_namespace(platform: Platform) -> None:
