@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,7 @@ class Tenant:
     @classmethod
     def create(cls, node: RealNode, namespace: str) -> Tenant:
         tenant = cls(node, namespace, node.node_dir / "volumes" / namespace)
+        shutil.rmtree(tenant.volumes, ignore_errors=True)  # an earlier session's outputs and checkpoints
         node.kubectl("create", "namespace", namespace)
         for claim in tenant.claims:
             tenant.claim_dir(claim).mkdir(parents=True, exist_ok=True)

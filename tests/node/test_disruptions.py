@@ -1,5 +1,5 @@
-"""End to end on a real node, with pods taken away: a trainer pod deleted mid-training (as a drain evicts it)
-checkpoints on SIGTERM and the Job's next pod resumes from there; the operator pod deleted while an
+"""End to end on a real node, with pods taken away: the node drained mid-training evicts the trainer pod,
+which checkpoints on SIGTERM, and once the node is back the Job's next pod resumes from there; the operator pod deleted while an
 AdapterDeployment rolls out is replaced by its Deployment, and the new one finishes the rollout."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _checkpoints(output: Path) -> list[str]:
     return sorted(p.parent.name for p in output.glob("checkpoints/step-*/COMPLETE"))
 
 
-def test_trainer_pod_deleted_mid_training_resumes_from_its_checkpoint(node: RealNode, tenant: Tenant) -> None:
+def test_node_drained_mid_training_the_trainer_resumes_from_its_checkpoint(node: RealNode, tenant: Tenant) -> None:
     namespace, job = tenant.namespace, "tiny-resume"
     create_object(
         node,
@@ -57,7 +57,10 @@ def test_trainer_pod_deleted_mid_training_resumes_from_its_checkpoint(node: Real
     wait_for("a complete checkpoint on the claim", lambda: _checkpoints(output), timeout=600, interval=1)
     first = items(node, "pod", namespace, f"peft.dev/finetunejob={job}")
     assert len(first) == 1
-    node.kubectl("delete", "pod", "-n", namespace, first[0]["metadata"]["name"], "--wait=false")
+    # Through the Eviction API, waiting for the pod to be gone; the only node then takes pods again.
+    drain = ["drain", "peft-node", f"--pod-selector=peft.dev/finetunejob={job}", "--delete-emptydir-data"]
+    node.kubectl(*drain, "--ignore-daemonsets", "--timeout=300s", timeout=320)
+    node.kubectl("uncordon", "peft-node")
 
     done = wait_phase(node, "finetunejob", job, namespace, "Succeeded", timeout=900)
     assert done["status"]["progress"]["step"] == 64
