@@ -9,6 +9,7 @@ route) and the 400s for request fields it does not implement (vLLM implements mo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -525,3 +526,40 @@ def _greedy_with_penalties(
             logits -= counts * frequency_penalty + (counts > 0) * presence_penalty
             generated.append(int(logits.argmax()))
     return str(tokenizer.decode(generated, skip_special_tokens=True))
+
+
+def test_concurrent_requests_in_mixed_batches_answer_as_they_do_alone(target: Target) -> None:
+    """n, logprobs and seeds fall out of the mixed batch: each request's rows are rows like any other."""
+    requests: list[dict[str, Any]] = [
+        {"model": model, "messages": QUESTION, "max_tokens": 6, "logprobs": True, "top_logprobs": 2, **sampling}
+        for model in (target.base, *target.adapters)
+        for sampling in ({"temperature": 0}, {"temperature": 1.0, "seed": 5, "n": 2})
+    ]
+    alone = [_answer(target.client.chat.completions.create(**r)) for r in requests]
+
+    async def all_at_once() -> list[Any]:
+        client = openai.AsyncOpenAI(base_url=target.client.base_url, api_key="unused", max_retries=0, timeout=120)
+        async with client:
+            return await asyncio.gather(*(client.chat.completions.create(**r) for r in requests * 2))
+
+    steps_before = _batch_steps(target)
+    together = [_answer(reply) for reply in asyncio.run(all_at_once())]
+    steps = _batch_steps(target) - steps_before
+
+    rows = 2 * sum(r.get("n", 1) for r in requests)
+    assert steps < rows * 6 / 2, f"{rows} rows of 6 tokens took {steps} steps: they were not batched together"
+    for got, expected in zip(together, alone * 2, strict=True):
+        assert [text for text, _ in got] == [text for text, _ in expected]
+        for (_, got_logprobs), (_, expected_logprobs) in zip(got, expected, strict=True):
+            assert got_logprobs == pytest.approx(expected_logprobs, abs=1e-3)
+
+
+def _answer(reply: Any) -> list[tuple[str, list[float]]]:
+    return [(c.message.content, [e.logprob for e in c.logprobs.content]) for c in reply.choices]
+
+
+def _batch_steps(target: Target) -> float:
+    """Forward steps the built-in engine has run (its batch-size histogram's count)."""
+    status, text = call_json(str(target.client.base_url).removesuffix("/v1/") + "/metrics", "GET")
+    assert status == 200, text
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("peft_serve_batch_rows_count"))
