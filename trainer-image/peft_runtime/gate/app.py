@@ -80,7 +80,7 @@ async def access_policy(request: web.Request, handler: Handler) -> web.StreamRes
     if isinstance(granted, Denial):
         return _denied(granted)
     if path == MODEL_LIST:
-        return await _relaying_failures(request, lambda: _granted_models(request, granted))
+        return await _relaying_failures(lambda: _granted_models(request, granted))
     model = path.removeprefix(MODEL_CARD) if path.startswith(MODEL_CARD) else await _requested_model(request)
     if model is None:
         return _denied(MODEL_REQUIRED)
@@ -89,9 +89,8 @@ async def access_policy(request: web.Request, handler: Handler) -> web.StreamRes
     return await handler(request)
 
 
-async def _relaying_failures(
-    request: web.Request, call: Callable[[], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+async def _relaying_failures(call: Callable[[], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """An engine that does not answer is a 502 in OpenAI's error shape (the pod is then not ready)."""
     try:
         return await call()
     except EngineUnreachable as error:
@@ -99,7 +98,7 @@ async def _relaying_failures(
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    return await _relaying_failures(request, lambda: request.app[PROXY].forward(request, request.path))
+    return await _relaying_failures(lambda: request.app[PROXY].forward(request, request.path))
 
 
 def create_app(engine_url: str, keyring: Path | None = None) -> web.Application:
