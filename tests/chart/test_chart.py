@@ -411,7 +411,7 @@ def test_network_policy_admits_trainers_and_monitoring_and_reaches_api_dns_and_a
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
     trainer = finetunejob_labels("support-bot-v1")  # the labels the operator gives trainer pods
-    engine = {LABEL_ADAPTERDEPLOYMENT: "smollm2-shared"}  # engine pods and patched targetRef pods
+    engine = {LABEL_ADAPTERDEPLOYMENT: "smollm2-shared"}  # engine pods and equipped targetRef pods
     ingress, egress = policy["ingress"], policy["egress"]
 
     assert _allowed(ingress, "from", "tenant-a", trainer, 8080)
