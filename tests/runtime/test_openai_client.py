@@ -315,6 +315,18 @@ def test_completion_logprobs_in_the_legacy_shape(target: Target) -> None:
         assert logprob == pytest.approx(max(top.values()), abs=1e-3)  # greedy
 
 
+def test_echo_puts_the_prompt_in_front_of_the_text(target: Target) -> None:
+    ask: dict[str, Any] = {"model": target.adapters[1], "prompt": PROMPT, "max_tokens": 6, "temperature": 0}
+    plain = target.client.completions.create(**ask)
+
+    echoed = target.client.completions.create(**ask, echo=True)
+    streamed = [c for c in target.client.completions.create(**ask, echo=True, stream=True) if c.choices]
+
+    assert echoed.choices[0].text == PROMPT + plain.choices[0].text
+    assert "".join(c.choices[0].text for c in streamed) == echoed.choices[0].text
+    assert echoed.usage == plain.usage
+
+
 def test_a_logit_bias_of_100_makes_a_token_the_only_choice(target: Target) -> None:
     from transformers import AutoTokenizer
 
@@ -401,7 +413,7 @@ def test_chat_fields_the_engine_does_not_implement_are_refused_by_name(target: T
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("echo", True), ("suffix", " the end"), ("best_of", 2)],
+    [("suffix", " the end"), ("best_of", 2)],
 )
 def test_completion_fields_the_engine_does_not_implement_are_refused_by_name(
     target: Target, field: str, value: Any
@@ -475,12 +487,15 @@ def test_bad_values_name_the_field(target: Target) -> None:
     with pytest.raises(openai.BadRequestError) as too_many:
         target.client.chat.completions.create(model=target.base, messages=QUESTION, n=17)
 
+    with pytest.raises(openai.BadRequestError) as echo_logprobs:
+        target.client.completions.create(model=target.base, prompt=PROMPT, echo=True, logprobs=1)
     with pytest.raises(openai.BadRequestError) as too_strong:
         target.client.completions.create(model=target.base, prompt=PROMPT, logit_bias={"5": 101})
     with pytest.raises(openai.BadRequestError) as outside:
         target.client.completions.create(model=target.base, prompt=PROMPT, logit_bias={"1048576": 1})
 
     assert (best_of.value.param, top_logprobs.value.param, too_many.value.param) == ("best_of", "top_logprobs", "n")
+    assert echo_logprobs.value.param == "echo" and "prompt's logprobs" in said(echo_logprobs.value)
     assert too_strong.value.param == "logit_bias" and "between -100 and 100" in said(too_strong.value)
     assert said(outside.value).startswith("logit_bias: ") and "vocabulary" in said(outside.value)
     assert "logprobs: true" in top_logprobs.value.message

@@ -21,19 +21,15 @@ from .logprobs import LogprobFormatter
 from .openai_errors import validation_errors
 from .protocol import (
     AdminResult,
-    AssistantMessage,
-    ChatChoice,
     ChatCompletionRequest,
-    ChatCompletionResponse,
-    CompletionChoice,
     CompletionRequest,
-    CompletionResponse,
     ErrorResponse,
     LoadLoRAAdapterRequest,
     ModelCard,
     ModelList,
     UnloadLoRAAdapterRequest,
 )
+from .responses import AssistantMessage, ChatChoice, ChatCompletionResponse, CompletionChoice, CompletionResponse
 from .streaming import chat_chunks, completion_chunks, stream, usage
 
 ENGINE = web.AppKey("engine", Engine)
@@ -112,15 +108,19 @@ async def completions(request: web.Request) -> web.StreamResponse:
             for p in prompts
         ]
         label = body.model or engine.base.served_name
+        echoes = [_prompt_text(engine, p) for p in body.prompts() for _ in range(body.n)] if body.echo else None
         submission = Submission(engine, adapter, label, prompts, params, n=body.n).start()
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await stream(request, submission, completion_chunks(submission, label, include_usage, logprobs))
+            chunks = completion_chunks(submission, label, include_usage, logprobs, echoes)
+            return await stream(request, submission, chunks)
         choices = await submission.collect()
         return json_response(
             CompletionResponse(
                 model=label,
-                choices=[_completion_choice(i, c, logprobs) for i, c in enumerate(choices)],
+                choices=[
+                    _completion_choice(i, c, logprobs, echoes[i] if echoes else "") for i, c in enumerate(choices)
+                ],
                 usage=usage(submission),
             )
         )
@@ -135,10 +135,14 @@ def _prompt_ids(engine: Engine, prompt: str | list[int]) -> list[int]:
     return prompt
 
 
-def _completion_choice(index: int, choice: Choice, logprobs: LogprobFormatter | None) -> CompletionChoice:
+def _prompt_text(engine: Engine, prompt: str | list[int]) -> str:
+    return prompt if isinstance(prompt, str) else str(engine.tokenizer.decode(prompt))
+
+
+def _completion_choice(index: int, choice: Choice, logprobs: LogprobFormatter | None, echo: str) -> CompletionChoice:
     return CompletionChoice(
         index=index,
-        text=choice.text,
+        text=echo + choice.text,
         finish_reason=choice.finish_reason,
         logprobs=logprobs.completion(choice.logprobs, 0) if logprobs is not None else None,
     )

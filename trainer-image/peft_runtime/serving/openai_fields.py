@@ -67,7 +67,6 @@ CHAT_NOT_IMPLEMENTED: Mapping[str, NotImplementedField] = {
 }
 
 COMPLETION_NOT_IMPLEMENTED: Mapping[str, NotImplementedField] = {
-    "echo": NotImplementedField("echoing the prompt is not implemented by the built-in engine; leave it out"),
     "suffix": NotImplementedField(f"insertion (a suffix) is not implemented by the built-in engine; {USE_VLLM}"),
 }
 

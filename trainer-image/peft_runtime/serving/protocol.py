@@ -1,4 +1,5 @@
-"""Request and response bodies of the server: the OpenAI-compatible API and vLLM's runtime-LoRA endpoints.
+"""Request bodies of the server (the OpenAI-compatible API and vLLM's runtime-LoRA endpoints), model cards,
+admin results and errors; the generation answers are in responses.py.
 
 Generation requests take the fields listed in their models and nothing else: fields OpenAI defines that the
 engine does not implement are refused with a 400 naming them (openai_fields.py), unknown ones too.
@@ -7,14 +8,12 @@ engine does not implement are refused with a 400 naming them (openai_fields.py),
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .logprobs import ChatLogprobs, CompletionLogprobs
 from .openai_fields import (
     CHAT_NO_EFFECT,
     CHAT_NOT_IMPLEMENTED,
@@ -124,6 +123,7 @@ class CompletionRequest(SamplingFields):
     )
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS, description="Alternatives per token.")
     best_of: int | None = Field(default=None, ge=1, description="Accepted when it equals n.")
+    echo: bool = Field(default=False, description="Each choice's text starts with its prompt.")
 
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
@@ -131,6 +131,12 @@ class CompletionRequest(SamplingFields):
             raise invalid("prompt", "prompt must not be an empty list")
         if isinstance(self.prompt, list) and any(isinstance(p, list) and not p for p in self.prompt):
             raise invalid("prompt", "a prompt of token ids must not be empty")
+        if self.echo and self.logprobs is not None:
+            raise invalid(
+                "echo",
+                "echo with logprobs needs the prompt's logprobs, which the built-in engine does not compute; "
+                "ask for echo or for logprobs",
+            )
         if self.best_of is not None and self.best_of < self.n:
             raise invalid("best_of", f"best_of ({self.best_of}) must be at least n ({self.n})")
         if self.best_of is not None and self.best_of > self.n:
@@ -209,73 +215,6 @@ class ChatCompletionRequest(SamplingFields):
 
     def logprob_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
-
-
-class Usage(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-
-FinishReason = Literal["stop", "length"]
-
-
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    finish_reason: FinishReason | None = None
-    logprobs: CompletionLogprobs | None = None
-
-
-class CompletionResponse(BaseModel):
-    id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
-    object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-
-
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: AssistantMessage
-    finish_reason: FinishReason | None = None
-    logprobs: ChatLogprobs | None = None
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-
-
-class DeltaMessage(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChatChunkChoice(BaseModel):
-    index: int
-    delta: DeltaMessage
-    finish_reason: FinishReason | None = None
-    logprobs: ChatLogprobs | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
 
 
 class ModelCard(BaseModel):

@@ -14,13 +14,13 @@ from aiohttp import web
 from .engine import Submission
 from .generation import Finished, TextDelta
 from .logprobs import LogprobFormatter
-from .protocol import (
+from .protocol import ErrorResponse
+from .responses import (
     ChatChunkChoice,
     ChatCompletionChunk,
     CompletionChoice,
     CompletionResponse,
     DeltaMessage,
-    ErrorResponse,
     Usage,
 )
 
@@ -68,16 +68,25 @@ def _sse(data: dict[str, Any]) -> bytes:
 
 
 async def completion_chunks(
-    submission: Submission, label: str, include_usage: bool, logprobs: LogprobFormatter | None
+    submission: Submission,
+    label: str,
+    include_usage: bool,
+    logprobs: LogprobFormatter | None,
+    echoes: list[str] | None = None,
 ) -> Chunks:
+    """`echoes`: each choice's prompt text, sent in front of its first text (`echo: true`)."""
     chunk_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     text_offsets = [0] * len(submission.choices)
+    echoed: set[int] = set()
 
     def chunk(choice: CompletionChoice) -> dict[str, Any]:
         body = CompletionResponse(id=chunk_id, created=created, model=label, choices=[choice])
         return body.model_dump(exclude={"usage"})
 
     async for index, event in submission.events():
+        if echoes is not None and index not in echoed:
+            echoed.add(index)
+            yield chunk(CompletionChoice(index=index, text=echoes[index]))
         if isinstance(event, TextDelta):
             entries = None
             if logprobs is not None:
