@@ -357,3 +357,20 @@ def test_operator_restarts_keep_one_job_and_the_status(
         )
     finally:
         process.stop()
+
+
+def test_a_deleted_job_leaves_the_per_phase_metric(operator: OperatorProcess, admin: ApiClient, namespace: str) -> None:
+    def jobs_counted() -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in operator.metrics().splitlines()
+            if line.startswith("peft_operator_finetunejobs{")
+        )
+
+    before = jobs_counted()
+    _create(admin, _example("finetunejob-ia3.yaml", namespace))
+    wait_for("the job counted", lambda: jobs_counted() == before + 1 or None)
+    CustomObjectsApi(admin).delete_namespaced_custom_object(
+        "peft.dev", "v1alpha1", namespace, "finetunejobs", "smollm2-ia3"
+    )
+    wait_for("the deleted job no longer counted", lambda: jobs_counted() == before or None)
