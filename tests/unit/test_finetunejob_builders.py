@@ -202,3 +202,27 @@ def test_an_unknown_preflight_mode_is_refused_naming_the_modes() -> None:
     assert not OperatorSettings.from_env({"PEFT_PREFLIGHT": "off"}).preflight_gpu_jobs
     with pytest.raises(ValueError, match="PEFT_PREFLIGHT is 'always'; set it to one of gpu, off"):
         OperatorSettings.from_env({"PEFT_PREFLIGHT": "always"})
+
+
+def test_several_gpus_run_one_trainer_process_each_under_torchrun() -> None:
+    from peft_operator.finetunejob.job import render_preflight_job
+
+    body = yaml.safe_load((EXAMPLES / "finetunejob-lora.yaml").read_text())
+    body["metadata"].update({"namespace": "tenant-a", "uid": "u"})
+    body["spec"]["resources"] = {"gpus": 4}
+    job = FineTuneJob.model_validate(body)
+    container = _container(render_training_job(job, SETTINGS))
+    assert container["command"] == [
+        "torchrun",
+        "--standalone",
+        "--nproc-per-node=4",
+        "--no-python",
+        "peft-runtime",
+        "train",
+        "--plan",
+        "/etc/peft/plan/plan.json",
+    ]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert _container(render_preflight_job(job, SETTINGS))["command"][0] == "peft-runtime", (
+        "the preflight is one process"
+    )

@@ -168,7 +168,13 @@ class Training(RuledModel):
     learning_rate: LearningRate = "2e-4"
     lr_scheduler: LrScheduler = Field(default=LrScheduler.COSINE, description="Decay after warmup.")
     warmup_steps: int = Field(default=0, ge=0, le=1_000_000, description="Linear warmup steps.")
-    batch_size: int = Field(default=8, ge=1, le=4096, description="Rows per micro-batch (per GPU).")
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        le=4096,
+        description="Rows per micro-batch per training process (one process per GPU): the global batch is "
+        "batchSize x processes x gradientAccumulation rows (status.progress.processes says how many ran).",
+    )
     gradient_accumulation: int = Field(default=1, ge=1, le=1024, description="Micro-batches per optimizer step.")
     max_seq_length: int = Field(
         default=1024, ge=16, le=131072, description="Tokens per row; longer rows are truncated."
@@ -412,6 +418,9 @@ class Progress(ApiModel):
     loss: float | None = Field(default=None, description="Training loss (recent average).")
     eval_loss: float | None = Field(default=None, description="Loss on the validation split.")
     eval_rows: int | None = Field(default=None, ge=0, description="Held-out rows evalLoss is measured on.")
+    processes: int | None = Field(
+        default=None, ge=1, description="Training processes (one per GPU), each taking batchSize rows of every batch."
+    )
     reward_margin: float | None = Field(
         default=None,
         description="dpo: mean over held-out pairs of beta x (how much more the adapter prefers the chosen answer "

@@ -169,11 +169,14 @@ def _runtime_job(
     pod_labels = {k: v for k, v in job_labels.items() if not k.startswith("kueue.x-k8s.io/")}
     volumes, mounts = _storage_volumes(job)
     env, env_from = _env(job, settings)
+    command = ["peft-runtime", subcommand, "--plan", f"{PLAN_DIR}/{PLAN_FILE_NAME}"]
+    if resources.gpus > 1:  # one trainer process per GPU, started and watched by PyTorch's torchrun
+        command = ["torchrun", "--standalone", f"--nproc-per-node={resources.gpus}", "--no-python", *command]
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,
         "image": settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["peft-runtime", subcommand, "--plan", f"{PLAN_DIR}/{PLAN_FILE_NAME}"],
+        "command": command,
         "env": env,
         "resources": container_resources(resources),
         "securityContext": container_security_context(),

@@ -10,6 +10,7 @@ import torch
 
 from peft_operator.api.finetunejob import Precision
 
+from .distributed import local_rank
 from .errors import configuration_error
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,12 @@ CPU_THREADS_ENV = "PEFT_CPU_THREADS"
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """The GPU of this process (torchrun's LOCAL_RANK in a distributed run), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", local_rank())
+    torch.cuda.set_device(device)
+    return device
 
 
 def apply_cpu_threads() -> int:

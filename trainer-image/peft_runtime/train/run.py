@@ -20,6 +20,7 @@ from peft_operator.api.events import FailedEvent, FailureReason
 from peft_operator.api.plan import TrainingPlan
 from peft_operator.api.validation import problems_of
 
+from .distributed import process_rank
 from .errors import EXIT_OK, EXIT_PERMANENT, EXIT_RETRYABLE, TrainerError
 from .progress import Reporter
 from .stopping import Interrupted
@@ -66,11 +67,18 @@ def run_plan(
     and return the exit code; never raises."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_libraries()
-    reporter = Reporter.for_plan(plan.progress, stdout=stdout, progress_bar=progress_bar)
+    # In a distributed run rank 0 reports for all (one termination message, one progress stream).
+    reporter = (
+        Reporter.for_plan(plan.progress, stdout=stdout, progress_bar=progress_bar)
+        if process_rank() == 0
+        else Reporter([])
+    )
     try:
         from .trainer import preflight, train
 
-        reporter.emit(preflight(plan, reporter) if preflight_only else train(plan, reporter, merge=merge))
+        outcome = preflight(plan, reporter) if preflight_only else train(plan, reporter, merge=merge)
+        if outcome is not None:
+            reporter.emit(outcome)
         return EXIT_OK
     except Interrupted as stopped:  # not a failure: no failed event, the Job's next pod carries on
         log.warning("Training %s", stopped.message)

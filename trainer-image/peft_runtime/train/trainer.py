@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+import signal
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -40,6 +41,7 @@ from .batches import Batch, EpochPlanner, MicroBatch, collate, eval_batches
 from .checkpoints import TrainState, latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from .data import Example, check_tokenizer, prepare_dataset, split_examples, why_unusable
 from .device import CPU_THREADS_ENV, Placement, apply_cpu_threads, pick_device, placement
+from .distributed import Ranks, join_ranks, leave_ranks
 from .dpo import PreferenceLoss
 from .errors import configuration_error, dataset_invalid, model_unavailable, training_error
 from .gradients import GradientCheck
@@ -66,13 +68,17 @@ MAX_GRAD_NORM = 1.0
 LOSS_WINDOW = 10  # steps in the reported "recent" training loss
 
 
-def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> CompletedEvent:
+def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> CompletedEvent | None:
+    """The adapter's completed event (None on the ranks other than 0 of a distributed run)."""
     run = _setup(plan, reporter, merge)
-    data = _prepare_data(plan, run, reporter)
-    trainee = _build_trainee(plan.spec, run, data, reporter)
-    state = _resume(plan.spec, run.output, trainee, data.total_steps, reporter)
-    clock = _train_loop(plan.spec, run, data, trainee, state, reporter)
-    return _finish(plan.spec, run, data, trainee, state, clock)
+    try:
+        data = _prepare_data(plan, run, reporter)
+        trainee = _build_trainee(plan.spec, run, data, reporter)
+        state = _resume(plan.spec, run.output, trainee, data.total_steps, reporter)
+        clock = _train_loop(plan.spec, run, data, trainee, state, reporter)
+        return _finish(plan.spec, run, data, trainee, state, clock) if run.ranks.main else None
+    finally:
+        leave_ranks()
 
 
 def preflight(plan: TrainingPlan, reporter: Reporter) -> PreflightPassedEvent:
@@ -105,6 +111,7 @@ class RunSetup:
     place: Placement
     output: OutputLocation
     merge: bool
+    ranks: Ranks = field(default_factory=Ranks)  # the processes of a distributed run (torchrun)
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,7 @@ class SessionClock:
     step_seconds: float = 0.0
     saved_step: int = 0  # the newest step a checkpoint holds
     batches_in_epoch: int = 0  # micro-batches in the epoch the loop ended in
+    processes: int = 1  # ranks of a distributed run
 
     def progress(self, state: TrainState, total_steps: int, batches_in_epoch: int, eval_rows: int) -> Progress:
         per_step = (time.monotonic() - self.started) / self.steps if self.steps else None
@@ -179,6 +187,7 @@ class SessionClock:
             tokens_per_second=round(self.tokens / self.step_seconds, 1) if self.step_seconds > 0 else None,
             eta=format_duration((total_steps - state.step) * per_step) if per_step is not None else None,
             percent=min(100, int(100 * state.step / total_steps)) if total_steps else None,
+            processes=self.processes,
         )
 
 
@@ -209,7 +218,10 @@ def _setup(plan: TrainingPlan, reporter: Reporter, merge: bool) -> RunSetup:
     output.check_writable()
     random.seed(hp.seed)
     torch.manual_seed(hp.seed)
-    return RunSetup(work_dir, device, place, output, merge)
+    ranks = join_ranks(device)
+    if ranks.world > 1:
+        reporter.note(f"Rank {ranks.rank} of {ranks.world}: batchSize {hp.batch_size} rows per process")
+    return RunSetup(work_dir, device, place, output, merge, ranks)
 
 
 def _prepare_data(plan: TrainingPlan, run: RunSetup, reporter: Reporter, *, weights: bool = True) -> TrainingData:
@@ -227,7 +239,8 @@ def _prepare_data(plan: TrainingPlan, run: RunSetup, reporter: Reporter, *, weig
     if dataset.report.usable_rows == 0:
         raise dataset_invalid(why_unusable(dataset.report))
     train_set, eval_set = split_examples(dataset.examples, spec.dataset.validation_split, hp.seed)
-    planner = EpochPlanner([len(e) for e in train_set], hp.batch_size, hp.seed, hp.packing, hp.max_seq_length)
+    global_batch = hp.batch_size * run.ranks.world  # batchSize is per process: each takes its share of the rows
+    planner = EpochPlanner([len(e) for e in train_set], global_batch, hp.seed, hp.packing, hp.max_seq_length)
     total_steps = hp.max_steps or sum(
         math.ceil(len(planner.epoch(e)) / hp.gradient_accumulation) for e in range(hp.epochs or 3)
     )
@@ -288,15 +301,17 @@ def _train_loop(
     hp = spec.training
     eval_every = hp.eval_every or hp.checkpoint_every
     micro_batches = data.planner.epoch(state.epoch)
-    clock = SessionClock(saved_step=state.step)
+    clock = SessionClock(saved_step=state.step, processes=run.ranks.world)
     gradient_check = GradientCheck(trainee.model, check_finite=trainee.scaler is None)
     trainee.model.train()
+    ranks = run.ranks
     with stop_on_signal() as stop:
-        while state.step < data.total_steps and not stop.requested:
+        while state.step < data.total_steps and not ranks.any(stop.requested):
             started = time.monotonic()
             group = micro_batches[state.next_batch : state.next_batch + hp.gradient_accumulation]
-            batches = [collate(data.train_set, mb, data.pad_id, hp.packing).to(run.device) for mb in group]
-            result = _optimizer_step(trainee, batches, stop, gradient_check, state.step + 1)
+            shares = [ranks.share(mb) for mb in group]
+            batches = [collate(data.train_set, mb, data.pad_id, hp.packing).to(run.device) for mb in shares if mb]
+            result = _optimizer_step(trainee, batches, stop, gradient_check, state.step + 1, ranks)
             if result is None:  # stopped mid-step: its micro-batches run again after the resume
                 break
             step_loss, lr = result
@@ -304,41 +319,46 @@ def _train_loop(
             if state.next_batch >= len(micro_batches):  # epoch done: the next one has its own seeded order
                 state.epoch, state.next_batch = state.epoch + 1, 0
                 micro_batches = data.planner.epoch(state.epoch)
-            clock.tokens += sum(b.tokens for b in batches)
+            clock.tokens += int(ranks.total(sum(b.tokens for b in batches)))
             clock.steps += 1
             clock.step_seconds += time.monotonic() - started
 
             final = state.step == data.total_steps
-            if data.eval_set and (state.step % eval_every == 0 or final):
+            if ranks.main and data.eval_set and (state.step % eval_every == 0 or final):
                 trainee.evaluate(data, hp.batch_size, run.device, state)
             progress = clock.progress(state, data.total_steps, len(micro_batches), len(data.eval_set))
             reporter.emit(ProgressEvent(progress=progress, lr=lr))
             if state.step % hp.checkpoint_every == 0 or final:
-                trainee.save(run.output, state)
+                if ranks.main:
+                    trainee.save(run.output, state)
                 clock.saved_step = state.step
-    if stop.requested and state.step < data.total_steps:
-        _checkpoint_and_stop(stop, state, data.total_steps, trainee, run.output, clock)
+    if state.step < data.total_steps:  # a stop signal, on this rank or another
+        _checkpoint_and_stop(stop, state, data.total_steps, trainee, run, clock)
     clock.batches_in_epoch = len(micro_batches)
     return clock
 
 
 def _optimizer_step(
-    trainee: Trainee, batches: list[Batch], stop: StopRequest, gradient_check: GradientCheck, step: int
+    trainee: Trainee, batches: list[Batch], stop: StopRequest, gradient_check: GradientCheck, step: int, ranks: Ranks
 ) -> tuple[float, float] | None:
-    """Forward and backward over the step's micro-batches, then one update: (step loss, its LR), or None
-    when a stop signal arrived before the update."""
-    loss_tokens = max(sum(b.loss_tokens for b in batches), 1)
+    """Forward and backward over the step's micro-batches (this rank's share of them), the gradients summed
+    over the ranks, then one update: (step loss, its LR), or None when a stop signal arrived before the
+    update (single process only: ranks stop together at a step boundary)."""
+    stoppable = ranks.world == 1
+    loss_tokens = max(ranks.total(sum(b.loss_tokens for b in batches)), 1)
     loss_sum = 0.0
     for batch in batches:
-        if stop.requested:
+        if stoppable and stop.requested:
             break
         with trainee.autocast():
             loss = trainee.loss_of(batch) / loss_tokens
         (trainee.scaler.scale(loss) if trainee.scaler else loss).backward()
         loss_sum += float(loss.detach()) * loss_tokens
-    if stop.requested:
+    if stoppable and stop.requested:
         trainee.optimizer.zero_grad(set_to_none=True)
         return None
+    ranks.sum_gradients(trainee.parameters)
+    loss_sum = ranks.total(loss_sum)
     if trainee.scaler:
         trainee.scaler.unscale_(trainee.optimizer)
     gradient_check.observe(step)
@@ -367,19 +387,14 @@ def _advance(state: TrainState, group: list[MicroBatch], batches: list[Batch], s
 
 
 def _checkpoint_and_stop(
-    stop: StopRequest,
-    state: TrainState,
-    total_steps: int,
-    trainee: Trainee,
-    output: OutputLocation,
-    clock: SessionClock,
+    stop: StopRequest, state: TrainState, total_steps: int, trainee: Trainee, run: RunSetup, clock: SessionClock
 ) -> None:
     """A stop signal: keep the last finished step, then end the process the way the Job expects."""
-    if state.step > clock.saved_step:
-        trainee.save(output, state)
-    assert stop.signal is not None
+    if run.ranks.main and state.step > clock.saved_step:
+        trainee.save(run.output, state)
+    stopped_by = stop.signal or signal.SIGTERM  # another rank's signal stops this one too
     kept = f"checkpoint step-{state.step} holds it" if state.step else "no step had finished yet"
-    raise Interrupted(stop.signal, f"stopped by {stop.signal.name} at step {state.step} of {total_steps}; {kept}")
+    raise Interrupted(stopped_by, f"stopped by {stopped_by.name} at step {state.step} of {total_steps}; {kept}")
 
 
 def _finish(
