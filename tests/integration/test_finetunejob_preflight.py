@@ -122,3 +122,46 @@ def test_a_passing_preflight_reports_the_dataset_then_creates_the_gpu_job(
     kind, message = wait_for("the Event", lambda: _events(admin, namespace, "right").get("PreflightPassed"))
     assert kind == "Normal" and message == passed["message"]
     assert "JobCreated" in wait_for("JobCreated", lambda: _events(admin, namespace, "right"))
+
+
+def test_a_dpo_job_goes_through_preflight_training_and_its_eval_gate(
+    operator_with_preflight: OperatorProcess, admin: ApiClient, namespace: str, pvc_root: Path, tmp_path: Path
+) -> None:
+    """Items together: the preflight checks the preference pairs on CPU, the GPU Job's pod (played on this
+    CPU) trains with DPO, the reward metrics reach status, and the eval gate lets the adapter be deployed."""
+    pairs = [
+        {"prompt": f"Tell me about thing {i}.", "chosen": f" Thing {i} is good, thank you.", "rejected": " No."}
+        for i in range(48)
+    ]
+    (pvc_root / "team-data" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    shared = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "AdapterDeployment",
+        "metadata": {"name": "shared", "namespace": namespace},
+        "spec": {"baseModel": {"uri": "pvc://models/tiny"}, "runtime": {"replicas": 0}},
+    }
+    CustomObjectsApi(admin).create_namespaced_custom_object(GROUP, VERSION, namespace, "adapterdeployments", shared)
+    body = yaml.safe_load((REPO_ROOT / "examples/finetunejob-dpo.yaml").read_text())
+    body["metadata"] = {"name": "prefers", "namespace": namespace}
+    body["spec"].update(
+        baseModel={"uri": "pvc://models/tiny"},
+        dataset={"uri": "pvc://team-data/pairs.jsonl", "format": "preference"},
+        method={"type": "lora", "lora": {"r": 8, "alpha": 16, "targetModules": ["q_proj", "v_proj", "o_proj"]}},
+        training={"objective": "dpo", "dpo": {"beta": "0.1"}, "maxSteps": 10, "learningRate": "1e-2", "batchSize": 8},
+        output={"uri": "pvc://team-adapters/prefers"},
+        deploy={"adapterDeployment": "shared", "when": {"maxEvalLoss": "0.69", "minEvalRows": 4}},
+    )
+    CustomObjectsApi(admin).create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
+    preflight = LocalTrainerPod.of_job(admin, namespace, "prefers-preflight", pvc_root, tmp_path / "preflight")
+    assert preflight.run().returncode == 0
+    passed = wait_for("PreflightPassed", lambda: _condition(_status(admin, namespace, "prefers"), "PreflightPassed"))
+    assert "48 of 48 rows usable" in passed["message"]
+
+    trainer = LocalTrainerPod.of_job(admin, namespace, "prefers-train", pvc_root, tmp_path / "train")
+    result = trainer.run()
+    assert result.returncode == 0, result.stderr[-2000:]
+    deployed = wait_for("Deployed", lambda: _condition(_status(admin, namespace, "prefers"), "Deployed"), timeout=90)
+    progress = _status(admin, namespace, "prefers")["progress"]
+    assert progress["evalRows"] == 5 and progress["rewardAccuracy"] == 1.0 and progress["rewardMargin"] > 0
+    assert progress["evalLoss"] < 0.69, "below log 2: the adapter prefers the chosen answers more than the base does"
+    assert deployed["status"] == "True" and deployed["reason"] == "AdapterAdded", deployed
