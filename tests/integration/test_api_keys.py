@@ -242,6 +242,34 @@ def test_no_tenant_key_appears_in_the_platform_namespace_only_its_digest_in_the_
     assert all(hashlib.sha256(k.encode()).hexdigest() in keyring and k not in keyring for k in keys)
 
 
+def test_a_secret_the_tenant_made_under_the_keys_name_grants_nothing_and_blocks_no_one(
+    platform: KeyedPlatform,
+) -> None:
+    """keys-b creates `decoy-api-key` itself, then attaches `decoy`: the operator does not adopt a Secret it
+    did not issue, so that attachment gets no key (and its status names none), while every other key works."""
+    core = CoreV1Api(platform.admin)
+    planted = {"metadata": {"name": "decoy-api-key"}, "stringData": {"apiKey": "chosen-by-the-tenant"}}
+    core.create_namespaced_secret("keys-b", planted)
+    formal = platform.attachment("keys-b", "formal")["spec"]["source"]
+    attachment = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "AdapterAttachment",
+        "metadata": {"name": "decoy", "namespace": "keys-b"},
+        "spec": {"adapterDeploymentRef": {"namespace": PLATFORM, "name": "shared"}, "name": "decoy", "source": formal},
+    }
+    platform.as_tenant("keys-b", "apply", "-f", "-", input=json.dumps(attachment))
+
+    wait_for("keys-b/decoy Ready", lambda: platform.ready("keys-b", "decoy"), 180)
+    assert "apiKeySecretRef" not in platform.attachment("keys-b", "decoy")["status"]
+    with pytest.raises(openai.AuthenticationError):
+        platform.client("chosen-by-the-tenant").completions.create(model="keys-b/decoy", prompt=PROMPT, max_tokens=1)
+    key_a = platform.key("keys-a", "pirate-api-key")
+    assert platform.client(key_a).completions.create(model="keys-a/pirate", prompt=PROMPT, max_tokens=1).model == (
+        "keys-a/pirate"
+    )
+    assert platform.secret("keys-b", "decoy-api-key").metadata.owner_references is None  # left as the tenant made it
+
+
 def test_deleting_an_attachment_revokes_its_key(platform: KeyedPlatform) -> None:
     key_a = platform.key("keys-a", "pirate-api-key")
     platform.as_tenant("keys-a", "delete", "adat", "pirate", "-n", "keys-a")

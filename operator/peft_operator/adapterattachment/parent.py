@@ -9,6 +9,7 @@ never written to any object, Event or log of the platform's namespace."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache, partial
@@ -23,8 +24,7 @@ from ..api.adapterdeployment import AttachmentsFrom
 from ..api.agent import SourceCredentials
 from ..api.validation import SpecError, parse_object
 from ..events import post_event
-from ..naming import attachment_key_secret_name
-from .admission import Verdict, admit, key_of
+from .admission import AttachmentKey, Verdict, admit, key_of
 from .sources import ResolvedSource, credentials_from, resolve_source
 from .status import Serving, attachment_events, attachment_status
 
@@ -145,10 +145,11 @@ def report(
     deployment_status: AdapterDeploymentStatus,
     endpoint: str | None,
     now: datetime,
-    keys_required: bool = False,
+    key_secrets: Mapping[AttachmentKey, str] | None,
 ) -> None:
     """Tell each attachment, in its own namespace, what the deployment decided, where it is loaded and, when
-    the deployment requires API keys, which Secret there holds its key (issued for accepted ones only)."""
+    the deployment requires API keys, which Secret there holds its key (`key_secrets`: the attachments whose
+    key was issued; None: not known this pass, each keeps what it was told)."""
     by_name = {a.name: a for a in deployment_status.adapters}
     for item in attachments.items:
         namespace = key_of(item.model)[0]
@@ -156,8 +157,9 @@ def report(
         serving = Serving(endpoint, deployment_status.replicas, by_name.get(name))
         current = AdapterAttachmentStatus.model_validate(item.body.get("status") or {})
         generation = item.body["metadata"].get("generation")
-        key_secret = (
-            attachment_key_secret_name(key_of(item.model)[1]) if keys_required and item.verdict.accepted else None
-        )
+        if key_secrets is None:
+            key_secret = current.api_key_secret_ref.name if current.api_key_secret_ref else None
+        else:
+            key_secret = key_secrets.get(key_of(item.model))
         status = attachment_status(current, generation, name, item.verdict, item.source, serving, now, key_secret)
         write_status(client, item.body, status)

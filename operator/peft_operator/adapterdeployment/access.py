@@ -17,11 +17,13 @@ import base64
 import logging
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client import ApiClient, ApiException, CoreV1Api
 
 from .. import kube
+from ..adapterattachment.admission import AttachmentKey
 from ..api import AdapterAttachment, AdapterDeployment
 from ..api.adapterattachment import served_name
 from ..api.agent import KeyGrant, Keyring, key_digest
@@ -88,9 +90,15 @@ def issued_key(client: ApiClient, owner_kind: str, owner: ObjectMeta, name: str)
     return base64.b64decode(value).decode()
 
 
+@dataclass(frozen=True)
+class IssuedKeys:
+    keyring: Keyring
+    attachment_secrets: dict[AttachmentKey, str]  # the Secret holding each attachment's (valid) key
+
+
 def build_keyring(
     client: ApiClient, deployment: AdapterDeployment, accepted: Sequence[AdapterAttachment], base_model: str
-) -> Keyring:
+) -> IssuedKeys:
     """Issue the keys that do not exist yet and return every key's grant. `accepted`: the attachments the
     deployment accepted (a refused one's key, if it has one, grants nothing until it is accepted again)."""
     meta = deployment.metadata
@@ -109,9 +117,12 @@ def build_keyring(
             for a in accepted
         ),
     ]
-    grants = []
+    grants, attachment_secrets = [], {}
     for kind, owner, secret, models in wanted:
         key = issued_key(client, kind, owner, secret)
-        if key is not None:
-            grants.append(KeyGrant(sha256=key_digest(key), models=models))
-    return Keyring(keys=grants)
+        if key is None:
+            continue
+        grants.append(KeyGrant(sha256=key_digest(key), models=models))
+        if kind == AdapterAttachment.KIND:
+            attachment_secrets[(owner.namespace or "", owner.name or "")] = secret
+    return IssuedKeys(Keyring(keys=grants), attachment_secrets)

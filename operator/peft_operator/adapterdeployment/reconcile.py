@@ -17,6 +17,7 @@ from kubernetes.client import ApiClient
 
 from .. import kube, metrics
 from ..adapterattachment import parent as attachments
+from ..adapterattachment.admission import AttachmentKey
 from ..api import AdapterDeployment, AdapterDeploymentStatus, FineTuneJob, Scheme, parse_uri
 from ..api.adapterdeployment import AdapterState, ApiKeys
 from ..api.agent import Keyring
@@ -27,7 +28,7 @@ from ..local_only import local_only_problems
 from ..naming import ADAPTERS_READY_GATE, LABEL_ADAPTERDEPLOYMENT, admin_token_secret_name
 from ..secret_refs import SecretReference, first_missing
 from ..settings import OperatorSettings
-from .access import build_keyring
+from .access import IssuedKeys, build_keyring
 from .agent_client import AgentClient, AgentRefusal, AgentUnreachableError
 from .engine import (
     adapter_credentials_prefix,
@@ -181,17 +182,17 @@ def _prepare(
     current: AdapterDeploymentStatus,
     attached: attachments.Attachments,
     base_name: str,
-) -> tuple[str, list[DesiredAdapter], int, tuple[str, ...], Keyring | None] | Blocked:
+) -> tuple[str, list[DesiredAdapter], int, tuple[str, ...], IssuedKeys | None] | Blocked:
     """The admin token, the adapters to serve (its own, then those other namespaces attached), the engine's
     replicas, the vLLM flags its manifest lacks and the API keyring (access.apiKeys: Required); or what
     blocks serving."""
     token = _admin_token(client, adep)
     if isinstance(token, Blocked):
         return token
-    keyring = None
+    keys = None
     if adep.spec.access.api_keys is ApiKeys.REQUIRED:
         accepted = [item.model for item in attached.items if item.verdict.accepted]
-        keyring = build_keyring(client, adep, accepted, base_name)
+        keys = build_keyring(client, adep, accepted, base_name)
     namespace = adep.metadata.namespace
     desired = resolve_adapters(
         adep,
@@ -199,7 +200,7 @@ def _prepare(
         {a.name: a for a in current.adapters},
     ) + attached_adapters(attached.loadable)
     replicas, blocked, flags = _ensure_engine(client, adep, settings, desired)
-    return blocked if blocked is not None else (token, desired, replicas, flags, keyring)
+    return blocked if blocked is not None else (token, desired, replicas, flags, keys)
 
 
 def _set_gate(client: ApiClient, pod: dict[str, Any], ready: bool, now: datetime) -> None:
@@ -266,13 +267,15 @@ def reconcile_adapterdeployment(
     generation = body["metadata"].get("generation")
     now = datetime.now(UTC)
     attached: attachments.Attachments | None = None
-    keys_required = False
+    # Which Secret holds each attachment's API key: {} when keys are not required, None when not known
+    # this pass (the attachments keep what they were told).
+    key_secrets: dict[AttachmentKey, str] | None = {}
     try:
         adep = parse_object(AdapterDeployment, body)
         problems = local_only_problems({"spec.baseModel.uri": adep.spec.base_model.uri})
         if problems:
             raise SpecError(AdapterDeployment.KIND, name, problems)
-        keys_required = adep.spec.access.api_keys is ApiKeys.REQUIRED
+        key_secrets = None if adep.spec.access.api_keys is ApiKeys.REQUIRED else {}
         base_name = served_model_name(adep.spec.base_model.uri)
         attached = attachments.gather(client, adep, settings.watch_namespaces, frozenset({base_name}))
         with kube.creating_children():
@@ -285,7 +288,9 @@ def reconcile_adapterdeployment(
         if isinstance(prepared, Blocked):
             status, events = _refused(current, generation, prepared.reason, prepared.message, now)
         else:
-            token, desired, replicas, flags, keyring = prepared
+            token, desired, replicas, flags, keys = prepared
+            keyring = keys.keyring if keys else None
+            key_secrets = keys.attachment_secrets if keys else {}
             previous = {a.name: a for a in current.adapters}
             held_back = frozenset(
                 a.name for a in desired if a.loadable and not may_retry(previous.get(a.name), a.sha256, now)
@@ -321,4 +326,4 @@ def reconcile_adapterdeployment(
             client, AdapterDeployment.PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion")
         )
     if attached is not None:
-        attachments.report(client, attached, status, status.endpoint, now, keys_required)
+        attachments.report(client, attached, status, status.endpoint, now, key_secrets)
