@@ -15,7 +15,8 @@ def register(subcommands: Any) -> None:
         description=(
             "Listen where clients reach the engine and forward completions, chat completions, models, health and "
             "metrics to the engine on the pod's loopback; refuse its admin routes (runtime LoRA loading, caches, "
-            "sleep, RPC) with 403 and anything else with 404, in OpenAI's error shape."
+            "sleep, RPC) with 403 and anything else with 404, in OpenAI's error shape. With --keyring-file, a client "
+            "needs an API key that grants the model it calls (401 without one, 403 for another model)."
         ),
     )
     parser.add_argument("--engine-url", default="http://127.0.0.1:8080", help="the engine, on the pod's loopback")
