@@ -18,6 +18,7 @@ node-bin: controlplane $(CONTROLPLANE_BIN_DIR)/coredns
 
 # CoreDNS has its own module (its client-go differs from the control plane's).
 $(CONTROLPLANE_BIN_DIR)/coredns: tests/node/coredns/go.mod tests/node/coredns/go.sum tests/node/coredns/main.go
+	mkdir -p $(@D)
 	cd tests/node/coredns && bash -c 'source ../../go_toolchain.sh && use_go coredns && \
 	  $$GO build -p 2 -trimpath -ldflags "-s -w" -o $@ .'
 

@@ -1,6 +1,7 @@
 """End to end on a real node, with pods taken away: the node drained mid-training evicts the trainer pod,
-which checkpoints on SIGTERM, and once the node is back the Job's next pod resumes from there; the operator pod deleted while an
-AdapterDeployment rolls out is replaced by its Deployment, and the new one finishes the rollout."""
+which checkpoints on SIGTERM, and once the node is back the Job's next pod resumes from there; the operator
+pod deleted while an AdapterDeployment rolls out is replaced by its Deployment, and the new one finishes the
+rollout; the engine pod deleted after that is replaced and gets its adapter back."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def _operator_pods(node: RealNode) -> list[dict[str, Any]]:
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
-def test_operator_pod_deleted_mid_rollout_recovers(node: RealNode, tenant: Tenant) -> None:
+def test_operator_pod_then_engine_pod_deleted_both_come_back(node: RealNode, tenant: Tenant) -> None:
     namespace, name, adapter_name = tenant.namespace, "failover", "tenant-b-bot"
     model_dir = tenant.claim_dir("models") / "tiny"
     adapter = make_lora_adapter(
@@ -117,9 +118,32 @@ def test_operator_pod_deleted_mid_rollout_recovers(node: RealNode, tenant: Tenan
         assert new["metadata"]["name"] != old["metadata"]["name"]
         (svc,) = items(node, "service", namespace, selector)
         wait_for_service(node, svc["spec"]["clusterIP"], 8000)
-        body = {"model": adapter_name, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
-        answer = http_in_node(node, "POST", f"http://{svc['spec']['clusterIP']}:8000/v1/completions", body)
-        assert answer["choices"][0]["text"] == reference_generate(model_dir, adapter.path, [PROMPT], MAX_TOKENS)[0]
-        assert answer["model"] == adapter_name
+        expected = reference_generate(model_dir, adapter.path, [PROMPT], MAX_TOKENS)[0]
+        answer = _complete(node, svc["spec"]["clusterIP"], adapter_name)
+        assert answer is not None and answer["model"] == adapter_name
+        assert answer["choices"][0]["text"] == expected
+
+        # The engine pod deleted: its Deployment makes a new one, which starts with no adapter; the operator
+        # loads it again through the new pod's agent.
+        (engine,) = items(node, "pod", namespace, selector)
+        node.kubectl("delete", "pod", "-n", namespace, engine["metadata"]["name"], "--wait=true", timeout=180)
+        again = wait_for(
+            "the adapter answering from the new engine pod",
+            lambda: _complete(node, svc["spec"]["clusterIP"], adapter_name),
+            timeout=600,
+            interval=2,
+        )
+        assert again["choices"][0]["text"] == expected
+        (replacement,) = items(node, "pod", namespace, selector)
+        assert replacement["metadata"]["name"] != engine["metadata"]["name"]
     finally:  # the node has 2 CPUs: free the engine's for the next test's pods
         node.kubectl("delete", "adapterdeployment", "-n", namespace, name, "--wait=true", timeout=180)
+
+
+def _complete(node: RealNode, service_ip: str, model: str) -> dict[str, Any] | None:
+    """A greedy completion through the Service; None while it cannot answer (no ready pod, adapter not loaded)."""
+    body = {"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
+    try:
+        return http_in_node(node, "POST", f"http://{service_ip}:8000/v1/completions", body)
+    except AssertionError:
+        return None
