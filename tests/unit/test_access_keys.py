@@ -14,7 +14,11 @@ from pydantic import ValidationError
 from peft_operator.adapterattachment.admission import Verdict
 from peft_operator.adapterattachment.status import attachment_status
 from peft_operator.adapterdeployment.access import API_KEY, key_secret
+from peft_operator.adapterdeployment.agent_client import AgentRefusal
 from peft_operator.adapterdeployment.engine import KEYRING_FILE, render_engine_deployment
+from peft_operator.adapterdeployment.reconcile import sync_pod
+from peft_operator.adapterdeployment.sources import DesiredAdapter
+from peft_operator.adapterdeployment.status import pod_is_complete
 from peft_operator.api import AdapterAttachmentStatus, AdapterDeployment
 from peft_operator.api.agent import KeyGrant, Keyring, key_digest
 from peft_operator.api.base import ObjectMeta
@@ -23,6 +27,7 @@ from peft_operator.settings import OperatorSettings
 from peft_runtime.agent.keyring import write_keyring
 from peft_runtime.gate.access import MISSING_KEY, UNKNOWN_KEY, Grants, KeyringFile, bearer_key, not_granted
 from peft_runtime.gate.proxy import _end_to_end
+from tests.unit.test_sync_pod import FakeAgent
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SETTINGS = OperatorSettings(runtime_image="registry.example/peft-runtime:1.2.3")
@@ -166,3 +171,39 @@ def test_the_clients_key_is_not_forwarded_to_the_engine_when_keys_are_checked() 
     headers = {"Authorization": "Bearer key-a", "Content-Type": "application/json", "Connection": "close"}
     assert dict(_end_to_end(headers, frozenset({"authorization"}))) == {"Content-Type": "application/json"}
     assert "Authorization" in _end_to_end(headers)
+
+
+class KeyedAgent(FakeAgent):
+    """The fake agent of test_sync_pod, with the keyring route (refused like an agent without --keyring-file)."""
+
+    def __init__(self, holds: dict[str, str], keyring_route: bool = True) -> None:
+        super().__init__(holds)
+        self.keyring_route = keyring_route
+        self.keyrings: list[Keyring] = []
+
+    def put_keyring(self, keyring: Keyring) -> None:
+        self.calls.append(f"keyring {len(keyring.keys)}")
+        if not self.keyring_route:
+            raise AgentRefusal(404, "NotFound", "no route PUT /v1/keyring")
+        self.keyrings.append(keyring)
+
+
+def test_a_pods_gate_gets_the_keyring_before_any_adapter_changes() -> None:
+    agent = KeyedAgent(holds={"revoked": "a" * 64})
+    keyring = _keyring(("key-b", ["new"]))
+    desired = [DesiredAdapter("new", uri="s3://adapters/new", sha256="b" * 64)]
+
+    report = sync_pod(agent, "engine-0", desired, frozenset(), keyring)  # type: ignore[arg-type]
+
+    assert agent.calls == ["keyring 1", "unload revoked", "load new b"]
+    assert agent.keyrings == [keyring] and report.reachable
+
+
+def test_a_pod_whose_gate_cannot_take_the_keyring_is_not_ready_and_nothing_loads() -> None:
+    agent = KeyedAgent(holds={}, keyring_route=False)
+    desired = [DesiredAdapter("new", uri="s3://adapters/new", sha256="b" * 64)]
+
+    report = sync_pod(agent, "engine-0", desired, frozenset(), _keyring())  # type: ignore[arg-type]
+
+    assert agent.calls == ["keyring 0"] and not report.reachable and "PUT /v1/keyring" in (report.error or "")
+    assert not pod_is_complete(report, desired, frozenset())
