@@ -7,8 +7,10 @@ dropout the two runs draw different masks and agree only in distribution."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,39 +18,46 @@ import pytest
 from tests.runtime.builders import make_plan, read_events, run_training, varied_chat_rows, write_jsonl
 
 RELATIVE_TOLERANCE = 1e-3
+ENV = {**os.environ, "PEFT_CPU_THREADS": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _plan(tiny_model_dir: Path, data: Path, root: Path, batch_size: int):  # type: ignore[no-untyped-def]
+def _torchrun(plan: Path) -> list[str]:
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    return [*torchrun, "-m", "peft_runtime.cli", "train", "--plan", str(plan)]
+
+
+def _assert_same_adapter(expected_dir: Path, actual_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    expected = load_file(str(expected_dir / "adapter_model.safetensors"))
+    actual = load_file(str(actual_dir / "adapter_model.safetensors"))
+    assert expected.keys() == actual.keys()
+    for name, weight in expected.items():
+        difference = (weight - actual[name]).abs().max().item()
+        assert difference <= RELATIVE_TOLERANCE * max(weight.abs().max().item(), 1e-3), (name, difference)
+
+
+def _plan(tiny_model_dir: Path, data: Path, root: Path, batch_size: int, max_steps: int = 6):  # type: ignore[no-untyped-def]
     return make_plan(
         model_dir=tiny_model_dir,
         dataset_uri=data.as_uri(),
         output_uri=(root / "out").as_uri(),
         work_dir=root,
         method={"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
-        training={"maxSteps": 6, "batchSize": batch_size, "learningRate": "1e-2", "checkpointEvery": 3},
+        training={"maxSteps": max_steps, "batchSize": batch_size, "learningRate": "1e-2", "checkpointEvery": 3},
     )
 
 
 def test_two_processes_with_half_the_batch_each_train_like_one_with_the_whole_batch(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from safetensors.torch import load_file
-
     data = write_jsonl(tmp_path / "chat.jsonl", varied_chat_rows(80))
     single = run_training(_plan(tiny_model_dir, data, tmp_path / "single", batch_size=8))
     assert single.exit_code == 0, single.events[-1]
 
     plan = _plan(tiny_model_dir, data, tmp_path / "ranks", batch_size=4)
     (tmp_path / "plan.json").write_text(plan.model_dump_json(by_alias=True))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    result = subprocess.run(
-        [*torchrun, "-m", "peft_runtime.cli", "train", "--plan", str(tmp_path / "plan.json")],
-        env={**os.environ, "PEFT_CPU_THREADS": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    result = subprocess.run(_torchrun(tmp_path / "plan.json"), env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     events = read_events(Path(plan.progress.file or ""))
     assert [e["event"] for e in events].count("completed") == 1, "rank 0 alone reports"
@@ -61,9 +70,43 @@ def test_two_processes_with_half_the_batch_each_train_like_one_with_the_whole_ba
     assert "Rank 1 of 2: batchSize 4 rows per process" in result.stderr
     assert events[-1]["progress"]["processes"] == 2 and single.events[-1]["progress"]["processes"] == 1
 
-    single_weights = load_file(str(tmp_path / "single" / "out" / "adapter_model.safetensors"))
-    ranks_weights = load_file(str(tmp_path / "ranks" / "out" / "adapter_model.safetensors"))
-    assert single_weights.keys() == ranks_weights.keys()
-    for name, weight in single_weights.items():
-        difference = (weight - ranks_weights[name]).abs().max().item()
-        assert difference <= RELATIVE_TOLERANCE * max(weight.abs().max().item(), 1e-3), (name, difference)
+    _assert_same_adapter(tmp_path / "single" / "out", tmp_path / "ranks" / "out")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_killed_rank_stops_the_group_and_the_next_start_resumes_from_the_newest_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """What a Job does with a multi-GPU pod whose rank died: torchrun ends the group, the next pod starts
+    all ranks again, and they resume from the checkpoint rank 0 wrote, ending where an uninterrupted run ends."""
+    data = write_jsonl(tmp_path / "chat.jsonl", varied_chat_rows(80))
+    single = run_training(_plan(tiny_model_dir, data, tmp_path / "single", batch_size=8, max_steps=24))
+    assert single.exit_code == 0, single.events[-1]
+
+    plan = _plan(tiny_model_dir, data, tmp_path / "ranks", batch_size=4, max_steps=24)
+    (tmp_path / "plan.json").write_text(plan.model_dump_json(by_alias=True))
+    first = subprocess.Popen(_torchrun(tmp_path / "plan.json"), env=ENV, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "ranks" / "out" / "checkpoints" / "step-3" / "COMPLETE"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.exists(), "rank 0 wrote the first checkpoint"
+    workers = _children(first.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[1], signal.SIGKILL)
+    first.communicate(timeout=120)
+    assert first.returncode != 0, "one rank's death ends the group"
+    newest = max(int(p.parent.name.removeprefix("step-")) for p in checkpoint.parent.parent.glob("step-*/COMPLETE"))
+    assert newest < 24, "killed before the end"
+
+    first_run_events = len(read_events(Path(plan.progress.file or "")))  # the file sink appends
+    resumed = subprocess.run(_torchrun(tmp_path / "plan.json"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from step-{newest} (step {newest} of 24)" in resumed.stderr
+    events = read_events(Path(plan.progress.file or ""))[first_run_events:]
+    steps = [e["progress"]["step"] for e in events if e["event"] == "progress"]
+    assert steps == list(range(newest + 1, 25)), "the second start trains only the steps after the checkpoint"
+    _assert_same_adapter(tmp_path / "single" / "out", tmp_path / "ranks" / "out")
