@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -79,5 +80,56 @@ def test_real_trainer_progress_and_adapter_reach_status(
         assert adapter["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
         assert adapter["method"] == "lora" and adapter["rank"] == 4
         assert done["status"]["progress"]["step"] == 24
+    finally:
+        operator.stop()
+
+
+def test_a_two_gpu_job_runs_two_trainer_processes_in_its_pod(
+    controller_manager: ControlPlane,
+    crds_installed: list[str],
+    admin: ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gpus: 2 -> the pod's command is torchrun with one trainer process per GPU; played here on the CPU
+    with gloo (one thread each), rank 0's reports reach status and say two processes trained."""
+    monkeypatch.setenv("PEFT_CPU_THREADS", "1")
+    pvc_root = tmp_path / "pvc"
+    build_tiny_llama(pvc_root / "models" / "tiny")
+    _dataset(pvc_root / "team-data" / "train.jsonl")
+    operator = OperatorProcess(
+        operator_kubeconfig(controller_manager, role="peft-operator-trainer"), tmp_path / "operator.log"
+    ).start()
+    try:
+        body = yaml.safe_load((REPO_ROOT / "examples/finetunejob-lora.yaml").read_text())
+        body["metadata"].update(name="two-gpus", namespace=namespace)
+        body["spec"]["baseModel"] = {"uri": "pvc://models/tiny"}
+        body["spec"]["dataset"] = {"uri": "pvc://team-data/train.jsonl", "format": "instruction"}
+        body["spec"]["method"] = {"type": "lora", "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}}
+        body["spec"]["training"] = {"maxSteps": 6, "batchSize": 4, "learningRate": "1e-2", "checkpointEvery": 3}
+        body["spec"]["resources"] = {"gpus": 2}
+        body["spec"]["output"] = {"uri": "pvc://team-adapters/two-gpus"}
+        CustomObjectsApi(admin).create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
+        pod = LocalTrainerPod.of_job(admin, namespace, "two-gpus-train", pvc_root, tmp_path / "pod")
+        (container,) = pod.pod.spec.containers
+        assert container.command[:4] == ["torchrun", "--standalone", "--nproc-per-node=2", "--no-python"]
+        assert container.resources.limits["nvidia.com/gpu"] == "2"
+        trainer = pod.run()
+        assert trainer.returncode == 0, trainer.stderr[-3000:]
+        assert "Rank 1 of 2: batchSize 4 rows per process" in trainer.stderr
+
+        def succeeded() -> dict[str, Any] | None:
+            status = (
+                CustomObjectsApi(admin)
+                .get_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", "two-gpus")
+                .get("status", {})
+            )
+            return status if status.get("phase") == "Succeeded" else None
+
+        status = wait_for("Succeeded", succeeded)
+        assert status["progress"]["processes"] == 2 and status["progress"]["step"] == 6
+        manifest = pvc_root / "team-adapters" / "two-gpus" / "manifest.json"
+        assert status["adapter"]["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
     finally:
         operator.stop()

@@ -59,13 +59,18 @@ class LocalTrainerPod:
         (container,) = self.pod.spec.containers
         kubelet.set_running(self.admin, self.pod, container.name)
         argv = list(container.command) + list(container.args or [])
-        assert argv[0] == "peft-runtime" and "--plan" in argv, argv
+        assert argv[0] in ("peft-runtime", "torchrun") and "--plan" in argv, argv
         argv[argv.index("--plan") + 1] = str(self._plan())
         # Secrets and settings from the pod spec; in-pod paths (HOME, HF_HOME on the pod's volumes) stay out.
         pod_env = _resolve_env(self.admin, self.pod.metadata.namespace, container)
         env = {**os.environ, **{k: v for k, v in pod_env.items() if not v.startswith("/")}, "HF_HUB_OFFLINE": "1"}
+        # The pod's programs from this interpreter's environment: peft-runtime, or torchrun starting one
+        # peft-runtime per GPU (gloo on this CPU).
+        program = ["peft_runtime.cli"] if argv[0] == "peft-runtime" else ["torch.distributed.run"]
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
         result = subprocess.run(
-            [sys.executable, "-m", "peft_runtime.cli", *argv[1:]],
+            [sys.executable, "-m", *program, *argv[1:]],
             env=env,
             capture_output=True,
             text=True,
