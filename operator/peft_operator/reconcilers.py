@@ -23,6 +23,11 @@ from .settings import OperatorSettings
 
 # Events of several objects (a job, its pods) and the resync loop may name the same object at once.
 _locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
+# Passes asked for but not started yet. A pass reads everything afresh when it starts, so a trigger that finds
+# one waiting adds nothing: a burst (500 attachments created at once, each asking for its deployment's pass)
+# costs the pass that is running and one more, not 500.
+_waiting: set[tuple[str, str, str]] = set()
+_waiting_lock = threading.Lock()
 
 
 class RetryLater(Exception):
@@ -31,9 +36,16 @@ class RetryLater(Exception):
 
 
 def _guarded(kind: str, work: Callable[[], Any], namespace: str, name: str) -> Any:
+    key = (kind, namespace, name)
+    with _waiting_lock:
+        if key in _waiting:
+            return None  # the waiting pass will see whatever triggered this one
+        _waiting.add(key)
     metrics.RECONCILES.labels(kind=kind).inc()
     try:
-        with _locks[(kind, namespace, name)]:
+        with _locks[key]:
+            with _waiting_lock:
+                _waiting.discard(key)
             return work()
     except ApiException as error:
         metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
