@@ -1,11 +1,15 @@
 # Benchmarks: each prints ratios against a baseline measured in the same run (never timed unit tests).
-.PHONY: bench bench-operator bench-trainer bench-qlora bench-serving bench-hotload bench-quality bench-vllm bench-residency
+.PHONY: bench bench-operator bench-attachments bench-trainer bench-qlora bench-serving bench-hotload bench-quality bench-vllm bench-residency
 
-bench: bench-operator bench-trainer bench-qlora bench-serving bench-hotload bench-quality
+bench: bench-operator bench-attachments bench-trainer bench-qlora bench-serving bench-hotload bench-quality
 
 ## FineTuneJob controller at 50 and 500 jobs against the real apiserver.
 bench-operator: install controlplane
 	$(BIN)/python -m bench.operator_scale
+
+## One shared AdapterDeployment taking 50 and 500 AdapterAttachments against the real apiserver.
+bench-attachments: install controlplane
+	$(BIN)/python -m bench.attachment_scale
 
 ## Non-pad tokens/s of our trainer vs transformers.Trainer with dynamic padding, on SmolLM2.
 bench-trainer: install
