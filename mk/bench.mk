@@ -1,7 +1,7 @@
 # Benchmarks: each prints ratios against a baseline measured in the same run (never timed unit tests).
-.PHONY: bench bench-operator bench-attachments bench-trainer bench-qlora bench-serving bench-hotload bench-quality bench-vllm bench-residency
+.PHONY: bench bench-operator bench-attachments bench-trainer bench-distributed bench-qlora bench-serving bench-hotload bench-quality bench-vllm bench-residency
 
-bench: bench-operator bench-attachments bench-trainer bench-qlora bench-serving bench-hotload bench-quality
+bench: bench-operator bench-attachments bench-trainer bench-distributed bench-qlora bench-serving bench-hotload bench-quality
 
 ## FineTuneJob controller at 50 and 500 jobs against the real apiserver.
 bench-operator: install controlplane
@@ -14,6 +14,10 @@ bench-attachments: install controlplane
 ## Non-pad tokens/s of our trainer vs transformers.Trainer with dynamic padding, on SmolLM2.
 bench-trainer: install
 	$(BIN)/python bench/trainer_throughput.py --model=smollm2 --rounds=2
+
+## 2 trainer processes (torchrun, gloo) vs 1 on the same global batch, and the CPU preflight step's wall time.
+bench-distributed: install
+	$(BIN)/python bench/distributed_throughput.py --model=smollm2 --steps=8
 
 ## QLoRA vs fp32 LoRA peak memory on SmolLM2.
 bench-qlora: install

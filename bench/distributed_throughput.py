@@ -1,0 +1,114 @@
+"""Several trainer processes vs one, and what the CPU preflight step costs, in one run.
+
+    .venv/bin/python bench/distributed_throughput.py                 # the tiny test Llama (a minute)
+    .venv/bin/python bench/distributed_throughput.py --model smollm2 # SmolLM2-135M (minutes on 2 CPU cores)
+
+Throughput: the same plan (LoRA r 16 on q,k,v,o; chat rows; the same global batch of 8 rows per micro-batch
+and the same steps) run by `peft-runtime train` as 1 process with all the CPU threads, and under torchrun as
+2 processes with half the threads each (gloo; batchSize 4 per process). Tokens/s is the trainer's own
+report: real tokens of the whole global batch per second of training steps (model loading excluded). On a
+machine with 2 cores this measures what splitting the cores between processes costs or gains; on GPUs each
+process has its own device and the comparison is a different one (see bench/gpu_check.py).
+
+Preflight: the wall time of `peft-runtime preflight` on the same plan (process start and imports included),
+the CPU time a FineTuneJob with GPUs spends before its GPU Job is created. What it saves (a GPU pod's image
+pull and model download before a wrong target or dataset fails) depends on the cluster: the model download
+alone is the weights' size over the node's bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _model(name: str, scratch: Path) -> Path:
+    if name == "tiny":
+        from tests.support.tiny_model import build_tiny_llama
+
+        return build_tiny_llama(scratch / "tiny")
+    from peft_runtime.models import ensure_smollm2
+
+    return ensure_smollm2()
+
+
+def _plan(model: Path, data: Path, root: Path, batch_size: int, steps: int) -> Path:
+    from tests.runtime.builders import make_plan
+
+    plan = make_plan(
+        model_dir=model,
+        dataset_uri=data.as_uri(),
+        output_uri=(root / "out").as_uri(),
+        work_dir=root,
+        method={
+            "type": "lora",
+            "lora": {"r": 16, "alpha": 32, "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+        },
+        training={"maxSteps": steps, "batchSize": batch_size, "maxSeqLength": 256, "checkpointEvery": steps},
+        validation_split=0.0,
+    )
+    path = root / "plan.json"
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(plan.model_dump_json(by_alias=True))
+    return path
+
+
+def _run(command: list[str], threads: int) -> float:
+    env = {**os.environ, "PEFT_CPU_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    started = time.monotonic()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.monotonic() - started
+
+
+def _tokens_per_second(plan: Path) -> float:
+    events_file = Path(json.loads(plan.read_text())["progress"]["file"])
+    progress = [json.loads(line) for line in events_file.read_text().splitlines() if '"progress"' in line]
+    return float(progress[-1]["progress"]["tokensPerSecond"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    from tests.runtime.builders import varied_chat_rows, write_jsonl
+
+    cores = os.cpu_count() or 1
+    runtime = [sys.executable, "-m", "peft_runtime.cli"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "peft_runtime.cli",
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench-distributed-") as folder:
+        scratch = Path(folder)
+        model = _model(args.model, scratch)
+        data = write_jsonl(scratch / "chat.jsonl", varied_chat_rows(400))
+        one = _plan(model, data, scratch / "one", batch_size=8, steps=args.steps)
+        two = _plan(model, data, scratch / "two", batch_size=4, steps=args.steps)
+        preflight_seconds = _run([*runtime, "preflight", "--plan", str(one)], threads=cores)
+        _run([*runtime, "train", "--plan", str(one)], threads=cores)
+        _run([*torchrun, "train", "--plan", str(two)], threads=max(1, cores // 2))
+        single, double = _tokens_per_second(one), _tokens_per_second(two)
+    print(f"model {args.model}, {cores} CPU cores, {args.steps} steps, global batch 8 rows")
+    print(f"1 process x {cores} threads:        {single:8.1f} tokens/s")
+    print(f"2 processes x {max(1, cores // 2)} threads (gloo): {double:8.1f} tokens/s")
+    print(f"ratio 2 processes / 1:           {double / single:8.2f}x")
+    print(f"peft-runtime preflight (wall, with imports): {preflight_seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
