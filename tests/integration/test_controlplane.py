@@ -137,14 +137,18 @@ def test_start_stop_leaves_no_processes(controlplane: ControlPlane) -> None:
 
 
 def test_crds_are_established(controlplane: ControlPlane, crds_installed: list[str]) -> None:
-    assert set(crds_installed) == {"finetunejobs.peft.dev", "adapterdeployments.peft.dev"}
+    assert set(crds_installed) == {
+        "finetunejobs.peft.dev",
+        "adapterdeployments.peft.dev",
+        "adapterattachments.peft.dev",
+    }
     for name in crds_installed:
         crd = json.loads(controlplane.kubectl("get", f"crd/{name}", "-o", "json").stdout)
         conds = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
         assert conds.get("Established") == "True", conds
         assert conds.get("NamesAccepted") == "True", conds
     resources = controlplane.kubectl("api-resources", f"--api-group={GROUP}", "-o", "wide").stdout
-    assert "ftj" in resources and "adep" in resources
+    assert "ftj" in resources and "adep" in resources and "adat" in resources
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
