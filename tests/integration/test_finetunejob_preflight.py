@@ -83,7 +83,8 @@ def test_wrong_target_modules_fail_in_preflight_listing_the_real_ones_and_no_gpu
 ) -> None:
     _create(admin, namespace, "typo", ["q_proj", "query_key_value"])
     pod = LocalTrainerPod.of_job(admin, namespace, "typo-preflight", pvc_root, tmp_path / "preflight")
-    assert _status(admin, namespace, "typo")["phase"] == "Pending"
+    # The operator writes the status after it creates the preflight Job: wait for it, never read it at once.
+    wait_for("typo: Pending", lambda: _status(admin, namespace, "typo").get("phase") == "Pending")
     limits = pod.pod.spec.containers[0].resources.limits or {}
     assert not any("gpu" in key for key in limits), limits
     assert "typo-train" not in _jobs(admin, namespace)

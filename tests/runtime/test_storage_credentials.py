@@ -57,7 +57,8 @@ def test_a_wrong_key_gets_403_from_the_s3_server(s3_server: S3Server) -> None:
             s3_server.client(credentials).list_objects_v2(Bucket=bucket)
         assert refused.value.response["Error"]["Code"] == code
         assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
-    assert s3_server.client(right).list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+    # Other tests may have written to this bucket (the server lives for the session): only the answer counts.
+    assert s3_server.client(right).list_objects_v2(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
 
 
 def test_one_tenants_keys_cannot_read_another_tenants_bucket(
