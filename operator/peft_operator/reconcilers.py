@@ -4,6 +4,7 @@ each kind with its entry point and the re-check its controller asks for."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from .adapterdeployment import target
 from .api import AdapterAttachment, AdapterDeployment, FineTuneJob
 from .finetunejob import reconcile as finetunejob_controller
 from .settings import OperatorSettings
+
+log = logging.getLogger(__name__)
 
 # Events of several objects (a job, its pods) and the resync loop may name the same object at once.
 _locks: defaultdict[tuple[str, str, str], threading.Lock] = defaultdict(threading.Lock)
@@ -48,6 +51,13 @@ def _guarded(kind: str, work: Callable[[], Any], namespace: str, name: str) -> A
                 _waiting.discard(key)
             return work()
     except ApiException as error:
+        if error.status == 404:
+            # Deleted while the pass ran (the object, or a child it wrote): nothing is left to reconcile, and
+            # the next trigger or the resync starts again from what exists.
+            log.info(
+                "%s %s/%s: %s %s during the pass; it was deleted meanwhile", kind, namespace, name, 404, error.reason
+            )
+            return None
         metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
         if error.status in (409, 429) or error.status >= 500:
             raise RetryLater(f"API {error.status} {error.reason}") from error
