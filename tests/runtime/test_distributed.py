@@ -1,11 +1,14 @@
-"""Several trainer processes in one pod: torchrun starts 2 ranks on CPU (gloo); with batchSize 4 rows per
-process they train on the same global batch of 8 as one process with batchSize 8, and the loss of every
-step and the trained adapter equal the single process's within a stated tolerance (float summation order
-differs: rows are padded per rank and the gradients summed across ranks). LoRA dropout is 0 here: with
-dropout the two runs draw different masks and agree only in distribution."""
+"""Several trainer processes: torchrun starts 2 ranks on CPU (gloo); with batchSize 4 rows per process they
+train on the same global batch of 8 rows as one process with batchSize 4 and gradientAccumulation 2 (the same
+micro-batches, taken by two processes instead of one after the other), and the loss of every step and the
+trained adapter equal the single process's within a stated tolerance (float summation order differs: the
+gradients are summed across ranks). A run stopped with 2 processes and resumed with 1 goes on through the
+same data order: every row once per epoch. LoRA dropout is 0 here: with dropout the runs draw different
+masks and agree only in distribution."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -37,25 +40,30 @@ def _assert_same_adapter(expected_dir: Path, actual_dir: Path) -> None:
         assert difference <= RELATIVE_TOLERANCE * max(weight.abs().max().item(), 1e-3), (name, difference)
 
 
-def _plan(tiny_model_dir: Path, data: Path, root: Path, batch_size: int, max_steps: int = 6):  # type: ignore[no-untyped-def]
+def _plan(tiny_model_dir: Path, data: Path, root: Path, accumulation: int, **training: object):  # type: ignore[no-untyped-def]
     return make_plan(
         model_dir=tiny_model_dir,
         dataset_uri=data.as_uri(),
         output_uri=(root / "out").as_uri(),
         work_dir=root,
         method={"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
-        training={"maxSteps": max_steps, "batchSize": batch_size, "learningRate": "1e-2", "checkpointEvery": 3},
+        training={
+            "maxSteps": 6,
+            "batchSize": 4,
+            "gradientAccumulation": accumulation,
+            "learningRate": "1e-2",
+            "checkpointEvery": 3,
+            **training,
+        },
     )
 
 
-def test_two_processes_with_half_the_batch_each_train_like_one_with_the_whole_batch(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
+def test_two_processes_train_like_one_accumulating_both_their_micro_batches(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "chat.jsonl", varied_chat_rows(80))
-    single = run_training(_plan(tiny_model_dir, data, tmp_path / "single", batch_size=8))
+    single = run_training(_plan(tiny_model_dir, data, tmp_path / "single", accumulation=2))
     assert single.exit_code == 0, single.events[-1]
 
-    plan = _plan(tiny_model_dir, data, tmp_path / "ranks", batch_size=4)
+    plan = _plan(tiny_model_dir, data, tmp_path / "ranks", accumulation=1)
     (tmp_path / "plan.json").write_text(plan.model_dump_json(by_alias=True))
     result = subprocess.run(_torchrun(tmp_path / "plan.json"), env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -83,10 +91,10 @@ def test_a_killed_rank_stops_the_group_and_the_next_start_resumes_from_the_newes
     """What a Job does with a multi-GPU pod whose rank died: torchrun ends the group, the next pod starts
     all ranks again, and they resume from the checkpoint rank 0 wrote, ending where an uninterrupted run ends."""
     data = write_jsonl(tmp_path / "chat.jsonl", varied_chat_rows(80))
-    single = run_training(_plan(tiny_model_dir, data, tmp_path / "single", batch_size=8, max_steps=24))
+    single = run_training(_plan(tiny_model_dir, data, tmp_path / "single", accumulation=2, maxSteps=24))
     assert single.exit_code == 0, single.events[-1]
 
-    plan = _plan(tiny_model_dir, data, tmp_path / "ranks", batch_size=4, max_steps=24)
+    plan = _plan(tiny_model_dir, data, tmp_path / "ranks", accumulation=1, maxSteps=24)
     (tmp_path / "plan.json").write_text(plan.model_dump_json(by_alias=True))
     first = subprocess.Popen(_torchrun(tmp_path / "plan.json"), env=ENV, stderr=subprocess.PIPE, text=True)
     checkpoint = tmp_path / "ranks" / "out" / "checkpoints" / "step-3" / "COMPLETE"
@@ -110,3 +118,46 @@ def test_a_killed_rank_stops_the_group_and_the_next_start_resumes_from_the_newes
     steps = [e["progress"]["step"] for e in events if e["event"] == "progress"]
     assert steps == list(range(newest + 1, 25)), "the second start trains only the steps after the checkpoint"
     _assert_same_adapter(tmp_path / "single" / "out", tmp_path / "ranks" / "out")
+
+
+def _trained_tokens(out: Path) -> float:
+    return float(json.loads((out / "manifest.json").read_text())["metrics"]["tokens"])
+
+
+def test_a_run_stopped_with_two_processes_resumes_with_one_through_the_same_data_order(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pod or node fewer after a restart: the checkpoint's place in the data means the same rows to one
+    process, so the epoch ends after every row was trained on once, as in an uninterrupted run."""
+    data = write_jsonl(tmp_path / "chat.jsonl", varied_chat_rows(80))
+    epoch = {"maxSteps": None, "epochs": 1}
+    single = run_training(_plan(tiny_model_dir, data, tmp_path / "single", accumulation=1, **epoch))
+    assert single.exit_code == 0, single.events[-1]
+    (completed,) = single.of("completed")
+
+    plan = _plan(tiny_model_dir, data, tmp_path / "ranks", accumulation=1, **epoch)
+    (tmp_path / "plan.json").write_text(plan.model_dump_json(by_alias=True))
+    group = subprocess.Popen(_torchrun(tmp_path / "plan.json"), env=ENV, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "ranks" / "out" / "checkpoints" / "step-3" / "COMPLETE"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and group.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.exists(), "rank 0 wrote the first checkpoint"
+    group.send_signal(signal.SIGTERM)  # torchrun passes it to both ranks, which stop at the same step
+    _, stderr = group.communicate(timeout=180)
+    assert group.returncode != 0 and "stopped by SIGTERM" in stderr, stderr[-3000:]
+    stopped_at = max(int(p.parent.name.removeprefix("step-")) for p in checkpoint.parent.parent.glob("step-*/COMPLETE"))
+    total_single = completed["progress"]["totalSteps"]
+    assert 2 * stopped_at < total_single, "stopped before the two processes reached the epoch's end"
+
+    capsys.readouterr()
+    resumed = run_training(plan)
+    assert resumed.exit_code == 0, resumed.events[-1]
+    notes = capsys.readouterr().err
+    assert f"step-{stopped_at} was written by 2 processes, this run has 1" in notes, notes[-3000:]
+    (finished,) = resumed.of("completed")
+    steps = [e["progress"]["step"] for e in resumed.of("progress")]
+    # The 2-process steps took 2 micro-batches each; one process takes the rest one at a time.
+    assert steps == list(range(stopped_at + 1, total_single - stopped_at + 1))
+    assert finished["progress"]["epoch"] == completed["progress"]["epoch"] == 1.0
+    assert _trained_tokens(tmp_path / "ranks" / "out") == _trained_tokens(tmp_path / "single" / "out"), "every row once"

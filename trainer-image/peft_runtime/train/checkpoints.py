@@ -40,6 +40,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     next_batch: int = 0  # index of the next micro-batch in the epoch's plan
+    processes: int = 1  # of the run that wrote it: a resumed run may have another number
     tokens_seen: int = 0
     recent_losses: list[float] = field(default_factory=list)
     eval_loss: float | None = None

@@ -1,15 +1,17 @@
 """Several trainer processes, one run: PyTorch's own distributed runtime, started by torchrun (which sets
-RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT); nccl on GPUs, gloo on CPU.
+RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT), in one pod or in one pod per node; nccl on GPUs,
+gloo on CPU.
 
 Data parallel with DDP's algorithm, written out: every rank holds the whole model (the same seed gives the
-same adapter initialisation everywhere), takes its share of the rows of each micro-batch of the global
-batch (`training.batchSize` rows per process), and after the step's backward passes the gradients are
-summed across ranks before clipping and the update, so every rank makes the same update. Each rank divides
-its loss by the step's loss tokens counted over all ranks: the summed gradient is then the single process's
-gradient over the same global batch. (torch's DistributedDataParallel wrapper does the same all-reduce,
-overlapped with backward; the gain is on GPUs, and the wrapper would stand between the loss and the peft
-model it needs.) Rank 0 alone reports, evaluates, checkpoints and writes the adapter; every rank resumes
-from the same checkpoint.
+same adapter initialisation everywhere) and takes its own micro-batches of each step (`training.batchSize`
+rows each, `gradientAccumulation` of them per process: a step's global batch is batchSize x
+gradientAccumulation x processes rows), and after the step's backward passes the gradients are summed across
+ranks before clipping and the update, so every rank makes the same update. Each rank divides its loss by the
+step's loss tokens counted over all ranks: the summed gradient is then that of one process taking all the
+step's micro-batches (gradientAccumulation x processes). (torch's DistributedDataParallel wrapper does the
+same all-reduce, overlapped with backward; the gain is on GPUs, and the wrapper would stand between the loss
+and the peft model it needs.) Rank 0 alone reports, evaluates, checkpoints and writes the adapter; every
+rank resumes from the same checkpoint, with as many processes as before or not.
 """
 
 from __future__ import annotations
@@ -17,12 +19,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,10 +32,6 @@ class Ranks:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-    def share(self, rows: list[T]) -> list[T]:
-        """This rank's rows of a micro-batch of the global batch."""
-        return rows[self.rank :: self.world]
 
     def total(self, value: float) -> float:
         """`value` summed over the ranks."""

@@ -72,9 +72,11 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
     """The adapter's completed event (None on the ranks other than 0 of a distributed run)."""
     run = _setup(plan, reporter, merge)
     try:
-        data = _prepare_data(plan, run, reporter)
+        checkpoint = latest_checkpoint(run.output)
+        saved = read_state(checkpoint) if checkpoint is not None else None
+        data = _prepare_data(plan, run, reporter, start=saved, processes=run.ranks.world)
         trainee = _build_trainee(plan.spec, run, data, reporter)
-        state = _resume(plan.spec, run.output, trainee, data.total_steps, reporter)
+        state = _resume(plan.spec, checkpoint, trainee, data, run.ranks.world, reporter)
         clock = _train_loop(plan.spec, run, data, trainee, state, reporter)
         return _finish(plan.spec, run, data, trainee, state, clock) if run.ranks.main else None
     finally:
@@ -86,7 +88,7 @@ def preflight(plan: TrainingPlan, reporter: Reporter) -> PreflightPassedEvent:
     Job): stage 1, stage 2 (tokenizer, every row; the weights are not fetched) and the adapter attached to
     the base model built on the meta device, which checks the target modules against the real names."""
     run = _setup(plan, reporter, merge=False)
-    data = _prepare_data(plan, run, reporter, weights=False)
+    data = _prepare_data(plan, run, reporter, processes=plan.spec.resources.processes, weights=False)
     setup = method_setup(plan.spec.method, MethodContext(model_dir=data.base_dir, device=torch.device("cpu")))
     model = adapter_on_meta_model(data.base_dir, setup)
     wrapped = target_modules(model, setup)
@@ -123,6 +125,7 @@ class TrainingData:
     planner: EpochPlanner
     total_steps: int
     pad_id: int
+    step_span: int  # micro-batches of the plan one optimizer step takes: gradientAccumulation x processes
 
 
 @dataclass
@@ -224,8 +227,17 @@ def _setup(plan: TrainingPlan, reporter: Reporter, merge: bool) -> RunSetup:
     return RunSetup(work_dir, device, place, output, merge, ranks)
 
 
-def _prepare_data(plan: TrainingPlan, run: RunSetup, reporter: Reporter, *, weights: bool = True) -> TrainingData:
-    """2. Tokenizer, rows, preflight (reported even when it refuses the data), split, step count."""
+def _prepare_data(
+    plan: TrainingPlan,
+    run: RunSetup,
+    reporter: Reporter,
+    *,
+    processes: int,
+    start: TrainState | None = None,
+    weights: bool = True,
+) -> TrainingData:
+    """2. Tokenizer, rows, preflight (reported even when it refuses the data), split, step count (from
+    `start`, a checkpoint's state, when resuming: it may have been written by another number of processes)."""
     spec, hp = plan.spec, plan.spec.training
     reporter.note(f"Fetching base model {spec.base_model.uri} and reading dataset {spec.dataset.uri}")
     base_dir = model_dir(spec.base_model.uri, spec.base_model.revision, plan.mounts, run.work_dir, weights=weights)
@@ -239,13 +251,22 @@ def _prepare_data(plan: TrainingPlan, run: RunSetup, reporter: Reporter, *, weig
     if dataset.report.usable_rows == 0:
         raise dataset_invalid(why_unusable(dataset.report))
     train_set, eval_set = split_examples(dataset.examples, spec.dataset.validation_split, hp.seed)
-    global_batch = hp.batch_size * run.ranks.world  # batchSize is per process: each takes its share of the rows
-    planner = EpochPlanner([len(e) for e in train_set], global_batch, hp.seed, hp.packing, hp.max_seq_length)
-    total_steps = hp.max_steps or sum(
-        math.ceil(len(planner.epoch(e)) / hp.gradient_accumulation) for e in range(hp.epochs or 3)
-    )
+    # The plan's micro-batches are batchSize rows, whatever the number of processes: a step takes
+    # gradientAccumulation of them per process, so a checkpoint's place in the plan means the same rows to a
+    # run with another number of processes.
+    planner = EpochPlanner([len(e) for e in train_set], hp.batch_size, hp.seed, hp.packing, hp.max_seq_length)
+    span = hp.gradient_accumulation * processes
+    total_steps = hp.max_steps or _steps_to_last_epoch(planner, span, hp.epochs or 3, start or TrainState(""))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    return TrainingData(base_dir, dataset.report, train_set, eval_set, planner, total_steps, pad_id)
+    return TrainingData(base_dir, dataset.report, train_set, eval_set, planner, total_steps, pad_id, span)
+
+
+def _steps_to_last_epoch(planner: EpochPlanner, span: int, epochs: int, start: TrainState) -> int:
+    """The step that ends the last epoch, counted from `start` at `span` micro-batches a step."""
+    remaining = [len(planner.epoch(e)) for e in range(start.epoch, epochs)]
+    if remaining:
+        remaining[0] -= start.next_batch
+    return start.step + sum(math.ceil(max(batches, 0) / span) for batches in remaining)
 
 
 def _build_trainee(spec: FineTuneJobSpec, run: RunSetup, data: TrainingData, reporter: Reporter) -> Trainee:
@@ -277,11 +298,15 @@ def _build_trainee(spec: FineTuneJobSpec, run: RunSetup, data: TrainingData, rep
 
 
 def _resume(
-    spec: FineTuneJobSpec, output: OutputLocation, trainee: Trainee, total_steps: int, reporter: Reporter
+    spec: FineTuneJobSpec,
+    checkpoint: Path | None,
+    trainee: Trainee,
+    data: TrainingData,
+    processes: int,
+    reporter: Reporter,
 ) -> TrainState:
     """4. The newest complete checkpoint of this same job, if there is one."""
-    state = TrainState(fingerprint=_fingerprint(spec))
-    checkpoint = latest_checkpoint(output)
+    state = TrainState(fingerprint=_fingerprint(spec), processes=processes)
     if checkpoint is None:
         return state
     if read_state(checkpoint).fingerprint != state.fingerprint:
@@ -290,7 +315,15 @@ def _resume(
             "training changed); use a new output URI or delete its checkpoints/"
         )
     state = load_checkpoint(checkpoint, trainee.model, trainee.optimizer, trainee.scheduler, trainee.scaler)
-    reporter.note(f"Resuming from {checkpoint.name} (step {state.step} of {total_steps})")
+    reporter.note(f"Resuming from {checkpoint.name} (step {state.step} of {data.total_steps})")
+    if state.processes != processes:
+        rows = spec.training.batch_size * data.step_span
+        reporter.note(
+            f"{checkpoint.name} was written by {state.processes} processes, this run has {processes}: "
+            f"from step {state.step + 1} a step takes {rows} rows (batchSize x gradientAccumulation x processes); "
+            "the data order goes on where it stopped"
+        )
+        state.processes = processes
     return state
 
 
@@ -308,18 +341,19 @@ def _train_loop(
     with stop_on_signal() as stop:
         while state.step < data.total_steps and not ranks.any(stop.requested):
             started = time.monotonic()
-            group = micro_batches[state.next_batch : state.next_batch + hp.gradient_accumulation]
-            shares = [ranks.share(mb) for mb in group]
-            batches = [collate(data.train_set, mb, data.pad_id, hp.packing).to(run.device) for mb in shares if mb]
+            group = micro_batches[state.next_batch : state.next_batch + data.step_span]
+            share = group[ranks.rank :: ranks.world]  # gradientAccumulation micro-batches (fewer at an epoch's end)
+            batches = [collate(data.train_set, mb, data.pad_id, hp.packing).to(run.device) for mb in share]
             result = _optimizer_step(trainee, batches, stop, gradient_check, state.step + 1, ranks)
             if result is None:  # stopped mid-step: its micro-batches run again after the resume
                 break
             step_loss, lr = result
-            _advance(state, group, batches, step_loss)
+            step_tokens = int(ranks.total(sum(b.tokens for b in batches)))
+            _advance(state, group, step_tokens, step_loss)
             if state.next_batch >= len(micro_batches):  # epoch done: the next one has its own seeded order
                 state.epoch, state.next_batch = state.epoch + 1, 0
                 micro_batches = data.planner.epoch(state.epoch)
-            clock.tokens += int(ranks.total(sum(b.tokens for b in batches)))
+            clock.tokens += step_tokens
             clock.steps += 1
             clock.step_seconds += time.monotonic() - started
 
@@ -379,10 +413,10 @@ def _optimizer_step(
     return step_loss, lr
 
 
-def _advance(state: TrainState, group: list[MicroBatch], batches: list[Batch], step_loss: float) -> None:
+def _advance(state: TrainState, group: list[MicroBatch], tokens: int, step_loss: float) -> None:
     state.step += 1
     state.next_batch += len(group)
-    state.tokens_seen += sum(b.tokens for b in batches)
+    state.tokens_seen += tokens
     state.recent_losses = [*state.recent_losses, step_loss][-LOSS_WINDOW:]
 
 
