@@ -226,3 +226,51 @@ def test_several_gpus_run_one_trainer_process_each_under_torchrun() -> None:
     assert _container(render_preflight_job(job, SETTINGS))["command"][0] == "peft-runtime", (
         "the preflight is one process"
     )
+
+
+def test_several_nodes_make_an_indexed_job_whose_pods_meet_through_c10d_on_pod_0() -> None:
+    from peft_operator.finetunejob.job import render_preflight_job, render_trainer_service
+
+    body = yaml.safe_load((EXAMPLES / "finetunejob-lora.yaml").read_text())
+    body["metadata"].update({"name": "big", "namespace": "tenant-a", "uid": "u-1"})
+    body["spec"]["resources"] = {"gpus": 8, "nodes": 4}
+    job = FineTuneJob.model_validate(body)
+    training = render_training_job(job, SETTINGS)
+    assert {k: training["spec"][k] for k in ("completionMode", "completions", "parallelism")} == {
+        "completionMode": "Indexed",
+        "completions": 4,
+        "parallelism": 4,
+    }
+    pod = training["spec"]["template"]["spec"]
+    assert pod["subdomain"] == "big-train"
+    assert _container(training)["command"][:8] == [
+        "torchrun",
+        "--nnodes=4",
+        "--nproc-per-node=8",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=big-train-0.big-train:29400",
+        "--rdzv-id=u-1",
+        "--max-restarts=5",
+        "--no-python",
+    ]
+    (wait,) = pod["initContainers"]
+    assert wait["command"][:3] == ["peft-runtime", "await-rendezvous", "big-train-0.big-train"]
+    assert wait["securityContext"] == _container(training)["securityContext"]
+
+    service = render_trainer_service(job)
+    assert service["metadata"]["name"] == "big-train" and service["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"].items() <= training["spec"]["template"]["metadata"]["labels"].items()
+
+    preflight = render_preflight_job(job, SETTINGS)
+    assert "completionMode" not in preflight["spec"] and "initContainers" not in preflight["spec"]["template"]["spec"]
+    assert _container(preflight)["command"][0] == "peft-runtime", "the preflight is one pod, one process"
+
+
+def test_a_cpu_job_on_several_nodes_runs_one_process_per_pod() -> None:
+    body = yaml.safe_load((EXAMPLES / "finetunejob-lora.yaml").read_text())
+    body["metadata"].update({"namespace": "tenant-a", "uid": "u"})
+    body["spec"]["resources"] = {"gpus": 0, "nodes": 2}
+    job = FineTuneJob.model_validate(body)
+    assert job.spec.resources.processes == 2
+    assert "--nproc-per-node=1" in _container(render_training_job(job, SETTINGS))["command"]

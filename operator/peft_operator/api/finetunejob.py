@@ -172,10 +172,12 @@ class Training(RuledModel):
         default=8,
         ge=1,
         le=4096,
-        description="Rows per micro-batch per training process (one process per GPU): the global batch is "
-        "batchSize x processes x gradientAccumulation rows (status.progress.processes says how many ran).",
+        description="Rows per micro-batch per training process (one per GPU, or one per pod on CPU): the global "
+        "batch is batchSize x processes x gradientAccumulation rows (status.progress.processes says how many ran).",
     )
-    gradient_accumulation: int = Field(default=1, ge=1, le=1024, description="Micro-batches per optimizer step.")
+    gradient_accumulation: int = Field(
+        default=1, ge=1, le=1024, description="Micro-batches per optimizer step, per training process."
+    )
     max_seq_length: int = Field(
         default=1024, ge=16, le=131072, description="Tokens per row; longer rows are truncated."
     )
@@ -233,6 +235,9 @@ class Toleration(ApiModel):
     )
 
 
+MAX_NODES = 32
+
+
 class ComputeResources(ApiModel):
     """What each pod needs and where it may run."""
 
@@ -259,7 +264,20 @@ class ComputeResources(ApiModel):
 class Resources(ComputeResources):
     """What each training pod needs and where it may run."""
 
-    nodes: int = Field(default=1, ge=1, le=1, description="Pods per job; multi-node training is not supported yet.")
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_NODES,
+        description="Training pods, one per node, each with `gpus` GPUs: an Indexed Job whose pods meet through "
+        "torchrun's c10d rendezvous on pod 0 (a headless Service names them). The run has max(gpus, 1) x nodes "
+        "processes; if one pod fails the others restart with its replacement from the newest checkpoint. The "
+        "output must be s3:// or a pvc:// claim every node can mount (ReadWriteMany).",
+    )
+
+    @property
+    def processes(self) -> int:
+        """Training processes of the run: one per GPU (one per pod on CPU), on every node."""
+        return max(self.gpus, 1) * self.nodes
 
 
 class Queue(ApiModel):

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..api import FineTuneJob, Scheme, parse_uri
 from ..api.events import PERMANENT_FAILURE_EXIT_CODE
-from ..api.finetunejob import ComputeResources, duration_seconds
+from ..api.finetunejob import Resources, duration_seconds
 from ..api.plan import (
     CONFIGMAP_MOUNT_ROOT,
     DATASET_CREDENTIALS_PREFIX,
@@ -35,6 +35,12 @@ PLAN_DIR = "/etc/peft/plan"
 TERMINATION_GRACE_SECONDS = 120
 # The preflight's own retries: a model or dataset download that failed once may work the second time.
 PREFLIGHT_BACKOFF_LIMIT = 2
+# Multi-node: torchrun's c10d rendezvous, hosted by pod 0, on this port of the headless Service.
+RENDEZVOUS_PORT = 29400
+# How often torchrun restarts the group within one pod's life: each time a peer pod is replaced or a rank
+# dies, the survivors' workers stop and rendezvous again with the replacement, from the newest checkpoint.
+RENDEZVOUS_RESTARTS = 5
+RENDEZVOUS_WAIT_SECONDS = 600
 
 
 def _volume_name(kind: str, name: str) -> str:
@@ -127,6 +133,30 @@ def render_training_job(job: FineTuneJob, settings: OperatorSettings) -> dict[st
     )
 
 
+def rendezvous_host(finetunejob: str) -> str:
+    """Pod 0 of the Indexed training Job, by the hostname the Job gives it under its headless Service."""
+    return f"{training_job_name(finetunejob)}-0.{training_job_name(finetunejob)}"
+
+
+def render_trainer_service(job: FineTuneJob) -> dict[str, Any]:
+    """The headless Service that names a multi-node Job's pods (`<job>-<index>.<service>`): DNS records exist
+    before the pods are ready, since the rendezvous comes before any readiness."""
+    meta = job.metadata
+    assert meta.name is not None
+    name = training_job_name(meta.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": owned_metadata(FineTuneJob.KIND, meta, name, finetunejob_labels(meta.name)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": finetunejob_labels(meta.name, "trainer"),
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT}],
+        },
+    }
+
+
 def needs_preflight(job: FineTuneJob, settings: OperatorSettings) -> bool:
     """The CPU-only preflight step runs before jobs that request GPUs: there it saves a GPU allocation (and
     the queue wait before it) when the data, tokenizer or target modules are wrong. A CPU-only job would
@@ -146,7 +176,7 @@ def render_preflight_job(job: FineTuneJob, settings: OperatorSettings) -> dict[s
         name=preflight_job_name(name),
         job_labels=finetunejob_labels(name, "preflight"),
         subcommand="preflight",
-        resources=job.spec.resources.model_copy(update={"gpus": 0}),
+        resources=job.spec.resources.model_copy(update={"gpus": 0, "nodes": 1}),
         suspend=False,
         backoff_limit=PREFLIGHT_BACKOFF_LIMIT,
     )
@@ -159,24 +189,21 @@ def _runtime_job(
     name: str,
     job_labels: dict[str, str],
     subcommand: str,
-    resources: ComputeResources,
+    resources: Resources,
     suspend: bool,
     backoff_limit: int,
 ) -> dict[str, Any]:
-    """A Job whose one pod runs `peft-runtime <subcommand> --plan` on the job's plan."""
+    """A Job whose pod (one per node) runs `peft-runtime <subcommand> --plan` on the job's plan."""
     meta, spec = job.metadata, job.spec
     assert meta.name is not None
     pod_labels = {k: v for k, v in job_labels.items() if not k.startswith("kueue.x-k8s.io/")}
     volumes, mounts = _storage_volumes(job)
     env, env_from = _env(job, settings)
-    command = ["peft-runtime", subcommand, "--plan", f"{PLAN_DIR}/{PLAN_FILE_NAME}"]
-    if resources.gpus > 1:  # one trainer process per GPU, started and watched by PyTorch's torchrun
-        command = ["torchrun", "--standalone", f"--nproc-per-node={resources.gpus}", "--no-python", *command]
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,
         "image": settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": command,
+        "command": _trainer_command(job, subcommand, resources),
         "env": env,
         "resources": container_resources(resources),
         "securityContext": container_security_context(),
@@ -204,15 +231,55 @@ def _runtime_job(
         restartPolicy="Never",
         terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS,
     )
+    job_spec: dict[str, Any] = {
+        "suspend": suspend,
+        "backoffLimit": backoff_limit,
+        "activeDeadlineSeconds": duration_seconds(spec.run_policy.max_runtime),
+        "podFailurePolicy": _pod_failure_policy(),
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod},
+    }
+    if resources.nodes > 1:  # one pod per node, named <job>-<index> under the headless Service
+        pod["subdomain"] = name
+        pod["initContainers"] = [_await_rendezvous_container(job, settings)]
+        job_spec |= {"completionMode": "Indexed", "completions": resources.nodes, "parallelism": resources.nodes}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": owned_metadata(FineTuneJob.KIND, meta, name, job_labels),
-        "spec": {
-            "suspend": suspend,
-            "backoffLimit": backoff_limit,
-            "activeDeadlineSeconds": duration_seconds(spec.run_policy.max_runtime),
-            "podFailurePolicy": _pod_failure_policy(),
-            "template": {"metadata": {"labels": pod_labels}, "spec": pod},
-        },
+        "spec": job_spec,
+    }
+
+
+def _trainer_command(job: FineTuneJob, subcommand: str, resources: Resources) -> list[str]:
+    """One trainer process, or torchrun starting one per GPU (one per pod on CPU) and, across nodes, meeting
+    the other pods' torchrun through the c10d rendezvous on pod 0."""
+    assert job.metadata.name is not None
+    command = ["peft-runtime", subcommand, "--plan", f"{PLAN_DIR}/{PLAN_FILE_NAME}"]
+    if resources.nodes > 1:
+        return [
+            "torchrun",
+            f"--nnodes={resources.nodes}",
+            f"--nproc-per-node={max(resources.gpus, 1)}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rendezvous_host(job.metadata.name)}:{RENDEZVOUS_PORT}",
+            f"--rdzv-id={job.metadata.uid or job.metadata.name}",
+            f"--max-restarts={RENDEZVOUS_RESTARTS}",
+            "--no-python",
+            *command,
+        ]
+    if resources.gpus > 1:
+        return ["torchrun", "--standalone", f"--nproc-per-node={resources.gpus}", "--no-python", *command]
+    return command
+
+
+def _await_rendezvous_container(job: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
+    assert job.metadata.name is not None
+    host = rendezvous_host(job.metadata.name)
+    return {
+        "name": "await-rendezvous",
+        "image": settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["peft-runtime", "await-rendezvous", host, f"--timeout={RENDEZVOUS_WAIT_SECONDS}"],
+        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": container_security_context(),
     }

@@ -25,7 +25,7 @@ from ..naming import (
 )
 from ..settings import OperatorSettings
 from .deploy import DEPLOYED, EVAL_GATE_NOT_MET, deploy_adapter
-from .job import needs_preflight, render_preflight_job, render_training_job
+from .job import needs_preflight, render_preflight_job, render_trainer_service, render_training_job
 from .plan import render_plan_configmap
 from .references import missing_secret
 from .secret import render_progress_secret
@@ -77,6 +77,8 @@ def _ensure_children(
             children.preflight_pods = kube.list_pods(client, meta.namespace, selector)
             if job_condition(children.preflight_job, "Complete") is None:
                 return children  # no GPU is requested before the preflight has passed
+        if job.spec.resources.nodes > 1:  # names the pods before they start: their rendezvous needs DNS
+            kube.ensure_namespaced(client, render_trainer_service(job))
         children.job, _ = kube.ensure_namespaced(client, render_training_job(job, settings))
     if current.job_name is None:
         children.events.append(KubeEvent("Normal", "JobCreated", f"Created Job {children.job['metadata']['name']}"))

@@ -34,6 +34,14 @@ def register(subcommands: Any) -> None:
     )
     checks.add_argument("--plan", type=Path, required=True, help="the TrainingPlan JSON (plan.json)")
     checks.set_defaults(run=run_preflight)
+    rendezvous = subcommands.add_parser(
+        "await-rendezvous",
+        help="wait until a multi-node run's rendezvous host resolves",
+        description="Wait until HOST resolves in DNS (the init container of a multi-node training pod).",
+    )
+    rendezvous.add_argument("host", help="the rendezvous host, pod 0 of the training Job")
+    rendezvous.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+    rendezvous.set_defaults(run=run_await_rendezvous)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,3 +59,9 @@ def run_preflight(args: argparse.Namespace) -> int:
 
     plan = load_plan(args.plan)
     return 3 if plan is None else run_plan(plan, preflight_only=True)
+
+
+def run_await_rendezvous(args: argparse.Namespace) -> int:
+    from .rendezvous import await_host
+
+    return await_host(args.host, args.timeout)
