@@ -58,7 +58,9 @@ def _plan(tiny_model_dir: Path, data: Path, root: Path, accumulation: int, **tra
     )
 
 
-def test_two_processes_train_like_one_accumulating_both_their_micro_batches(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_two_processes_train_like_one_accumulating_both_their_micro_batches(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
     data = write_jsonl(tmp_path / "chat.jsonl", varied_chat_rows(80))
     single = run_training(_plan(tiny_model_dir, data, tmp_path / "single", accumulation=2))
     assert single.exit_code == 0, single.events[-1]
