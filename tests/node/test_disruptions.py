@@ -5,6 +5,7 @@ rollout; the engine pod deleted after that is replaced and gets its adapter back
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from tests.node.cluster import (
     wait_for_service,
     wait_phase,
 )
+from tests.node.freezing import frozen, sigterm_pending
 from tests.support.adapters import make_lora_adapter, reference_generate
 from tests.support.kubelet import wait_for
 from tests.support.real_node import RealNode
@@ -29,11 +31,18 @@ from tests.support.real_node import RealNode
 pytestmark = pytest.mark.node
 POD_RESOURCES = {"gpus": 0, "cpu": "1", "memory": "3Gi"}
 PROMPT, MAX_TOKENS = "Say the word number 5:", 6
+MAX_STEPS = 64
 
 
-def _checkpoints(output: Path) -> list[str]:
-    """Complete checkpoints (the trainer writes the marker last)."""
-    return sorted(p.parent.name for p in output.glob("checkpoints/step-*/COMPLETE"))
+def _steps(output: Path) -> list[int]:
+    """Steps of the complete checkpoints (the trainer writes the marker last)."""
+    return sorted(int(p.parent.name.removeprefix("step-")) for p in output.glob("checkpoints/step-*/COMPLETE"))
+
+
+def _running_trainer(node: RealNode, namespace: str, job: str) -> dict[str, Any] | None:
+    pods = items(node, "pod", namespace, f"peft.dev/finetunejob={job}")
+    running = [p for p in pods if "running" in ((p["status"].get("containerStatuses") or [{}])[0].get("state") or {})]
+    return running[0] if len(pods) == 1 and running else None
 
 
 def test_node_drained_mid_training_the_trainer_resumes_from_its_checkpoint(node: RealNode, tenant: Tenant) -> None:
@@ -48,25 +57,30 @@ def test_node_drained_mid_training_the_trainer_resumes_from_its_checkpoint(node:
                 "baseModel": {"uri": "pvc://models/tiny"},
                 "dataset": {"uri": "pvc://team-data/train.jsonl", "format": "instruction"},
                 "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}},
-                "training": {"maxSteps": 64, "batchSize": 8, "learningRate": "1e-2", "checkpointEvery": 8},
+                "training": {"maxSteps": MAX_STEPS, "batchSize": 8, "learningRate": "1e-2", "checkpointEvery": 8},
                 "resources": POD_RESOURCES,
                 "output": {"uri": f"pvc://team-adapters/{job}"},
             },
         },
     )
     output = tenant.claim_dir("team-adapters") / job
-    wait_for("a complete checkpoint on the claim", lambda: _checkpoints(output), timeout=600, interval=1)
-    first = items(node, "pod", namespace, f"peft.dev/finetunejob={job}")
-    assert len(first) == 1
-    # Through the Eviction API, waiting for the pod to be gone; the only node then takes pods again.
+    first = wait_for("the trainer container running", lambda: _running_trainer(node, namespace, job), timeout=600)
+    wait_for("a complete checkpoint on the claim", lambda: _steps(output), timeout=600, interval=0.05)
+    # Held still until the kubelet's SIGTERM is pending, so the drain surely finds it mid-run.
     drain = ["drain", "peft-node", f"--pod-selector=peft.dev/finetunejob={job}", "--delete-emptydir-data"]
-    node.kubectl(*drain, "--ignore-daemonsets", "--timeout=300s", timeout=320)
+    with ThreadPoolExecutor(1) as pool:
+        with frozen(node, [first]) as processes:
+            assert _steps(output)[-1] < MAX_STEPS
+            # Through the Eviction API, waiting for the pod to be gone; the only node then takes pods again.
+            drained = pool.submit(node.kubectl, *drain, "--ignore-daemonsets", "--timeout=300s", timeout=320)
+            wait_for("the kubelet's SIGTERM at the trainer", lambda: sigterm_pending(processes), timeout=120)
+        drained.result()
     node.kubectl("uncordon", "peft-node")
 
     done = wait_phase(node, "finetunejob", job, namespace, "Succeeded", timeout=900)
-    assert done["status"]["progress"]["step"] == 64
+    assert done["status"]["progress"]["step"] == MAX_STEPS
     pods = items(node, "pod", namespace, f"peft.dev/finetunejob={job}")
-    second = [p for p in pods if p["metadata"]["name"] != first[0]["metadata"]["name"]]
+    second = [p for p in pods if p["metadata"]["name"] != first["metadata"]["name"]]
     assert [p["status"]["phase"] for p in second] == ["Succeeded"], [p["metadata"]["name"] for p in pods]
     log = node.kubectl("logs", "-n", namespace, second[0]["metadata"]["name"]).stdout
     assert "Resuming from step-" in log, log[-3000:]

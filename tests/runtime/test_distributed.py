@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.runtime.builders import make_plan, read_events, run_training, varied_chat_rows, write_jsonl
+from tests.support.adapters import assert_same_adapter
 
 RELATIVE_TOLERANCE = 1e-3
 ENV = {**os.environ, "PEFT_CPU_THREADS": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -27,17 +28,6 @@ ENV = {**os.environ, "PEFT_CPU_THREADS": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_TH
 def _torchrun(plan: Path) -> list[str]:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     return [*torchrun, "-m", "peft_runtime.cli", "train", "--plan", str(plan)]
-
-
-def _assert_same_adapter(expected_dir: Path, actual_dir: Path) -> None:
-    from safetensors.torch import load_file
-
-    expected = load_file(str(expected_dir / "adapter_model.safetensors"))
-    actual = load_file(str(actual_dir / "adapter_model.safetensors"))
-    assert expected.keys() == actual.keys()
-    for name, weight in expected.items():
-        difference = (weight - actual[name]).abs().max().item()
-        assert difference <= RELATIVE_TOLERANCE * max(weight.abs().max().item(), 1e-3), (name, difference)
 
 
 def _plan(tiny_model_dir: Path, data: Path, root: Path, accumulation: int, **training: object):  # type: ignore[no-untyped-def]
@@ -80,7 +70,7 @@ def test_two_processes_train_like_one_accumulating_both_their_micro_batches(
     assert "Rank 1 of 2: batchSize 4 rows per process" in result.stderr
     assert events[-1]["progress"]["processes"] == 2 and single.events[-1]["progress"]["processes"] == 1
 
-    _assert_same_adapter(tmp_path / "single" / "out", tmp_path / "ranks" / "out")
+    assert_same_adapter(tmp_path / "single" / "out", tmp_path / "ranks" / "out", RELATIVE_TOLERANCE)
 
 
 def _children(pid: int) -> list[int]:
@@ -119,7 +109,7 @@ def test_a_killed_rank_stops_the_group_and_the_next_start_resumes_from_the_newes
     events = read_events(Path(plan.progress.file or ""))[first_run_events:]
     steps = [e["progress"]["step"] for e in events if e["event"] == "progress"]
     assert steps == list(range(newest + 1, 25)), "the second start trains only the steps after the checkpoint"
-    _assert_same_adapter(tmp_path / "single" / "out", tmp_path / "ranks" / "out")
+    assert_same_adapter(tmp_path / "single" / "out", tmp_path / "ranks" / "out", RELATIVE_TOLERANCE)
 
 
 def _trained_tokens(out: Path) -> float:

@@ -286,3 +286,15 @@ def reference_generate_without_cache(
                 ids = torch.cat([ids, token.view(1, 1)], 1)
         texts.append(str(tokenizer.decode(ids[0, start:], skip_special_tokens=True)))
     return texts
+
+
+def assert_same_adapter(expected_dir: Path, actual_dir: Path, relative_tolerance: float) -> None:
+    """Two trained adapters hold the same tensors, each within `relative_tolerance` of its largest value."""
+    from safetensors.torch import load_file
+
+    expected = load_file(str(expected_dir / "adapter_model.safetensors"))
+    actual = load_file(str(actual_dir / "adapter_model.safetensors"))
+    assert expected.keys() == actual.keys()
+    for name, weight in expected.items():
+        difference = (weight - actual[name]).abs().max().item()
+        assert difference <= relative_tolerance * max(weight.abs().max().item(), 1e-3), (name, difference)

@@ -203,6 +203,13 @@ class RealNode:
         cmd = ["nsenter", f"--target={self.init_pid}", "--net", "--mount", *argv]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check)
 
+    def container_processes(self, container_id: str) -> list[int]:
+        """Host PIDs of a running container's processes (runc puts each container in its own cgroup)."""
+        for top in sorted(h / "k8s.io" for h in CGROUP_ROOT.iterdir() if (h / "k8s.io").is_dir()):
+            for procs in top.rglob(f"{container_id}/cgroup.procs"):
+                return [int(pid) for pid in procs.read_text().split()]
+        raise NodeError(f"no cgroup for container {container_id} under {CGROUP_ROOT}/*/k8s.io")
+
     def import_image(self, image: str) -> bool:
         """Put `image` from buildah's storage into the node's containerd, unless it holds this build already."""
         wanted = image_id(self.images_dir, image)

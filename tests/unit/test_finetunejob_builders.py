@@ -253,6 +253,7 @@ def test_several_nodes_make_an_indexed_job_whose_pods_meet_through_c10d_on_pod_0
         "--max-restarts=5",
         "--no-python",
     ]
+    assert {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"} in _container(training)["env"]
     (wait,) = pod["initContainers"]
     assert wait["command"][:3] == ["peft-runtime", "await-rendezvous", "big-train-0.big-train"]
     assert wait["securityContext"] == _container(training)["securityContext"]
@@ -267,10 +268,13 @@ def test_several_nodes_make_an_indexed_job_whose_pods_meet_through_c10d_on_pod_0
     assert _container(preflight)["command"][0] == "peft-runtime", "the preflight is one pod, one process"
 
 
-def test_a_cpu_job_on_several_nodes_runs_one_process_per_pod() -> None:
+def test_a_cpu_job_on_several_nodes_runs_one_process_per_pod_after_the_preflight() -> None:
+    from peft_operator.finetunejob.job import needs_preflight
+
     body = yaml.safe_load((EXAMPLES / "finetunejob-lora.yaml").read_text())
     body["metadata"].update({"namespace": "tenant-a", "uid": "u"})
     body["spec"]["resources"] = {"gpus": 0, "nodes": 2}
     job = FineTuneJob.model_validate(body)
     assert job.spec.resources.processes == 2
     assert "--nproc-per-node=1" in _container(render_training_job(job, SETTINGS))["command"]
+    assert needs_preflight(job, SETTINGS), "torchrun would restart the group on a bad dataset: checked first"

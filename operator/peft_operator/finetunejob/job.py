@@ -158,10 +158,13 @@ def render_trainer_service(job: FineTuneJob) -> dict[str, Any]:
 
 
 def needs_preflight(job: FineTuneJob, settings: OperatorSettings) -> bool:
-    """The CPU-only preflight step runs before jobs that request GPUs: there it saves a GPU allocation (and
-    the queue wait before it) when the data, tokenizer or target modules are wrong. A CPU-only job would
-    pay a second pod start and a second dataset read for a check its own first minute already makes."""
-    return settings.preflight_gpu_jobs and job.spec.resources.gpus > 0
+    """The CPU-only preflight step runs before jobs that request GPUs or several nodes: there it saves the
+    allocation (and the queue wait before it) when the data, tokenizer or target modules are wrong, and on
+    several nodes torchrun would also restart the group on such an error before the pod fails. A CPU-only
+    job on one pod would pay a second pod start and a second dataset read for a check its own first minute
+    already makes."""
+    resources = job.spec.resources
+    return settings.preflight_gpu_jobs and (resources.gpus > 0 or resources.nodes > 1)
 
 
 def render_preflight_job(job: FineTuneJob, settings: OperatorSettings) -> dict[str, Any]:
@@ -199,6 +202,11 @@ def _runtime_job(
     pod_labels = {k: v for k, v in job_labels.items() if not k.startswith("kueue.x-k8s.io/")}
     volumes, mounts = _storage_volumes(job)
     env, env_from = _env(job, settings)
+    if resources.nodes > 1:
+        # With the rendezvous store shared with the workers (torch's default), an agent that was rank 0
+        # before keeps its old MASTER_ADDR and never writes it into the next round, where a replacement pod
+        # waits for it until it times out: each round then publishes its own.
+        env.append({"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"})
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,
         "image": settings.runtime_image,
