@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+from kubernetes.client import ApiClient, BatchV1Api, CoreV1Api, CustomObjectsApi
 
 from tests.support.controlplane import REPO_ROOT, ControlPlane
 from tests.support.kubelet import wait_for
@@ -131,5 +131,59 @@ def test_a_two_gpu_job_runs_two_trainer_processes_in_its_pod(
         assert status["progress"]["processes"] == 2 and status["progress"]["step"] == 6
         manifest = pvc_root / "team-adapters" / "two-gpus" / "manifest.json"
         assert status["adapter"]["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    finally:
+        operator.stop()
+
+
+def test_a_permanent_error_under_torchrun_fails_the_job_at_once_and_stops_its_job(
+    controller_manager: ControlPlane,
+    crds_installed: list[str],
+    admin: ApiClient,
+    namespace: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wrong targetModules under torchrun: the trainer's exit code 3 (permanent) becomes torchrun's 1, which
+    the Job's pod failure policy would retry; rank 0's termination message names the error, so the operator
+    fails the job with it after that one pod and deletes the Job (the test operator runs no preflight)."""
+    monkeypatch.setenv("PEFT_CPU_THREADS", "1")
+    pvc_root = tmp_path / "pvc"
+    build_tiny_llama(pvc_root / "models" / "tiny")
+    _dataset(pvc_root / "team-data" / "train.jsonl")
+    operator = OperatorProcess(
+        operator_kubeconfig(controller_manager, role="peft-operator-trainer"), tmp_path / "operator.log"
+    ).start()
+    try:
+        body = yaml.safe_load((REPO_ROOT / "examples/finetunejob-lora.yaml").read_text())
+        body["metadata"].update(name="wrong-modules", namespace=namespace)
+        body["spec"]["baseModel"] = {"uri": "pvc://models/tiny"}
+        body["spec"]["dataset"] = {"uri": "pvc://team-data/train.jsonl", "format": "instruction"}
+        body["spec"]["method"] = {"type": "lora", "lora": {"r": 4, "targetModules": ["q_prj"]}}
+        body["spec"]["training"] = {"maxSteps": 6, "batchSize": 4}
+        body["spec"]["resources"] = {"gpus": 2}
+        body["spec"]["runPolicy"] = {"backoffLimit": 3}
+        body["spec"]["output"] = {"uri": "pvc://team-adapters/wrong-modules"}
+        CustomObjectsApi(admin).create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", body)
+        pod = LocalTrainerPod.of_job(admin, namespace, "wrong-modules-train", pvc_root, tmp_path / "pod")
+        trainer = pod.run()
+        assert trainer.returncode == 1, "torchrun's own exit code, not the trainer's 3"
+
+        def failed() -> dict[str, Any] | None:
+            status = (
+                CustomObjectsApi(admin)
+                .get_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", "wrong-modules")
+                .get("status", {})
+            )
+            return status if status.get("phase") == "Failed" else None
+
+        status = wait_for("Failed", failed, timeout=120)
+        reason = next(c for c in status["conditions"] if c["type"] == "Failed")
+        assert reason["reason"] == "ConfigurationError" and "q_prj" in reason["message"], reason
+
+        def job_gone() -> bool:
+            names = [j.metadata.name for j in BatchV1Api(admin).list_namespaced_job(namespace).items]
+            return "wrong-modules-train" not in names
+
+        wait_for("the training Job deleted", job_gone, timeout=120)
     finally:
         operator.stop()

@@ -140,6 +140,22 @@ def test_bad_dataset_failure_carries_the_trainers_reason_and_message() -> None:
     assert events[0].message == "0 usable rows: every row lacks 'completion'"
 
 
+def test_a_permanent_error_under_torchrun_fails_the_job_before_its_job_does() -> None:
+    """torchrun exits 1 whatever its workers' exit code: the Job would retry; rank 0's message says it is
+    a permanent error, so the job fails at once (a retryable one waits for the Job)."""
+    permanent = FailedEvent(reason=FailureReason.CONFIGURATION_ERROR, message="targetModules: no module q_prj")
+    pod = _pod("Failed", _terminated(permanent.model_dump_json(by_alias=True), exit_code=1, reason="Error"))
+    status, events = _status(Observation(generation=1, job=_job(failed=1), pods=[pod]))
+    assert status.phase is Phase.FAILED
+    assert _condition(status, "Failed") == ("True", "ConfigurationError")
+    assert events[0].message == "targetModules: no module q_prj"
+
+    retryable = FailedEvent(reason=FailureReason.TRAINING_ERROR, message="a rank's collective failed")
+    pod = _pod("Failed", _terminated(retryable.model_dump_json(by_alias=True), exit_code=1, reason="Error"))
+    status, _ = _status(Observation(generation=1, job=_job(failed=1), pods=[pod]))
+    assert status.phase is not Phase.FAILED
+
+
 def test_oom_killed_trainer_says_what_to_change() -> None:
     pod = _pod("Failed", {"terminated": {"exitCode": 137, "reason": "OOMKilled"}})
     job = _job([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}], failed=4)

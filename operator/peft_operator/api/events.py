@@ -56,8 +56,10 @@ TrainerEvent = PreflightEvent | ProgressEvent | CompletedEvent | FailedEvent | P
 # What a finished trainer or preflight process leaves in its termination message.
 FinalEvent = CompletedEvent | FailedEvent | PreflightPassedEvent
 
-# The trainer exits with this code when a retry cannot help (invalid data or configuration); the Job's
-# pod failure policy then fails at once instead of burning the backoff limit.
+# Failures a retry of the same plan cannot mend: the trainer exits with PERMANENT_FAILURE_EXIT_CODE on
+# them. The Job's pod failure policy then fails at once instead of burning the backoff limit; under torchrun,
+# whose exit code is 1 whatever its workers', the operator fails the job on rank 0's termination message.
+PERMANENT_FAILURE_REASONS = frozenset({FailureReason.DATASET_INVALID, FailureReason.CONFIGURATION_ERROR})
 PERMANENT_FAILURE_EXIT_CODE = 3
 
 # 128 + the signal: the trainer stopped on request (SIGTERM: pod deletion, preemption, drain; SIGINT:

@@ -13,6 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ..api import FineTuneJobStatus, Phase
 from ..api.events import (
+    PERMANENT_FAILURE_REASONS,
     STOPPED_BY_SIGNAL_EXIT_CODES,
     CompletedEvent,
     FailedEvent,
@@ -216,6 +217,9 @@ def decide(obs: Observation) -> Verdict:
         return _failure(obs, job, condition)
     if job_condition(job, "Complete") is not None:
         return Verdict(Phase.SUCCEEDED, "Succeeded", "Training finished and the adapter was written.")
+    final = trainer_final_event(obs.pods)
+    if isinstance(final, FailedEvent) and final.reason in PERMANENT_FAILURE_REASONS:
+        return Verdict(Phase.FAILED, final.reason.value, final.message)  # torchrun's pod exit code hides it
     if (job.get("spec") or {}).get("suspend"):
         where = f"Kueue LocalQueue {obs.queue}" if obs.queue else "the Job to be resumed"
         return Verdict(Phase.QUEUED, "WaitingForAdmission", f"Waiting for {where} to admit it.")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from peft_operator.api.events import PERMANENT_FAILURE_EXIT_CODE, FailureReason
+from peft_operator.api.events import PERMANENT_FAILURE_EXIT_CODE, PERMANENT_FAILURE_REASONS, FailureReason
 
 # Exit codes, for the Job's podFailurePolicy: PERMANENT means retrying the same plan cannot help.
 EXIT_OK = 0
 EXIT_RETRYABLE = 1
 EXIT_PERMANENT = PERMANENT_FAILURE_EXIT_CODE  # the Job's podFailurePolicy fails the Job at once
-
-_PERMANENT = {FailureReason.DATASET_INVALID, FailureReason.CONFIGURATION_ERROR}
 
 
 class TrainerError(Exception):
@@ -22,7 +20,7 @@ class TrainerError(Exception):
 
     @property
     def exit_code(self) -> int:
-        return EXIT_PERMANENT if self.reason in _PERMANENT else EXIT_RETRYABLE
+        return EXIT_PERMANENT if self.reason in PERMANENT_FAILURE_REASONS else EXIT_RETRYABLE
 
 
 def dataset_invalid(message: str) -> TrainerError:

@@ -20,7 +20,7 @@ def await_host(host: str, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            addresses = sorted({info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
+            addresses = sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
         except OSError as error:
             if time.monotonic() >= deadline:
                 print(
