@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,6 +74,18 @@ def test_two_processes_train_like_one_accumulating_both_their_micro_batches(
     assert_same_adapter(tmp_path / "single" / "out", tmp_path / "ranks" / "out", RELATIVE_TOLERANCE)
 
 
+def _two_ranks_past_their_first_checkpoint(plan: Any, root: Path) -> tuple[subprocess.Popen[str], Path]:
+    """torchrun with 2 ranks on `plan` (its output under root/ranks/out), once rank 0 wrote step-3."""
+    (root / "plan.json").write_text(plan.model_dump_json(by_alias=True))
+    group = subprocess.Popen(_torchrun(root / "plan.json"), env=ENV, stderr=subprocess.PIPE, text=True)
+    checkpoint = root / "ranks" / "out" / "checkpoints" / "step-3" / "COMPLETE"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and group.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.exists(), "rank 0 wrote the first checkpoint"
+    return group, checkpoint
+
+
 def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -87,13 +100,7 @@ def test_a_killed_rank_stops_the_group_and_the_next_start_resumes_from_the_newes
     assert single.exit_code == 0, single.events[-1]
 
     plan = _plan(tiny_model_dir, data, tmp_path / "ranks", accumulation=1, maxSteps=24)
-    (tmp_path / "plan.json").write_text(plan.model_dump_json(by_alias=True))
-    first = subprocess.Popen(_torchrun(tmp_path / "plan.json"), env=ENV, stderr=subprocess.PIPE, text=True)
-    checkpoint = tmp_path / "ranks" / "out" / "checkpoints" / "step-3" / "COMPLETE"
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert checkpoint.exists(), "rank 0 wrote the first checkpoint"
+    first, checkpoint = _two_ranks_past_their_first_checkpoint(plan, tmp_path)
     workers = _children(first.pid)
     assert len(workers) == 2, workers
     os.kill(workers[1], signal.SIGKILL)
@@ -128,13 +135,7 @@ def test_a_run_stopped_with_two_processes_resumes_with_one_through_the_same_data
     (completed,) = single.of("completed")
 
     plan = _plan(tiny_model_dir, data, tmp_path / "ranks", accumulation=1, **epoch)
-    (tmp_path / "plan.json").write_text(plan.model_dump_json(by_alias=True))
-    group = subprocess.Popen(_torchrun(tmp_path / "plan.json"), env=ENV, stderr=subprocess.PIPE, text=True)
-    checkpoint = tmp_path / "ranks" / "out" / "checkpoints" / "step-3" / "COMPLETE"
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and group.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert checkpoint.exists(), "rank 0 wrote the first checkpoint"
+    group, checkpoint = _two_ranks_past_their_first_checkpoint(plan, tmp_path)
     group.send_signal(signal.SIGTERM)  # torchrun passes it to both ranks, which stop at the same step
     _, stderr = group.communicate(timeout=180)
     assert group.returncode != 0 and "stopped by SIGTERM" in stderr, stderr[-3000:]
