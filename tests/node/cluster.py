@@ -60,6 +60,26 @@ def create_object(node: RealNode, body: dict[str, Any]) -> None:
     node.kubectl("create", "-f", "-", input=json.dumps(body))
 
 
+TINY_LORA = {"type": "lora", "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}}
+
+
+def create_finetunejob(node: RealNode, namespace: str, name: str, **spec: Any) -> None:
+    """A FineTuneJob on the tenant's tiny model and data (LoRA r 4 unless `spec` says otherwise), writing to
+    pvc://team-adapters/<name>."""
+    defaults = {
+        "baseModel": {"uri": "pvc://models/tiny"},
+        "dataset": {"uri": "pvc://team-data/train.jsonl", "format": "instruction"},
+        "method": TINY_LORA,
+        "output": {"uri": f"pvc://team-adapters/{name}"},
+    }
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": namespace},
+    }
+    create_object(node, {**body, "spec": defaults | spec})
+
+
 def wait_phase(node: RealNode, kind: str, name: str, namespace: str, phase: str, timeout: float) -> dict[str, Any]:
     """Wait for `status.phase`; a Failed object ends the wait at once with its status."""
 

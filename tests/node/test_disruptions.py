@@ -16,6 +16,7 @@ from tests.node.cluster import (
     GROUP,
     VERSION,
     Tenant,
+    create_finetunejob,
     create_object,
     get,
     http_in_node,
@@ -47,22 +48,8 @@ def _running_trainer(node: RealNode, namespace: str, job: str) -> dict[str, Any]
 
 def test_node_drained_mid_training_the_trainer_resumes_from_its_checkpoint(node: RealNode, tenant: Tenant) -> None:
     namespace, job = tenant.namespace, "tiny-resume"
-    create_object(
-        node,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "FineTuneJob",
-            "metadata": {"name": job, "namespace": namespace},
-            "spec": {
-                "baseModel": {"uri": "pvc://models/tiny"},
-                "dataset": {"uri": "pvc://team-data/train.jsonl", "format": "instruction"},
-                "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}},
-                "training": {"maxSteps": MAX_STEPS, "batchSize": 8, "learningRate": "1e-2", "checkpointEvery": 8},
-                "resources": POD_RESOURCES,
-                "output": {"uri": f"pvc://team-adapters/{job}"},
-            },
-        },
-    )
+    training = {"maxSteps": MAX_STEPS, "batchSize": 8, "learningRate": "1e-2", "checkpointEvery": 8}
+    create_finetunejob(node, namespace, job, training=training, resources=POD_RESOURCES)
     output = tenant.claim_dir("team-adapters") / job
     first = wait_for("the trainer container running", lambda: _running_trainer(node, namespace, job), timeout=600)
     wait_for("a complete checkpoint on the claim", lambda: _steps(output), timeout=600, interval=0.05)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.node.cluster import GROUP, VERSION, Tenant, create_object, get, items, wait_phase
+from tests.node.cluster import Tenant, create_finetunejob, get, items, wait_phase
 from tests.node.freezing import container_id, frozen, sigterm_pending
 from tests.runtime.builders import make_plan, run_training
 from tests.support.adapters import assert_same_adapter
@@ -48,25 +48,14 @@ def _steps(output: Path) -> list[int]:
 def test_two_pods_train_as_one_run_and_survive_losing_one(node: RealNode, tenant: Tenant, tmp_path: Path) -> None:
     namespace = tenant.namespace
     tenant.open_to_pods()
-    create_object(
+    create_finetunejob(
         node,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "FineTuneJob",
-            "metadata": {"name": JOB, "namespace": namespace},
-            "spec": {
-                "baseModel": {"uri": "pvc://models/tiny"},
-                "dataset": {
-                    "uri": "pvc://team-data/train.jsonl",
-                    "format": "instruction",
-                    "validationSplit": VALIDATION_SPLIT,
-                },
-                "method": LORA,
-                "training": TRAINING,
-                "resources": {"gpus": 0, "nodes": 2, "cpu": "500m", "memory": "2Gi"},
-                "output": {"uri": f"pvc://team-adapters/{JOB}"},
-            },
-        },
+        namespace,
+        JOB,
+        dataset={"uri": "pvc://team-data/train.jsonl", "format": "instruction", "validationSplit": VALIDATION_SPLIT},
+        method=LORA,
+        training=TRAINING,
+        resources={"gpus": 0, "nodes": 2, "cpu": "500m", "memory": "2Gi"},
     )
     output = tenant.claim_dir("team-adapters") / JOB
     first = wait_for("both trainer pods running", lambda: _running_pods(node, namespace), timeout=600, interval=1)

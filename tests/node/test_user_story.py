@@ -16,6 +16,7 @@ from tests.node.cluster import (
     GROUP,
     VERSION,
     Tenant,
+    create_finetunejob,
     create_object,
     get,
     http_in_node,
@@ -33,22 +34,6 @@ PROMPT = "Say the word number 3:"
 MAX_TOKENS = 6
 # Small pods: the node has 2 CPUs, the operator holds 100m of them.
 POD_RESOURCES = {"gpus": 0, "cpu": "1", "memory": "3Gi"}
-
-
-def _finetunejob(namespace: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "FineTuneJob",
-        "metadata": {"name": JOB, "namespace": namespace},
-        "spec": {
-            "baseModel": {"uri": "pvc://models/tiny"},
-            "dataset": {"uri": "pvc://team-data/train.jsonl", "format": "instruction"},
-            "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}},
-            "training": {"maxSteps": 24, "batchSize": 8, "learningRate": "1e-2", "checkpointEvery": 8},
-            "resources": POD_RESOURCES,
-            "output": {"uri": f"pvc://team-adapters/{JOB}"},
-        },
-    }
 
 
 def _adapterdeployment(namespace: str) -> dict[str, Any]:
@@ -77,7 +62,8 @@ def _complete(node: RealNode, service_ip: str, model: str) -> dict[str, Any]:
 
 def test_trained_in_a_pod_served_through_the_service(node: RealNode, tenant: Tenant) -> None:
     namespace = tenant.namespace
-    create_object(node, _finetunejob(namespace))
+    training = {"maxSteps": 24, "batchSize": 8, "learningRate": "1e-2", "checkpointEvery": 8}
+    create_finetunejob(node, namespace, JOB, training=training, resources=POD_RESOURCES)
     done = wait_phase(node, "finetunejob", JOB, namespace, "Succeeded", timeout=900)
     # Only the trainer's preflight report, POSTed to the operator's Service by its cluster DNS name, carries
     # the dataset's figures (the termination message does not).
