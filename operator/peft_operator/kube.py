@@ -184,37 +184,32 @@ def patch_pod_condition(client: ApiClient, namespace: str, name: str, condition:
     )
 
 
-def secret_keys(client: ApiClient, namespace: str, name: str) -> frozenset[str] | None:
-    """The keys a Secret holds, or None when it does not exist."""
+def _encoded_secret_data(client: ApiClient, namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's data (base64 values), or None when it does not exist."""
     try:
         secret = CoreV1Api(client).read_namespaced_secret(name, namespace)
     except ApiException as error:
         if error.status == 404:
             return None
         raise
-    return frozenset(secret.data or {})
+    return dict(secret.data or {})
+
+
+def secret_keys(client: ApiClient, namespace: str, name: str) -> frozenset[str] | None:
+    """The keys a Secret holds, or None when it does not exist."""
+    data = _encoded_secret_data(client, namespace, name)
+    return None if data is None else frozenset(data)
 
 
 def read_secret_key(client: ApiClient, namespace: str, name: str, key: str) -> str | None:
-    try:
-        secret = CoreV1Api(client).read_namespaced_secret(name, namespace)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    value = (secret.data or {}).get(key)
+    value = (_encoded_secret_data(client, namespace, name) or {}).get(key)
     return base64.b64decode(value).decode() if value else None
 
 
 def read_secret_data(client: ApiClient, namespace: str, name: str) -> dict[str, str] | None:
     """Every key of a Secret, decoded; None when it does not exist. The values are credentials: never log them."""
-    try:
-        secret = CoreV1Api(client).read_namespaced_secret(name, namespace)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
-    return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+    data = _encoded_secret_data(client, namespace, name)
+    return None if data is None else {key: base64.b64decode(value).decode() for key, value in data.items()}
 
 
 def read_deployment(client: ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
