@@ -62,12 +62,15 @@ def test_example_is_valid_for_crd_schema_and_models(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", _examples(), ids=lambda p: p.stem)
-def test_finetunejob_example_method_or_objective_matches_its_file_name(path: Path) -> None:
+def test_finetunejob_example_method_objective_or_scale_matches_its_file_name(path: Path) -> None:
     obj = yaml.safe_load(path.read_text())
     if obj["kind"] == "FineTuneJob" and not path.stem.endswith("quickstart"):
         job = FineTuneJob.model_validate(obj)
         named = path.stem.removeprefix("finetunejob-")
-        assert named in (job.spec.method.type.value, job.spec.training.objective.value)
+        if named == "multi-node":
+            assert job.spec.resources.nodes > 1
+        else:
+            assert named in (job.spec.method.type.value, job.spec.training.objective.value)
 
 
 def test_there_are_at_least_fifteen_broken_examples() -> None:
