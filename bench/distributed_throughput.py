@@ -3,8 +3,8 @@
     .venv/bin/python bench/distributed_throughput.py                 # the tiny test Llama (a minute)
     .venv/bin/python bench/distributed_throughput.py --model smollm2 # SmolLM2-135M (minutes on 2 CPU cores)
 
-Throughput: the same plan (LoRA r 16 on q,k,v,o; chat rows; the same global batch of 8 rows per micro-batch
-and the same steps) run by `peft-runtime train` as 1 process with all the CPU threads, and under torchrun as
+Throughput: the same plan (LoRA r 16 on q,k,v,o; chat rows; a global batch of 8 rows a step and the same
+steps) run by `peft-runtime train` as 1 process with all the CPU threads (batchSize 8), and under torchrun as
 2 processes with half the threads each (gloo; batchSize 4 per process). Tokens/s is the trainer's own
 report: real tokens of the whole global batch per second of training steps (model loading excluded). On a
 machine with 2 cores this measures what splitting the cores between processes costs or gains; on GPUs each
