@@ -42,8 +42,8 @@ def kueue(
     print(f"\n--- kueue log tail ---\n{process.log_tail(20)}")
 
 
-def _queues(namespace: str, cluster_queue: str) -> list[dict[str, Any]]:
-    """Room for exactly one GPU job (cpu and memory plentiful, so only the GPU quota decides)."""
+def _queues(namespace: str, cluster_queue: str, gpus: int = 1) -> list[dict[str, Any]]:
+    """Room for `gpus` GPUs (cpu and memory plentiful, so only the GPU quota decides)."""
     return [
         {"apiVersion": f"{KUEUE_GROUP}/{KUEUE_VERSION}", "kind": "ResourceFlavor", "metadata": {"name": "default"}},
         {
@@ -61,7 +61,7 @@ def _queues(namespace: str, cluster_queue: str) -> list[dict[str, Any]]:
                                 "resources": [
                                     {"name": "cpu", "nominalQuota": "100"},
                                     {"name": "memory", "nominalQuota": "1000Gi"},
-                                    {"name": "nvidia.com/gpu", "nominalQuota": "1"},
+                                    {"name": "nvidia.com/gpu", "nominalQuota": str(gpus)},
                                 ],
                             }
                         ],
@@ -149,4 +149,38 @@ def test_kueue_admits_one_job_within_quota_and_the_next_when_the_first_finishes(
         wait_for("second to be Running", lambda: _phase(admin, namespace, "second") == "Running", 60)
     finally:
         # Before Kueue stops: its Workload finalizer would hold the Jobs' foreground deletion.
+        BatchV1Api(admin).delete_collection_namespaced_job(namespace, propagation_policy="Background")
+
+
+def test_kueue_admits_a_multi_node_job_whole_or_not_at_all(
+    kueue: Kueue, operator: OperatorProcess, admin: ApiClient, namespace: str
+) -> None:
+    """nodes: 2 x gpus: 1 is one Workload of 2 pods: with room for one GPU Kueue starts none of them (a lone
+    rank would wait in the rendezvous holding its GPU); with room for two it admits both, which the Job
+    controller creates as indexes 0 and 1 under the headless Service."""
+    cluster_queue = f"cq-{namespace}"
+    kueue.apply(*_queues(namespace, cluster_queue))
+    try:
+        body = yaml.safe_load((REPO_ROOT / "examples" / "finetunejob-qlora.yaml").read_text())
+        body["metadata"].update({"name": "two-nodes", "namespace": namespace})
+        body["spec"]["resources"] = {"gpus": 1, "nodes": 2}
+        create_referenced_secrets(admin, namespace, body)
+        CustomObjectsApi(admin).create_namespaced_custom_object("peft.dev", "v1alpha1", namespace, "finetunejobs", body)
+        job = wait_for("the training Job", lambda: _training_job(admin, namespace, "two-nodes"))
+        assert (job.spec.completion_mode, job.spec.parallelism) == ("Indexed", 2)
+        wait_for(
+            "Kueue to find no quota for 2 GPUs", lambda: _pending_for_quota(admin, namespace, job.metadata.name), 60
+        )
+        assert _phase(admin, namespace, "two-nodes") == "Queued"
+        assert kubelet.pods_of(admin, namespace, "peft.dev/finetunejob=two-nodes") == [], "no pod starts alone"
+
+        kueue.apply(*_queues(namespace, cluster_queue, gpus=2))
+        wait_for("Kueue to admit both pods", lambda: _admitted(admin, namespace, "two-nodes"), 90)
+        pods = wait_for(
+            "both pods",
+            lambda: p if len(p := kubelet.pods_of(admin, namespace, "peft.dev/finetunejob=two-nodes")) == 2 else None,
+        )
+        assert sorted(p.spec.hostname for p in pods) == ["two-nodes-train-0", "two-nodes-train-1"]
+        assert {p.spec.subdomain for p in pods} == {"two-nodes-train"}
+    finally:
         BatchV1Api(admin).delete_collection_namespaced_job(namespace, propagation_policy="Background")
