@@ -437,7 +437,10 @@ class Progress(ApiModel):
     eval_loss: float | None = Field(default=None, description="Loss on the validation split.")
     eval_rows: int | None = Field(default=None, ge=0, description="Held-out rows evalLoss is measured on.")
     processes: int | None = Field(
-        default=None, ge=1, description="Training processes (one per GPU), each taking batchSize rows of every batch."
+        default=None,
+        ge=1,
+        description="Training processes of the run that reported (one per GPU, or per pod on CPU, on every node), "
+        "each taking gradientAccumulation micro-batches of batchSize rows a step.",
     )
     reward_margin: float | None = Field(
         default=None,
