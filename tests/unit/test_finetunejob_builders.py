@@ -243,13 +243,14 @@ def test_several_nodes_make_an_indexed_job_whose_pods_meet_through_c10d_on_pod_0
     }
     pod = training["spec"]["template"]["spec"]
     assert pod["subdomain"] == "big-train"
-    assert _container(training)["command"][:8] == [
+    assert _container(training)["command"][:9] == [
         "torchrun",
         "--nnodes=4",
         "--nproc-per-node=8",
         "--rdzv-backend=c10d",
         "--rdzv-endpoint=big-train-0.big-train:29400",
         "--rdzv-id=u-1",
+        "--rdzv-conf=join_timeout=1800",
         "--max-restarts=5",
         "--no-python",
     ]

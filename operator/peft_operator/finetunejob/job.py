@@ -41,6 +41,9 @@ RENDEZVOUS_PORT = 29400
 # dies, the survivors' workers stop and rendezvous again with the replacement, from the newest checkpoint.
 RENDEZVOUS_RESTARTS = 5
 RENDEZVOUS_WAIT_SECONDS = 600
+# How long the pods that started wait in the rendezvous for the others (torchrun's default is 600 s): the
+# scheduler may place the pods of a large job minutes apart, and a pod whose wait ends fails a Job attempt.
+RENDEZVOUS_JOIN_SECONDS = 1800
 
 
 def _volume_name(kind: str, name: str) -> str:
@@ -271,6 +274,7 @@ def _trainer_command(job: FineTuneJob, subcommand: str, resources: Resources) ->
             "--rdzv-backend=c10d",
             f"--rdzv-endpoint={rendezvous_host(job.metadata.name)}:{RENDEZVOUS_PORT}",
             f"--rdzv-id={job.metadata.uid or job.metadata.name}",
+            f"--rdzv-conf=join_timeout={RENDEZVOUS_JOIN_SECONDS}",
             f"--max-restarts={RENDEZVOUS_RESTARTS}",
             "--no-python",
             *command,
