@@ -129,6 +129,17 @@ def delete_job(client: ApiClient, namespace: str, name: str) -> None:
             raise
 
 
+def stop_job_retries(client: ApiClient, namespace: str, name: str) -> None:
+    """backoffLimit 0: the Job controller fails the Job at its first counted failure and starts no other pod;
+    the finished pods (and their logs) stay."""
+    try:
+        BatchV1Api(client).patch_namespaced_job(name, namespace, {"spec": {"backoffLimit": 0}})
+        log.info("Stopped the retries of Job %s/%s", namespace, name)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
 def list_pods(client: ApiClient, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
     label_selector = ",".join(f"{k}={v}" for k, v in selector.items())
     pods = CoreV1Api(client).list_namespaced_pod(namespace, label_selector=label_selector)

@@ -138,7 +138,8 @@ def test_a_permanent_error_under_torchrun_fails_the_job_at_once_and_stops_its_jo
 ) -> None:
     """A wrong targetModules under torchrun: the trainer's exit code 3 (permanent) becomes torchrun's 1, which
     the Job's pod failure policy would retry; rank 0's termination message names the error, so the operator
-    fails the job with it after that one pod and deletes the Job (the test operator runs no preflight)."""
+    fails the job with it after that one pod and stops the Job's retries, keeping the failed pod (and its
+    logs). The test operator runs no preflight."""
     monkeypatch.setenv("PEFT_CPU_THREADS", "1")
     _create_job(
         admin,
@@ -157,8 +158,12 @@ def test_a_permanent_error_under_torchrun_fails_the_job_at_once_and_stops_its_jo
     reason = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert reason["reason"] == "ConfigurationError" and "q_prj" in reason["message"], reason
 
-    def job_gone() -> bool:
-        names = [j.metadata.name for j in BatchV1Api(admin).list_namespaced_job(namespace).items]
-        return "wrong-modules-train" not in names
+    def job_failed() -> Any:
+        job = BatchV1Api(admin).read_namespaced_job("wrong-modules-train", namespace)
+        conditions = {c.type: c for c in job.status.conditions or [] if c.status == "True"}
+        return job if "Failed" in conditions else None
 
-    wait_for("the training Job deleted", job_gone, timeout=120)
+    job = wait_for("the training Job failed, not retried", job_failed, timeout=120)
+    assert (job.spec.backoff_limit, job.status.failed) == (0, 1)
+    pods = CoreV1Api(admin).list_namespaced_pod(namespace, label_selector="job-name=wrong-modules-train").items
+    assert [p.metadata.name for p in pods] == [pod.pod.metadata.name], "no second pod; the failed one stays"

@@ -144,9 +144,9 @@ def reconcile_finetunejob(client: ApiClient, namespace: str, name: str, settings
             client, FineTuneJob.PLURAL, namespace, name, status.to_wire(), body["metadata"].get("resourceVersion")
         )
     if status.phase is Phase.FAILED and children.job and not _job_finished(children.job):
-        # Failed before its Job did (a permanent error under torchrun): no pod may go on or retry. After the
-        # status write, so that no later pass finds the job unfinished without its Job and creates another.
-        kube.delete_job(client, namespace, training_job_name(name))
+        # Failed before its Job did (a permanent error under torchrun): no pod may go on or retry, and the
+        # failed pods keep their logs.
+        kube.stop_job_retries(client, namespace, training_job_name(name))
     return status.phase
 
 
