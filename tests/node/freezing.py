@@ -48,10 +48,14 @@ def _all_still(pids: list[int]) -> dict[int, str] | None:
     return states if set(states.values()) <= {"T", "Z", "gone"} else None
 
 
+def pod_processes(node: RealNode, pods: list[dict[str, Any]]) -> list[int]:
+    """Host PIDs of the pods' first containers' processes."""
+    return [pid for pod in pods for pid in node.container_processes(container_id(pod))]
+
+
 @contextlib.contextmanager
-def frozen(node: RealNode, pods: list[dict[str, Any]]) -> Iterator[list[int]]:
-    """The pods' container processes stopped for the block (their host PIDs), continued after it."""
-    processes = [pid for pod in pods for pid in node.container_processes(container_id(pod))]
+def frozen(processes: list[int]) -> Iterator[list[int]]:
+    """`processes` stopped for the block, continued after it."""
     for pid in processes:
         os.kill(pid, signal.SIGSTOP)
     try:

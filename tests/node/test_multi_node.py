@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.node.cluster import Tenant, create_finetunejob, get, items, wait_phase
-from tests.node.freezing import container_id, frozen, sigterm_pending
+from tests.node.freezing import container_id, frozen, pod_processes, sigterm_pending
 from tests.runtime.builders import make_plan, run_training
 from tests.support.adapters import assert_same_adapter
 from tests.support.kubelet import wait_for
@@ -61,7 +61,7 @@ def test_two_pods_train_as_one_run_and_survive_losing_one(node: RealNode, tenant
     first = wait_for("both trainer pods running", lambda: _running_pods(node, namespace), timeout=600, interval=1)
     wait_for("a complete checkpoint on the claim", lambda: _steps(output), timeout=600, interval=0.05)
     # Both held still (a fast CPU would otherwise finish first) until pod 1 has the kubelet's SIGTERM.
-    with frozen(node, first):
+    with frozen(pod_processes(node, first)):
         assert _steps(output)[-1] < MAX_STEPS
         pod_1 = node.container_processes(container_id(first[1]))
         node.kubectl("delete", "pod", "-n", namespace, first[1]["metadata"]["name"], "--wait=false")
