@@ -40,6 +40,7 @@ RENDEZVOUS_PORT = 29400
 # How often torchrun restarts the group within one pod's life: each time a peer pod is replaced or a rank
 # dies, the survivors' workers stop and rendezvous again with the replacement, from the newest checkpoint.
 RENDEZVOUS_RESTARTS = 5
+# The init container's bound on waiting for pod 0's DNS record (it fails the pod's attempt after that).
 RENDEZVOUS_WAIT_SECONDS = 600
 # How long the pods that started wait in the rendezvous for the others (torchrun's default is 600 s): the
 # scheduler may place the pods of a large job minutes apart, and a pod whose wait ends fails a Job attempt.
