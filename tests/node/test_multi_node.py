@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 
 from tests.node.cluster import Tenant, create_finetunejob, get, items, wait_phase
-from tests.node.freezing import container_id, frozen, pod_processes, sigterm_pending
+from tests.node.freezing import container_id, frozen, sigterm_pending
 from tests.runtime.builders import make_plan, run_training
 from tests.support.adapters import assert_same_adapter
 from tests.support.kubelet import wait_for
 from tests.support.real_node import RealNode
 
 pytestmark = pytest.mark.node
-JOB, MAX_STEPS = "tiny-two-nodes", 16
+JOB, MAX_STEPS = "tiny-two-nodes", 32
 TRAINERS = f"peft.dev/finetunejob={JOB},app.kubernetes.io/component=trainer"
 # The gradients are summed across the pods (another float summation order than one process's) and the
 # run is interrupted and resumed on the way: 1e-3 of each tensor's largest value.
@@ -39,6 +39,13 @@ def _running_pods(node: RealNode, namespace: str) -> list[dict[str, Any]] | None
     pods = [p for p in items(node, "pod", namespace, TRAINERS) if not p["metadata"].get("deletionTimestamp")]
     running = [p for p in pods if "running" in (((p["status"].get("containerStatuses") or [{}])[0]).get("state") or {})]
     return sorted(running, key=_index) if len(running) == 2 else None
+
+
+def _training_processes(node: RealNode, pods: list[dict[str, Any]]) -> list[int] | None:
+    """Both pods' processes once each has its torchrun and its trainer worker (the worker starts after the
+    rendezvous), so that nothing slow stands between the first checkpoint and the freeze."""
+    processes = [node.container_processes(container_id(pod)) for pod in pods]
+    return [pid for pod in processes for pid in pod] if all(len(pod) >= 2 for pod in processes) else None
 
 
 def _steps(output: Path) -> list[int]:
@@ -59,11 +66,12 @@ def test_two_pods_train_as_one_run_and_survive_losing_one(node: RealNode, tenant
     )
     output = tenant.claim_dir("team-adapters") / JOB
     first = wait_for("both trainer pods running", lambda: _running_pods(node, namespace), timeout=600, interval=1)
+    processes = wait_for("both ranks started", lambda: _training_processes(node, first), timeout=600, interval=0.2)
+    pod_1 = node.container_processes(container_id(first[1]))
     wait_for("a complete checkpoint on the claim", lambda: _steps(output), timeout=600, interval=0.05)
     # Both held still (a fast CPU would otherwise finish first) until pod 1 has the kubelet's SIGTERM.
-    with frozen(pod_processes(node, first)):
+    with frozen(processes):
         assert _steps(output)[-1] < MAX_STEPS
-        pod_1 = node.container_processes(container_id(first[1]))
         node.kubectl("delete", "pod", "-n", namespace, first[1]["metadata"]["name"], "--wait=false")
         wait_for("the kubelet's SIGTERM at pod 1", lambda: sigterm_pending(pod_1), timeout=120)
 
