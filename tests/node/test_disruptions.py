@@ -6,7 +6,6 @@ rollout; the engine pod deleted after that is replaced and gets its adapter back
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from tests.node.cluster import (
 )
 from tests.node.freezing import frozen, pod_processes, sigterm_pending
 from tests.support.adapters import make_lora_adapter, reference_generate
+from tests.support.checkpoints import complete_steps
 from tests.support.kubelet import wait_for
 from tests.support.real_node import RealNode
 
@@ -33,11 +33,6 @@ pytestmark = pytest.mark.node
 POD_RESOURCES = {"gpus": 0, "cpu": "1", "memory": "3Gi"}
 PROMPT, MAX_TOKENS = "Say the word number 5:", 6
 MAX_STEPS = 160  # the rest of the run must outlast the moment between the first checkpoint and the freeze
-
-
-def _steps(output: Path) -> list[int]:
-    """Steps of the complete checkpoints (the trainer writes the marker last)."""
-    return sorted(int(p.parent.name.removeprefix("step-")) for p in output.glob("checkpoints/step-*/COMPLETE"))
 
 
 def _running_trainer(node: RealNode, namespace: str, job: str) -> dict[str, Any] | None:
@@ -53,12 +48,12 @@ def test_node_drained_mid_training_the_trainer_resumes_from_its_checkpoint(node:
     output = tenant.claim_dir("team-adapters") / job
     first = wait_for("the trainer container running", lambda: _running_trainer(node, namespace, job), timeout=600)
     trainer = pod_processes(node, [first])  # one process (no torchrun): found before the race begins
-    wait_for("a complete checkpoint on the claim", lambda: _steps(output), timeout=600, interval=0.05)
+    wait_for("a complete checkpoint on the claim", lambda: complete_steps(output), timeout=600, interval=0.05)
     # Held still until the kubelet's SIGTERM is pending, so the drain surely finds it mid-run.
     drain = ["drain", "peft-node", f"--pod-selector=peft.dev/finetunejob={job}", "--delete-emptydir-data"]
     with ThreadPoolExecutor(1) as pool:
         with frozen(trainer) as processes:
-            assert _steps(output)[-1] < MAX_STEPS
+            assert complete_steps(output)[-1] < MAX_STEPS
             # Through the Eviction API, waiting for the pod to be gone; the only node then takes pods again.
             drained = pool.submit(node.kubectl, *drain, "--ignore-daemonsets", "--timeout=300s", timeout=320)
             wait_for("the kubelet's SIGTERM at the trainer", lambda: sigterm_pending(processes), timeout=120)

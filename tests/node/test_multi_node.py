@@ -17,6 +17,7 @@ from tests.node.cluster import Tenant, create_finetunejob, get, items, wait_phas
 from tests.node.freezing import container_id, frozen, sigterm_pending
 from tests.runtime.builders import make_plan, run_training
 from tests.support.adapters import assert_same_adapter
+from tests.support.checkpoints import complete_steps
 from tests.support.kubelet import wait_for
 from tests.support.real_node import RealNode
 
@@ -48,10 +49,6 @@ def _training_processes(node: RealNode, pods: list[dict[str, Any]]) -> list[int]
     return [pid for pod in processes for pid in pod] if all(len(pod) >= 2 for pod in processes) else None
 
 
-def _steps(output: Path) -> list[int]:
-    return sorted(int(p.parent.name.removeprefix("step-")) for p in output.glob("checkpoints/step-*/COMPLETE"))
-
-
 def test_two_pods_train_as_one_run_and_survive_losing_one(node: RealNode, tenant: Tenant, tmp_path: Path) -> None:
     namespace = tenant.namespace
     tenant.open_to_pods()
@@ -68,10 +65,10 @@ def test_two_pods_train_as_one_run_and_survive_losing_one(node: RealNode, tenant
     first = wait_for("both trainer pods running", lambda: _running_pods(node, namespace), timeout=600, interval=1)
     processes = wait_for("both ranks started", lambda: _training_processes(node, first), timeout=600, interval=0.2)
     pod_1 = node.container_processes(container_id(first[1]))
-    wait_for("a complete checkpoint on the claim", lambda: _steps(output), timeout=600, interval=0.05)
+    wait_for("a complete checkpoint on the claim", lambda: complete_steps(output), timeout=600, interval=0.05)
     # Both held still (a fast CPU would otherwise finish first) until pod 1 has the kubelet's SIGTERM.
     with frozen(processes):
-        assert _steps(output)[-1] < MAX_STEPS
+        assert complete_steps(output)[-1] < MAX_STEPS
         node.kubectl("delete", "pod", "-n", namespace, first[1]["metadata"]["name"], "--wait=false")
         wait_for("the kubelet's SIGTERM at pod 1", lambda: sigterm_pending(pod_1), timeout=120)
 

@@ -21,6 +21,7 @@ import pytest
 
 from tests.runtime.builders import make_plan, read_events, run_training, varied_chat_rows, write_jsonl
 from tests.support.adapters import assert_same_adapter
+from tests.support.checkpoints import complete_steps
 
 RELATIVE_TOLERANCE = 1e-3
 ENV = {**os.environ, "PEFT_CPU_THREADS": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -74,7 +75,7 @@ def test_two_processes_train_like_one_accumulating_both_their_micro_batches(
     assert_same_adapter(tmp_path / "single" / "out", tmp_path / "ranks" / "out", RELATIVE_TOLERANCE)
 
 
-def _two_ranks_past_their_first_checkpoint(plan: Any, root: Path) -> tuple[subprocess.Popen[str], Path]:
+def _two_ranks_past_their_first_checkpoint(plan: Any, root: Path) -> subprocess.Popen[str]:
     """torchrun with 2 ranks on `plan` (its output under root/ranks/out), once rank 0 wrote step-3."""
     (root / "plan.json").write_text(plan.model_dump_json(by_alias=True))
     group = subprocess.Popen(_torchrun(root / "plan.json"), env=ENV, stderr=subprocess.PIPE, text=True)
@@ -83,7 +84,7 @@ def _two_ranks_past_their_first_checkpoint(plan: Any, root: Path) -> tuple[subpr
     while not checkpoint.exists() and group.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert checkpoint.exists(), "rank 0 wrote the first checkpoint"
-    return group, checkpoint
+    return group
 
 
 def _children(pid: int) -> list[int]:
@@ -100,13 +101,13 @@ def test_a_killed_rank_stops_the_group_and_the_next_start_resumes_from_the_newes
     assert single.exit_code == 0, single.events[-1]
 
     plan = _plan(tiny_model_dir, data, tmp_path / "ranks", accumulation=1, maxSteps=24)
-    first, checkpoint = _two_ranks_past_their_first_checkpoint(plan, tmp_path)
+    first = _two_ranks_past_their_first_checkpoint(plan, tmp_path)
     workers = _children(first.pid)
     assert len(workers) == 2, workers
     os.kill(workers[1], signal.SIGKILL)
     first.communicate(timeout=120)
     assert first.returncode != 0, "one rank's death ends the group"
-    newest = max(int(p.parent.name.removeprefix("step-")) for p in checkpoint.parent.parent.glob("step-*/COMPLETE"))
+    newest = max(complete_steps(tmp_path / "ranks" / "out"))
     assert newest < 24, "killed before the end"
 
     first_run_events = len(read_events(Path(plan.progress.file or "")))  # the file sink appends
@@ -135,11 +136,11 @@ def test_a_run_stopped_with_two_processes_resumes_with_one_through_the_same_data
     (completed,) = single.of("completed")
 
     plan = _plan(tiny_model_dir, data, tmp_path / "ranks", accumulation=1, **epoch)
-    group, checkpoint = _two_ranks_past_their_first_checkpoint(plan, tmp_path)
+    group = _two_ranks_past_their_first_checkpoint(plan, tmp_path)
     group.send_signal(signal.SIGTERM)  # torchrun passes it to both ranks, which stop at the same step
     _, stderr = group.communicate(timeout=180)
     assert group.returncode != 0 and "stopped by SIGTERM" in stderr, stderr[-3000:]
-    stopped_at = max(int(p.parent.name.removeprefix("step-")) for p in checkpoint.parent.parent.glob("step-*/COMPLETE"))
+    stopped_at = max(complete_steps(tmp_path / "ranks" / "out"))
     total_single = completed["progress"]["totalSteps"]
     assert 2 * stopped_at < total_single, "stopped before the two processes reached the epoch's end"
 

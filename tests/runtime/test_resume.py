@@ -15,17 +15,13 @@ import pytest
 
 from peft_operator.api.events import STOPPED_BY_SIGNAL_EXIT_CODES
 from tests.runtime.builders import chat_rows, make_plan, run_training, write_jsonl
+from tests.support.checkpoints import complete_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _train_command(plan_path: Path) -> list[str]:
     return [sys.executable, "-m", "peft_runtime.cli", "train", "--plan", str(plan_path)]
-
-
-def _complete_steps(output: Path) -> list[int]:
-    root = output / "checkpoints"
-    return sorted(int(p.name.split("-")[1]) for p in root.glob("step-*") if (p / "COMPLETE").is_file())
 
 
 def _progress_steps(stdout: str) -> list[int]:
@@ -69,14 +65,14 @@ def test_kill_9_mid_run_resumes_from_the_newest_complete_checkpoint(tiny_model_d
     deadline = time.monotonic() + 240
     for line in first.stdout:
         seen += _progress_steps(line)
-        if seen and seen[-1] >= 60 and 50 in _complete_steps(output):
+        if seen and seen[-1] >= 60 and 50 in complete_steps(output):
             os.kill(first.pid, signal.SIGKILL)
             break
         assert time.monotonic() < deadline, "the first run did not reach step 60 in time"
     first.wait(timeout=30)
     assert first.returncode == -signal.SIGKILL, "the run ended before it could be killed; make it longer"
     assert seen[-1] < 240
-    newest = max(_complete_steps(output))
+    newest = max(complete_steps(output))
     assert newest >= 50
 
     # A checkpoint that was being written when the process died: newer, but without its marker.
@@ -125,7 +121,7 @@ def test_sigterm_checkpoints_the_current_step_and_the_restart_continues_from_it(
     assert STOPPED_BY_SIGNAL_EXIT_CODES[first.returncode] == "SIGTERM"  # what the operator reads as Resuming
     stopped_at = seen[-1]
     assert 30 <= stopped_at < 100, "stopped before the first periodic checkpoint (step 100)"
-    assert _complete_steps(output) == [stopped_at]
+    assert complete_steps(output) == [stopped_at]
     assert f"stopped by SIGTERM at step {stopped_at} of 120; checkpoint step-{stopped_at} holds it" in stderr
     assert '"failed"' not in rest, "a stop on request is not a failure"
 
