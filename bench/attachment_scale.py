@@ -15,16 +15,14 @@ the larger size relative to the smaller.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from kubernetes.client import CustomObjectsApi
 
-from bench.operator_scale import _requests, _rss_mib
-from tests.support.controlplane import REPO_ROOT, ControlPlane
-from tests.support.operator_process import OperatorProcess, operator_kubeconfig
+from bench.control_plane import apiserver_requests, operator_on_control_plane, operator_requests, rss_mib
+from tests.support.controlplane import ControlPlane
+from tests.support.operator_process import OperatorProcess
 
 GROUP, VERSION = "peft.dev", "v1alpha1"
 SHA = "0" * 64
@@ -78,13 +76,6 @@ def _wait_quiet(operator: OperatorProcess, quiet: float = 3.0) -> None:
             last, since = now, time.monotonic()
 
 
-def _operator_requests(
-    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float], ours: dict[tuple[str, str], float]
-) -> float:
-    """Requests between the two counts, less `ours` (this script's) and the metrics reads (no resource)."""
-    return sum(v - before.get(k, 0.0) - ours.get(k, 0.0) for k, v in after.items() if k[0] != "")
-
-
 def _round(cp: ControlPlane, operator: OperatorProcess, size: int, namespaces: int) -> dict[str, float]:
     platform = f"platform-{size}"
     spaces = [f"tenant-{size}-{i}" for i in range(namespaces)]
@@ -92,7 +83,7 @@ def _round(cp: ControlPlane, operator: OperatorProcess, size: int, namespaces: i
         cp.ensure_namespace(ns)
     client = cp.api_client()
     custom = CustomObjectsApi(client)
-    before = _requests(cp)
+    before = apiserver_requests(cp)
     start = time.monotonic()
     custom.create_namespaced_custom_object(GROUP, VERSION, platform, "adapterdeployments", _deployment(platform, size))
     for i in range(size):
@@ -113,7 +104,7 @@ def _round(cp: ControlPlane, operator: OperatorProcess, size: int, namespaces: i
         ("adapterattachments", "POST"): float(size),
         ("adapterattachments", "LIST"): float(polls * namespaces),
     }
-    requests = _operator_requests(before, _requests(cp), ours)
+    requests = operator_requests(before, apiserver_requests(cp), ours=ours)
     client.close()
     assert operator._proc is not None
     return {
@@ -121,7 +112,7 @@ def _round(cp: ControlPlane, operator: OperatorProcess, size: int, namespaces: i
         "seconds": seconds,
         "per_attachment_ms": 1000 * seconds / size,
         "requests_per_attachment": requests / size,
-        "rss_mib": _rss_mib(operator._proc.pid),
+        "rss_mib": rss_mib(operator._proc.pid),
     }
 
 
@@ -130,14 +121,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 500])
     parser.add_argument("--namespaces", type=int, default=20)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as work, ControlPlane() as cp:
-        cp.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-        cp.kubectl("wait", "--for=condition=Established", "crd/adapterattachments.peft.dev")
-        operator = OperatorProcess(operator_kubeconfig(cp), Path(work) / "operator.log").start()
-        try:
-            results = [_round(cp, operator, size, args.namespaces) for size in args.sizes]
-        finally:
-            operator.stop()
+    with operator_on_control_plane("adapterattachments.peft.dev") as (cp, operator):
+        results = [_round(cp, operator, size, args.namespaces) for size in args.sizes]
     print(
         f"{'attachments':>11} {'seconds':>8} {'ms/attachment':>14} {'requests/attachment/min':>24} {'operator RSS MiB':>17}"
     )

@@ -11,43 +11,18 @@ Prints the per-job cost at 500 relative to 50 (goal: <= 1.5x).
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import yaml
 from kubernetes.client import CustomObjectsApi
 
+from bench.control_plane import apiserver_requests, operator_on_control_plane, operator_requests, rss_mib
 from tests.support.controlplane import REPO_ROOT, ControlPlane
-from tests.support.operator_process import OperatorProcess, operator_kubeconfig
+from tests.support.operator_process import OperatorProcess
 
 GROUP, VERSION = "peft.dev", "v1alpha1"
-BENCH_VERBS = {("finetunejobs", "POST"), ("finetunejobs", "LIST"), ("namespaces", "POST")}
-
-
-def _requests(cp: ControlPlane) -> dict[tuple[str, str], float]:
-    """apiserver_request_total by (resource, verb), summed over the other labels."""
-    text = cp.kubectl("get", "--raw", "/metrics").stdout
-    totals: dict[tuple[str, str], float] = {}
-    for line in text.splitlines():
-        if not line.startswith("apiserver_request_total{"):
-            continue
-        labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
-        key = (labels.get("resource", '""').strip('"'), labels.get("verb", '""').strip('"'))
-        totals[key] = totals.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
-    return totals
-
-
-def _operator_requests(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> float:
-    return sum(v - before.get(k, 0.0) for k, v in after.items() if k not in BENCH_VERBS and k[0] != "")
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+BENCH_VERBS = frozenset({("finetunejobs", "POST"), ("finetunejobs", "LIST"), ("namespaces", "POST")})
 
 
 def _round(cp: ControlPlane, operator: OperatorProcess, size: int, namespaces: int, tag: str) -> dict[str, float]:
@@ -57,7 +32,7 @@ def _round(cp: ControlPlane, operator: OperatorProcess, size: int, namespaces: i
         cp.ensure_namespace(ns)
     client = cp.api_client()
     custom = CustomObjectsApi(client)
-    before = _requests(cp)
+    before = apiserver_requests(cp)
     start = time.monotonic()
     for i in range(size):
         body: dict[str, Any] = {**template, "metadata": {"name": f"job-{i}", "namespace": spaces[i % namespaces]}}
@@ -73,7 +48,7 @@ def _round(cp: ControlPlane, operator: OperatorProcess, size: int, namespaces: i
             raise SystemExit(f"only {done}/{size} jobs reconciled after 30 minutes")
         time.sleep(0.5)
     seconds = time.monotonic() - start
-    requests = _operator_requests(before, _requests(cp))
+    requests = operator_requests(before, apiserver_requests(cp), excluded=BENCH_VERBS)
     client.close()
     assert operator._proc is not None
     return {
@@ -81,7 +56,7 @@ def _round(cp: ControlPlane, operator: OperatorProcess, size: int, namespaces: i
         "seconds": seconds,
         "per_job_ms": 1000 * seconds / size,
         "requests_per_job": requests / size,
-        "rss_mib": _rss_mib(operator._proc.pid),
+        "rss_mib": rss_mib(operator._proc.pid),
     }
 
 
@@ -90,14 +65,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 500])
     parser.add_argument("--namespaces", type=int, default=20)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as work, ControlPlane() as cp:
-        cp.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-        cp.kubectl("wait", "--for=condition=Established", "crd/finetunejobs.peft.dev")
-        operator = OperatorProcess(operator_kubeconfig(cp), Path(work) / "operator.log").start()
-        try:
-            results = [_round(cp, operator, size, args.namespaces, str(size)) for size in args.sizes]
-        finally:
-            operator.stop()
+    with operator_on_control_plane("finetunejobs.peft.dev") as (cp, operator):
+        results = [_round(cp, operator, size, args.namespaces, str(size)) for size in args.sizes]
     print(f"{'jobs':>6} {'seconds':>8} {'ms/job':>8} {'requests/job':>13} {'operator RSS MiB':>17}")
     for r in results:
         print(
