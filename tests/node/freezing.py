@@ -21,6 +21,11 @@ def container_id(pod: dict[str, Any]) -> str:
     return str(pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1])
 
 
+def container_running(pod: dict[str, Any]) -> bool:
+    """The pod's first container runs (its processes exist to be found and held)."""
+    return "running" in (((pod["status"].get("containerStatuses") or [{}])[0]).get("state") or {})
+
+
 def _proc_status(pid: int) -> dict[str, str]:
     return {k: v.strip() for k, v in (line.split(":", 1) for line in Path(f"/proc/{pid}/status").open())}
 

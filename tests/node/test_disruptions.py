@@ -23,7 +23,7 @@ from tests.node.cluster import (
     wait_for_service,
     wait_phase,
 )
-from tests.node.freezing import frozen, pod_processes, sigterm_pending
+from tests.node.freezing import container_running, frozen, pod_processes, sigterm_pending
 from tests.support.adapters import make_lora_adapter, reference_generate
 from tests.support.checkpoints import complete_steps
 from tests.support.kubelet import wait_for
@@ -37,7 +37,7 @@ MAX_STEPS = 160  # the rest of the run must outlast the moment between the first
 
 def _running_trainer(node: RealNode, namespace: str, job: str) -> dict[str, Any] | None:
     pods = items(node, "pod", namespace, f"peft.dev/finetunejob={job}")
-    running = [p for p in pods if "running" in ((p["status"].get("containerStatuses") or [{}])[0].get("state") or {})]
+    running = [p for p in pods if container_running(p)]
     return running[0] if len(pods) == 1 and running else None
 
 

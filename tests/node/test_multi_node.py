@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.node.cluster import Tenant, create_finetunejob, get, items, wait_phase
-from tests.node.freezing import container_id, frozen, sigterm_pending
+from tests.node.freezing import container_id, container_running, frozen, sigterm_pending
 from tests.runtime.builders import make_plan, run_training
 from tests.support.adapters import assert_same_adapter
 from tests.support.checkpoints import complete_steps
@@ -38,7 +38,7 @@ def _index(pod: dict[str, Any]) -> int:
 
 def _running_pods(node: RealNode, namespace: str) -> list[dict[str, Any]] | None:
     pods = [p for p in items(node, "pod", namespace, TRAINERS) if not p["metadata"].get("deletionTimestamp")]
-    running = [p for p in pods if "running" in (((p["status"].get("containerStatuses") or [{}])[0]).get("state") or {})]
+    running = [p for p in pods if container_running(p)]
     return sorted(running, key=_index) if len(running) == 2 else None
 
 
