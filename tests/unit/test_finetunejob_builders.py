@@ -279,3 +279,22 @@ def test_a_cpu_job_on_several_nodes_runs_one_process_per_pod_after_the_preflight
     assert job.spec.resources.processes == 2
     assert "--nproc-per-node=1" in _container(render_training_job(job, SETTINGS))["command"]
     assert needs_preflight(job, SETTINGS), "torchrun would restart the group on a bad dataset: checked first"
+
+
+def test_the_longest_name_on_the_most_nodes_gives_pod_hostnames_that_fit_a_dns_label() -> None:
+    from peft_operator.api.finetunejob import MAX_NAME_LENGTH, MAX_NODES
+    from peft_operator.finetunejob.job import render_trainer_service, rendezvous_host
+
+    body = yaml.safe_load((EXAMPLES / "finetunejob-lora.yaml").read_text())
+    body["metadata"].update({"name": "a" * MAX_NAME_LENGTH, "namespace": "tenant-a", "uid": "u"})
+    body["spec"]["resources"] = {"gpus": 0, "nodes": MAX_NODES}
+    job = FineTuneJob.model_validate(body)
+    training = render_training_job(job, SETTINGS)
+    # The Job controller names each pod's host <job>-<index>; the Service and the rendezvous host are DNS labels.
+    last_hostname = f"{training['metadata']['name']}-{MAX_NODES - 1}"
+    labels = [
+        last_hostname,
+        render_trainer_service(job)["metadata"]["name"],
+        *rendezvous_host(job.metadata.name or "").split("."),
+    ]
+    assert all(len(label) <= 63 for label in labels), [(label, len(label)) for label in labels]
