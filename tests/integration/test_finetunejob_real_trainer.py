@@ -110,9 +110,10 @@ def test_a_two_gpu_job_runs_two_trainer_processes_in_its_pod(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """gpus: 2 -> the pod's command is torchrun with one trainer process per GPU; played here on the CPU
-    with gloo (one thread each), rank 0's reports reach status and say two processes trained."""
+    with gloo (one thread each), with strategy fsdp: the base model is sharded across them, and rank 0's
+    reports reach status and say two processes trained with fsdp."""
     monkeypatch.setenv("PEFT_CPU_THREADS", "1")
-    training = {"maxSteps": 6, "batchSize": 4, "learningRate": "1e-2", "checkpointEvery": 3}
+    training = {"maxSteps": 6, "batchSize": 4, "learningRate": "1e-2", "checkpointEvery": 3, "strategy": "fsdp"}
     _create_job(admin, namespace, "two-gpus", method=LORA, training=training, resources={"gpus": 2})
     pod = LocalTrainerPod.of_job(admin, namespace, "two-gpus-train", pvc_root, tmp_path / "pod")
     (container,) = pod.pod.spec.containers
@@ -121,9 +122,11 @@ def test_a_two_gpu_job_runs_two_trainer_processes_in_its_pod(
     trainer = pod.run()
     assert trainer.returncode == 0, trainer.stderr[-3000:]
     assert "Rank 1 of 2: batchSize 4 rows per process" in trainer.stderr
+    assert "fsdp: 2 transformer blocks sharded over 2 processes; rank 1 holds" in trainer.stderr
 
     status = _wait_phase(admin, namespace, "two-gpus", "Succeeded")
     assert status["progress"]["processes"] == 2 and status["progress"]["step"] == 6
+    assert status["progress"]["strategy"] == "fsdp"
     manifest = pvc_root / "team-adapters" / "two-gpus" / "manifest.json"
     assert status["adapter"]["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
 

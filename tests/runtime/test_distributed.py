@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,10 @@ from typing import Any
 
 import pytest
 
+from peft_operator.api.plan import TrainingPlan
 from tests.runtime.builders import make_plan, read_events, run_training, varied_chat_rows, write_jsonl
+from tests.runtime.test_dpo import preference_rows
+from tests.runtime.test_methods import METHODS
 from tests.support.adapters import assert_same_adapter
 from tests.support.checkpoints import complete_steps
 
@@ -32,13 +36,25 @@ def _torchrun(plan: Path) -> list[str]:
     return [*torchrun, "-m", "peft_runtime.cli", "train", "--plan", str(plan)]
 
 
-def _plan(tiny_model_dir: Path, data: Path, root: Path, accumulation: int, **training: object):  # type: ignore[no-untyped-def]
+LORA = {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}}
+
+
+def _plan(
+    tiny_model_dir: Path,
+    data: Path,
+    root: Path,
+    accumulation: int,
+    method: dict[str, Any] = LORA,
+    data_format: str = "chat",
+    **training: object,
+) -> TrainingPlan:
     return make_plan(
         model_dir=tiny_model_dir,
         dataset_uri=data.as_uri(),
         output_uri=(root / "out").as_uri(),
         work_dir=root,
-        method={"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
+        method=method,
+        data_format=data_format,
         training={
             "maxSteps": 6,
             "batchSize": 4,
@@ -71,6 +87,8 @@ def test_two_processes_train_like_one_accumulating_both_their_micro_batches(
     assert distributed == pytest.approx(single.losses, rel=RELATIVE_TOLERANCE)
     assert "Rank 1 of 2: batchSize 4 rows per process" in result.stderr
     assert events[-1]["progress"]["processes"] == 2 and single.events[-1]["progress"]["processes"] == 1
+    assert events[-1]["progress"]["strategy"] == "ddp", "auto is ddp on CPU"
+    assert "strategy" not in single.events[-1]["progress"], "one process: no strategy"
 
     assert_same_adapter(tmp_path / "single" / "out", tmp_path / "ranks" / "out", RELATIVE_TOLERANCE)
 
@@ -155,3 +173,60 @@ def test_a_run_stopped_with_two_processes_resumes_with_one_through_the_same_data
     assert steps == list(range(stopped_at + 1, total_single - stopped_at + 1))
     assert finished["progress"]["epoch"] == completed["progress"]["epoch"] == 1.0
     assert _trained_tokens(tmp_path / "ranks" / "out") == _trained_tokens(tmp_path / "single" / "out"), "every row once"
+
+
+def _without_dropout(method: dict[str, Any]) -> dict[str, Any]:
+    """Dropout draws different masks on different ranks: the runs would agree only in distribution."""
+    parameters = method.get(method["type"])
+    if method["type"] in ("lora", "dora", "qlora"):
+        return {**method, method["type"]: {**parameters, "dropout": 0.0}}
+    return method
+
+
+# Every method on chat rows (sft), and dpo on preference pairs (two forwards a pair, one adapter disabled).
+FSDP_CASES = {name: (method, rate, "chat", {}) for name, (method, rate) in METHODS.items()}
+FSDP_CASES["lora-dpo"] = (LORA, "1e-2", "preference", {"objective": "dpo"})
+
+
+@pytest.mark.parametrize("name", sorted(FSDP_CASES))
+def test_fsdp_shards_the_base_model_and_trains_like_one_process(
+    name: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """training.strategy fsdp with 2 ranks: each holds only part of the base model's transformer blocks
+    (qlora's 4-bit weights included), and the run's step losses and adapter equal one process taking the same
+    micro-batches. One epoch of 9 micro-batches: the last step has one, so rank 1 runs a zero-weighted
+    micro-batch to keep the sharded blocks' collectives in step, and the results still agree."""
+    method, learning_rate, data_format, objective = FSDP_CASES[name]
+    method = _without_dropout(method)
+    rows = preference_rows(40, seed=1) if data_format == "preference" else varied_chat_rows(40)
+    rows_file = write_jsonl(tmp_path / "rows.jsonl", rows)
+    epoch = {"maxSteps": None, "epochs": 1, "learningRate": learning_rate, "checkpointEvery": 2, **objective}
+    single = run_training(_plan(tiny_model_dir, rows_file, tmp_path / "single", 2, method, data_format, **epoch))
+    assert single.exit_code == 0, single.events[-1]
+    (completed,) = single.of("completed")
+    assert completed["progress"]["totalSteps"] == 5, "9 micro-batches of 4 rows, 2 a step: the last step has 1"
+
+    plan = _plan(tiny_model_dir, rows_file, tmp_path / "ranks", 1, method, data_format, strategy="fsdp", **epoch)
+    (tmp_path / "plan.json").write_text(plan.model_dump_json(by_alias=True))
+    result = subprocess.run(_torchrun(tmp_path / "plan.json"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    held = re.search(
+        r"fsdp: 2 transformer blocks sharded over 2 processes; rank 1 holds ([\d,]+) of the model's ([\d,]+) parameter bytes",
+        result.stderr,
+    )
+    assert held, result.stderr[-3000:]
+    assert int(held[1].replace(",", "")) < int(held[2].replace(",", "")), "rank 1 holds part of the model"
+    events = read_events(Path(plan.progress.file or ""))
+    progress = [e["progress"] for e in events if e["event"] == "progress"]
+    assert progress[-1]["strategy"] == "fsdp" and progress[-1]["processes"] == 2
+    distributed = [p["loss"] for p in progress]
+    worst = max(abs(d - s) / abs(s) for d, s in zip(distributed, single.losses, strict=True))
+    print(held[0])
+    print(
+        f"{name}: losses 1 process {single.losses}\n  fsdp 2 ranks {distributed}\nworst relative difference {worst:.2e}"
+    )
+    assert distributed == pytest.approx(single.losses, rel=RELATIVE_TOLERANCE)
+    (finished,) = [e for e in events if e["event"] == "completed"]
+    assert finished["progress"]["evalLoss"] == pytest.approx(completed["progress"]["evalLoss"], rel=RELATIVE_TOLERANCE)
+    assert _trained_tokens(tmp_path / "ranks" / "out") == _trained_tokens(tmp_path / "single" / "out")
+    assert_same_adapter(tmp_path / "single" / "out", tmp_path / "ranks" / "out", RELATIVE_TOLERANCE)

@@ -62,13 +62,16 @@ def test_example_is_valid_for_crd_schema_and_models(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", _examples(), ids=lambda p: p.stem)
-def test_finetunejob_example_method_objective_or_scale_matches_its_file_name(path: Path) -> None:
+def test_finetunejob_example_method_objective_strategy_or_scale_matches_its_file_name(path: Path) -> None:
     obj = yaml.safe_load(path.read_text())
     if obj["kind"] == "FineTuneJob" and not path.stem.endswith("quickstart"):
         job = FineTuneJob.model_validate(obj)
         named = path.stem.removeprefix("finetunejob-")
         if named == "multi-node":
             assert job.spec.resources.nodes > 1
+        elif named.endswith("-fsdp"):
+            assert job.spec.training.strategy.value == "fsdp" and job.spec.resources.processes > 1
+            assert named.removesuffix("-fsdp") == job.spec.method.type.value
         else:
             assert named in (job.spec.method.type.value, job.spec.training.objective.value)
 

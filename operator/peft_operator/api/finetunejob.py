@@ -106,6 +106,14 @@ LearningRate = Annotated[
 ]
 
 
+class Strategy(StrEnum):
+    """How several training processes share the work (one process: neither applies)."""
+
+    AUTO = "auto"  # fsdp when the base model's weights take over half of one GPU's memory, else ddp
+    DDP = "ddp"  # every process holds the whole base model; gradients are summed across them
+    FSDP = "fsdp"  # the base model's transformer blocks are sharded across the processes
+
+
 class Objective(StrEnum):
     SFT = "sft"  # supervised fine-tuning: cross-entropy on the answer tokens
     DPO = "dpo"  # direct preference optimization on (prompt, chosen, rejected) pairs
@@ -177,6 +185,13 @@ class Training(RuledModel):
     )
     gradient_accumulation: int = Field(
         default=1, ge=1, le=1024, description="Micro-batches per optimizer step, per training process."
+    )
+    strategy: Strategy = Field(
+        default=Strategy.AUTO,
+        description="With several processes: ddp gives each the whole base model; fsdp shards the base model's "
+        "transformer blocks across them (FSDP2; qlora's 4-bit weights too), for a base that does not fit one GPU. "
+        "auto picks fsdp when the base model's weights take over half of one GPU's memory, ddp otherwise (and on "
+        "CPU). Both train the same steps on the same rows; status.progress.strategy says which one ran.",
     )
     max_seq_length: int = Field(
         default=1024, ge=16, le=131072, description="Tokens per row; longer rows are truncated."
@@ -441,6 +456,10 @@ class Progress(ApiModel):
         ge=1,
         description="Training processes of the run that reported (one per GPU, or per pod on CPU, on every node), "
         "each taking gradientAccumulation micro-batches of batchSize rows a step.",
+    )
+    strategy: Strategy | None = Field(
+        default=None,
+        description="How the processes shared the work (ddp or fsdp; unset for one process).",
     )
     reward_margin: float | None = Field(
         default=None,

@@ -34,6 +34,7 @@ from .memory import release_freed_memory
 class MethodContext:
     model_dir: Path
     device: torch.device
+    quant_storage: torch.dtype = torch.uint8  # qlora's packed 4-bit weights; strategy fsdp stores them as it shards
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def _qlora(p: QLoraParameters, context: MethodContext) -> MethodSetup:
         bnb_4bit_quant_type=p.quantization.type.value,
         bnb_4bit_use_double_quant=p.quantization.double_quant,
         bnb_4bit_compute_dtype=compute_dtype(p.quantization.compute_dtype, context.device),
+        bnb_4bit_quant_storage=context.quant_storage,
     )
     return MethodSetup(MethodType.QLORA, _lora_config(p), quantization)
 

@@ -33,8 +33,9 @@ from peft_operator.api.finetunejob import (
     LrScheduler,
     Objective,
     Progress,
+    Strategy,
 )
-from peft_operator.api.methods import MERGEABLE_METHODS, PROMPT_LEARNING_METHODS
+from peft_operator.api.methods import MERGEABLE_METHODS, PROMPT_LEARNING_METHODS, MethodType
 from peft_operator.api.plan import TrainingPlan
 
 from .batches import Batch, EpochPlanner, MicroBatch, collate, eval_batches
@@ -59,6 +60,7 @@ from .methods import (
 )
 from .output import MERGED_DIR, export_merged, write_adapter
 from .progress import Reporter, format_duration
+from .sharding import base_weight_bytes, choose_strategy, device_memory, shard_transformer_blocks
 from .stopping import Interrupted, StopRequest, stop_on_signal
 from .storage import OutputLocation, dataset_files, model_dir, output_location
 
@@ -78,6 +80,8 @@ def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> Com
         trainee = _build_trainee(plan.spec, run, data, reporter)
         state = _resume(plan.spec, checkpoint, trainee, data, run.ranks.world, reporter)
         clock = _train_loop(plan.spec, run, data, trainee, state, reporter)
+        if data.eval_set and state.eval_loss is None and trainee.evaluates(run.ranks):
+            trainee.evaluate(data, plan.spec.training.batch_size, run.device, state)
         return _finish(plan.spec, run, data, trainee, state, clock) if run.ranks.main else None
     finally:
         leave_ranks()
@@ -141,6 +145,15 @@ class Trainee:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler | None
     autocast: Callable[[], AbstractContextManager[Any]]
+    strategy: Strategy | None = None  # how the ranks share the work (None: one process)
+
+    @property
+    def sharded(self) -> bool:
+        return self.strategy is Strategy.FSDP
+
+    def evaluates(self, ranks: Ranks) -> bool:
+        """Rank 0 evaluates; under fsdp every rank does (a sharded block's forward is a collective)."""
+        return ranks.main or self.sharded
 
     def save(self, output: OutputLocation, state: TrainState) -> None:
         save_checkpoint(output, state, self.model, self.optimizer, self.scheduler, self.scaler)
@@ -175,6 +188,7 @@ class SessionClock:
     saved_step: int = 0  # the newest step a checkpoint holds
     batches_in_epoch: int = 0  # micro-batches in the epoch the loop ended in
     processes: int = 1  # ranks of a distributed run
+    strategy: Strategy | None = None
 
     def progress(self, state: TrainState, total_steps: int, batches_in_epoch: int, eval_rows: int) -> Progress:
         per_step = (time.monotonic() - self.started) / self.steps if self.steps else None
@@ -191,6 +205,7 @@ class SessionClock:
             eta=format_duration((total_steps - state.step) * per_step) if per_step is not None else None,
             percent=min(100, int(100 * state.step / total_steps)) if total_steps else None,
             processes=self.processes,
+            strategy=self.strategy,
         )
 
 
@@ -270,16 +285,27 @@ def _steps_to_last_epoch(planner: EpochPlanner, span: int, epochs: int, start: T
 
 
 def _build_trainee(spec: FineTuneJobSpec, run: RunSetup, data: TrainingData, reporter: Reporter) -> Trainee:
-    """3. The frozen base (4-bit for qlora), the adapter, the optimizer and the LR schedule."""
+    """3. The frozen base (4-bit for qlora), the adapter (the base sharded across the ranks under fsdp), the
+    optimizer and the LR schedule."""
     hp = spec.training
-    setup = method_setup(spec.method, MethodContext(model_dir=data.base_dir, device=run.device))
+    quantized = spec.method.type is MethodType.QLORA
+    strategy = choose_strategy(
+        hp.strategy, run.ranks.world, base_weight_bytes(data.base_dir, quantized), device_memory(run.device)
+    )
+    sharded = strategy is Strategy.FSDP
+    context = MethodContext(data.base_dir, run.device, quant_storage=run.place.dtype if sharded else torch.uint8)
+    setup = method_setup(spec.method, context)
     reporter.note(f"Loading the base model{' in 4 bits' if setup.quantization else ''} and adding the adapter")
+    # fsdp on GPUs: into host memory, so that no GPU holds the whole base (4-bit weights quantize on the GPU)
+    load_on = torch.device("cpu") if sharded and not quantized else run.device
     try:
-        base = load_base_model(data.base_dir, setup, run.place.dtype, run.device)
+        base = load_base_model(data.base_dir, setup, run.place.dtype, load_on)
     except Exception as error:
         raise model_unavailable(f"cannot load base model {spec.base_model.uri}: {error}") from error
     model = attach_adapter(base, setup)
     reporter.note(trainable_summary(model))
+    if sharded:
+        reporter.note(shard_transformer_blocks(model, base, run.ranks, run.device).summary(run.ranks))
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=hp.learning_rate_value, weight_decay=0.0)
     schedule = learning_rate_factor(hp.lr_scheduler, hp.warmup_steps, data.total_steps)
@@ -294,6 +320,7 @@ def _build_trainee(spec: FineTuneJobSpec, run: RunSetup, data: TrainingData, rep
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
         scaler=torch.amp.GradScaler(device_type) if run.place.needs_grad_scaler else None,
         autocast=(lambda: torch.autocast(device_type, dtype=autocast_dtype)) if autocast_dtype else nullcontext,
+        strategy=strategy,
     )
 
 
@@ -334,7 +361,7 @@ def _train_loop(
     hp = spec.training
     eval_every = hp.eval_every or hp.checkpoint_every
     micro_batches = data.planner.epoch(state.epoch)
-    clock = SessionClock(saved_step=state.step, processes=run.ranks.world)
+    clock = SessionClock(saved_step=state.step, processes=run.ranks.world, strategy=trainee.strategy)
     gradient_check = GradientCheck(trainee.model, check_finite=trainee.scaler is None)
     trainee.model.train()
     ranks = run.ranks
@@ -342,13 +369,13 @@ def _train_loop(
         while state.step < data.total_steps and not ranks.any(stop.requested):
             started = time.monotonic()
             group = micro_batches[state.next_batch : state.next_batch + data.step_span]
-            share = group[ranks.rank :: ranks.world]  # gradientAccumulation micro-batches (fewer at an epoch's end)
-            batches = [collate(data.train_set, mb, data.pad_id, hp.packing).to(run.device) for mb in share]
-            result = _optimizer_step(trainee, batches, stop, gradient_check, state.step + 1, ranks)
+            share, idle = _rank_share(group, ranks, lockstep=trainee.sharded)
+            batches = [collate(data.train_set, mb, data.pad_id, hp.packing).to(run.device) for mb in share + idle]
+            result = _optimizer_step(trainee, batches, len(share), stop, gradient_check, state.step + 1, ranks)
             if result is None:  # stopped mid-step: its micro-batches run again after the resume
                 break
             step_loss, lr = result
-            step_tokens = int(ranks.total(sum(b.tokens for b in batches)))
+            step_tokens = int(ranks.total(sum(b.tokens for b in batches[: len(share)])))
             _advance(state, group, step_tokens, step_loss)
             if state.next_batch >= len(micro_batches):  # epoch done: the next one has its own seeded order
                 state.epoch, state.next_batch = state.epoch + 1, 0
@@ -358,7 +385,7 @@ def _train_loop(
             clock.step_seconds += time.monotonic() - started
 
             final = state.step == data.total_steps
-            if ranks.main and data.eval_set and (state.step % eval_every == 0 or final):
+            if trainee.evaluates(ranks) and data.eval_set and (state.step % eval_every == 0 or final):
                 trainee.evaluate(data, hp.batch_size, run.device, state)
             progress = clock.progress(state, data.total_steps, len(micro_batches), len(data.eval_set))
             reporter.emit(ProgressEvent(progress=progress, lr=lr))
@@ -372,20 +399,38 @@ def _train_loop(
     return clock
 
 
+def _rank_share(group: list[MicroBatch], ranks: Ranks, *, lockstep: bool) -> tuple[list[MicroBatch], list[MicroBatch]]:
+    """This rank's micro-batches of a step's group (gradientAccumulation of them; fewer, or none, at an
+    epoch's end), and the idle ones it runs at zero weight so that under fsdp (`lockstep`) every rank runs as
+    many forwards and backwards as rank 0, which has the most."""
+    share = group[ranks.rank :: ranks.world]
+    idle = [group[0]] * (len(group[0 :: ranks.world]) - len(share)) if lockstep else []
+    return share, idle
+
+
 def _optimizer_step(
-    trainee: Trainee, batches: list[Batch], stop: StopRequest, gradient_check: GradientCheck, step: int, ranks: Ranks
+    trainee: Trainee,
+    batches: list[Batch],
+    counted: int,
+    stop: StopRequest,
+    gradient_check: GradientCheck,
+    step: int,
+    ranks: Ranks,
 ) -> tuple[float, float] | None:
-    """Forward and backward over the step's micro-batches (this rank's share of them), the gradients summed
-    over the ranks, then one update: (step loss, its LR), or None when a stop signal arrived before the
-    update (single process only: ranks stop together at a step boundary)."""
+    """Forward and backward over the step's micro-batches (this rank's share of them: the first `counted`;
+    the rest only keep fsdp's collectives in step and weigh nothing), the gradients summed over the ranks,
+    then one update: (step loss, its LR), or None when a stop signal arrived before the update (single
+    process only: ranks stop together at a step boundary)."""
     stoppable = ranks.world == 1
-    loss_tokens = max(ranks.total(sum(b.loss_tokens for b in batches)), 1)
+    loss_tokens = max(ranks.total(sum(b.loss_tokens for b in batches[:counted])), 1)
     loss_sum = 0.0
-    for batch in batches:
+    for index, batch in enumerate(batches):
         if stoppable and stop.requested:
             break
         with trainee.autocast():
             loss = trainee.loss_of(batch) / loss_tokens
+        if index >= counted:
+            loss = loss * 0.0
         (trainee.scaler.scale(loss) if trainee.scaler else loss).backward()
         loss_sum += float(loss.detach()) * loss_tokens
     if stoppable and stop.requested:
@@ -435,8 +480,6 @@ def _finish(
     spec: FineTuneJobSpec, run: RunSetup, data: TrainingData, trainee: Trainee, state: TrainState, clock: SessionClock
 ) -> CompletedEvent:
     """6. The adapter and its manifest, the merged model if asked, the completed event."""
-    if data.eval_set and state.eval_loss is None:
-        trainee.evaluate(data, spec.training.batch_size, run.device, state)
     progress = clock.progress(state, data.total_steps, clock.batches_in_epoch, len(data.eval_set))
     metrics = {"steps": float(state.step), "tokens": float(state.tokens_seen), "epochs": float(progress.epoch or 0)}
     if progress.loss is not None:
@@ -515,4 +558,5 @@ def _fingerprint(spec: FineTuneJobSpec) -> str:
     """What a checkpoint must match to be resumed: model, data, method and hyperparameters."""
     wire = spec.to_wire()
     relevant = {k: wire.get(k) for k in ("baseModel", "dataset", "method", "training")}
+    relevant["training"] = {k: v for k, v in wire["training"].items() if k != "strategy"}  # same steps either way
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
