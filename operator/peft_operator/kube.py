@@ -223,6 +223,17 @@ def read_secret_data(client: ApiClient, namespace: str, name: str) -> dict[str, 
     return None if data is None else {key: base64.b64decode(value).decode() for key, value in data.items()}
 
 
+def claim_access_modes(client: ApiClient, namespace: str, name: str) -> list[str] | None:
+    """A PersistentVolumeClaim's access modes, or None when it does not exist."""
+    try:
+        claim = kubernetes.client.CoreV1Api(client).read_namespaced_persistent_volume_claim(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return list(claim.spec.access_modes or [])
+
+
 def read_deployment(client: ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
     try:
         return as_dict(client, kubernetes.client.AppsV1Api(client).read_namespaced_deployment(name, namespace))

@@ -273,6 +273,31 @@ def test_cancel_annotation_deletes_the_job(operator: OperatorProcess, admin: Api
     wait_for("the Job to be deleted", lambda: not _jobs(admin, namespace))
 
 
+def test_a_multi_node_job_warns_of_a_claim_pods_on_several_nodes_cannot_write(
+    operator: OperatorProcess, admin: ApiClient, namespace: str
+) -> None:
+    """nodes: 2 with the output on a ReadWriteOnce claim: the Job is still created (pods the scheduler puts on
+    one node share such a claim), and a Warning ClaimNotShared names the claim and what to use instead. The
+    dataset's ReadOnlyMany claim is only read, so it draws no warning."""
+    core = CoreV1Api(admin)
+    for claim, modes in (("team-adapters", ["ReadWriteOnce"]), ("team-data", ["ReadOnlyMany"])):
+        body = {
+            "metadata": {"name": claim},
+            "spec": {"accessModes": modes, "resources": {"requests": {"storage": "1Gi"}}},
+        }
+        core.create_namespaced_persistent_volume_claim(namespace, body)
+    _create(admin, _example("finetunejob-lora.yaml", namespace, resources={"gpus": 1, "nodes": 2}))
+    wait_for("the training Job", lambda: _jobs(admin, namespace))
+    warnings = wait_for(
+        "a ClaimNotShared Warning",
+        lambda: [m for t, r, m in _events(admin, namespace, "smollm2-lora") if (t, r) == ("Warning", "ClaimNotShared")],
+    )
+    assert set(warnings) == {  # a pass repeated before the status names the Job posts it again
+        "claim team-adapters is ReadWriteOnce: the 2 pods of this job can mount it only if they all run on one node; "
+        "use a ReadWriteMany claim (or s3://) for a job across nodes"
+    }
+
+
 def test_deleting_the_finetunejob_collects_its_children(
     operator: OperatorProcess, admin: ApiClient, namespace: str
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api import FineTuneJob, Scheme, parse_uri
+from ..api import FineTuneJob, Scheme, StorageUri, parse_uri
 from ..api.events import PERMANENT_FAILURE_EXIT_CODE
 from ..api.finetunejob import Resources, duration_seconds
 from ..api.plan import (
@@ -51,14 +51,22 @@ def _volume_name(kind: str, name: str) -> str:
     return f"{kind}-{name}"[:63].rstrip("-.")
 
 
+def storage_uris(job: FineTuneJob) -> list[tuple[StorageUri, bool]]:
+    """The base model's, the dataset's and the output's URI, each with whether the trainer writes there."""
+    spec = job.spec
+    return [
+        (parse_uri(spec.base_model.uri), False),
+        (parse_uri(spec.dataset.uri), False),
+        (parse_uri(spec.output.uri), True),
+    ]
+
+
 def _storage_volumes(job: FineTuneJob) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Volumes and mounts for every pvc:// and configmap:// URI; only the output is writable."""
-    spec = job.spec
     volumes: dict[str, dict[str, Any]] = {}
     writable: dict[str, bool] = {}
     mounts: dict[str, dict[str, Any]] = {}
-    for uri, is_output in ((spec.base_model.uri, False), (spec.dataset.uri, False), (spec.output.uri, True)):
-        parsed = parse_uri(uri)
+    for parsed, is_output in storage_uris(job):
         if parsed.scheme is Scheme.PVC:
             name = _volume_name("pvc", parsed.authority)
             volumes[name] = {"name": name, "persistentVolumeClaim": {"claimName": parsed.authority}}

@@ -27,7 +27,7 @@ from ..settings import OperatorSettings
 from .deploy import DEPLOYED, EVAL_GATE_NOT_MET, deploy_adapter
 from .job import needs_preflight, render_preflight_job, render_trainer_service, render_training_job
 from .plan import render_plan_configmap
-from .references import missing_secret
+from .references import missing_secret, unshared_claims
 from .secret import render_progress_secret
 from .status import PREFLIGHT_PASSED, TERMINAL_PHASES, Observation, Verdict, compute_status, job_condition
 from .validation import cluster_problems
@@ -82,6 +82,9 @@ def _ensure_children(
         children.job, _ = kube.ensure_namespaced(client, render_training_job(job, settings))
     if current.job_name is None:
         children.events.append(KubeEvent("Normal", "JobCreated", f"Created Job {children.job['metadata']['name']}"))
+        namespace = meta.namespace
+        for problem in unshared_claims(job, lambda claim: kube.claim_access_modes(client, namespace, claim)):
+            children.events.append(KubeEvent("Warning", "ClaimNotShared", problem))
     return children
 
 
