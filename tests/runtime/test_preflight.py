@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from peft_operator.api.finetunejob import Strategy
 from tests.runtime.builders import chat_rows, instruction_rows, make_plan, run_training, text_rows, write_jsonl
 
 
@@ -250,6 +251,12 @@ def test_the_preflight_step_checks_targets_on_the_meta_model_without_reading_wei
     assert passed.events[1]["dataset"]["usableRows"] == 40
     assert "lora wraps q_proj, v_proj" in passed.events[1]["message"]
     assert not (tmp_path / "o" / "checkpoints").exists(), "nothing trained"
+
+    sharded = plan.model_copy(deep=True)
+    sharded.spec.training.strategy = Strategy.FSDP
+    sharded.spec.resources.gpus = 2
+    fsdp = run_training(sharded, preflight_only=True)
+    assert fsdp.exit_code == 0 and "fsdp shards its 2 transformer blocks" in fsdp.events[1]["message"]
 
     wrong = plan.model_copy(deep=True)
     wrong.spec.method.lora.target_modules = ["q_proj", "query_key_value"]  # type: ignore[union-attr]

@@ -4,11 +4,13 @@ ranks share a step's micro-batches under fsdp, where every rank must run as many
 from __future__ import annotations
 
 import pytest
+import torch
 
 from peft_operator.api.finetunejob import Strategy
 from peft_runtime.train.batches import MicroBatch
 from peft_runtime.train.distributed import Ranks
-from peft_runtime.train.sharding import choose_strategy
+from peft_runtime.train.errors import TrainerError
+from peft_runtime.train.sharding import choose_strategy, transformer_blocks
 from peft_runtime.train.trainer import _rank_share
 
 GIB = 1 << 30
@@ -64,3 +66,13 @@ def test_under_fsdp_every_rank_runs_as_many_micro_batches_as_rank_0(
 def test_under_ddp_a_rank_runs_only_its_own_micro_batches() -> None:
     mine, padding = _rank_share(_group(3), Ranks(1, 2), lockstep=False)
     assert [mb[0][0] for mb in mine] == [1] and padding == []
+
+
+def test_fsdp_refuses_a_model_without_transformer_blocks_and_says_what_to_use() -> None:
+    with pytest.raises(TrainerError) as refused:
+        transformer_blocks(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    assert refused.value.reason == "ConfigurationError"
+    assert str(refused.value) == (
+        "strategy fsdp shards a model's transformer blocks, and Sequential names none "
+        "(transformers' _no_split_modules); use training.strategy ddp"
+    )

@@ -71,19 +71,26 @@ class Shards:
         )
 
 
-def shard_transformer_blocks(model: Any, base: Any, ranks: Ranks, device: torch.device) -> Shards:
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules fsdp shards one by one: those of the classes the transformers model names as never to be
+    split (`_no_split_modules`: its decoder layers). The preflight checks them too, on the meta model."""
+    block_names = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or ())}
+    blocks = [m for m in model.modules() if type(m).__name__ in block_names]
+    if not blocks:
+        raise configuration_error(
+            f"strategy fsdp shards a model's transformer blocks, and {type(model).__name__} names none "
+            "(transformers' _no_split_modules); use training.strategy ddp"
+        )
+    return blocks
+
+
+def shard_transformer_blocks(model: Any, ranks: Ranks, device: torch.device) -> Shards:
     """FSDP2 on each transformer block of `model` (base + adapter), the adapter left whole; then everything
     else onto `device` (a GPU run loads the base into host memory first, so no device holds it whole)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    block_names = set(getattr(base, "_no_split_modules", None) or ())
-    blocks = [m for m in model.modules() if type(m).__name__ in block_names]
-    if not blocks:
-        raise configuration_error(
-            f"strategy fsdp shards a model's transformer blocks, and {type(base).__name__} names none "
-            "(_no_split_modules); use training.strategy ddp"
-        )
+    blocks = transformer_blocks(model)
     whole = _bytes(model.parameters())
     mesh = init_device_mesh(device.type, (ranks.world,))
     adapter = {p for p in model.parameters() if p.requires_grad}

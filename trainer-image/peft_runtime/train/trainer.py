@@ -60,7 +60,13 @@ from .methods import (
 )
 from .output import MERGED_DIR, export_merged, write_adapter
 from .progress import Reporter, format_duration
-from .sharding import base_weight_bytes, choose_strategy, device_memory, shard_transformer_blocks
+from .sharding import (
+    base_weight_bytes,
+    choose_strategy,
+    device_memory,
+    shard_transformer_blocks,
+    transformer_blocks,
+)
 from .stopping import Interrupted, StopRequest, stop_on_signal
 from .storage import OutputLocation, dataset_files, model_dir, output_location
 
@@ -101,6 +107,8 @@ def preflight(plan: TrainingPlan, reporter: Reporter) -> PreflightPassedEvent:
         f"{data.report.usable_rows} of {data.report.rows} rows usable, {data.total_steps} steps planned; "
         f"the tokenizer and model config load; {plan.spec.method.type.value} {attaches}. {trainable_summary(model)}"
     )
+    if plan.spec.training.strategy is Strategy.FSDP and plan.spec.resources.processes > 1:
+        message += f". fsdp shards its {len(transformer_blocks(model))} transformer blocks"
     reporter.note(f"Preflight passed: {message}")
     return PreflightPassedEvent(dataset=data.report, message=message[:2048])
 
@@ -305,7 +313,7 @@ def _build_trainee(spec: FineTuneJobSpec, run: RunSetup, data: TrainingData, rep
     model = attach_adapter(base, setup)
     reporter.note(trainable_summary(model))
     if sharded:
-        reporter.note(shard_transformer_blocks(model, base, run.ranks, run.device).summary(run.ranks))
+        reporter.note(shard_transformer_blocks(model, run.ranks, run.device).summary(run.ranks))
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=hp.learning_rate_value, weight_decay=0.0)
     schedule = learning_rate_factor(hp.lr_scheduler, hp.warmup_steps, data.total_steps)
