@@ -109,16 +109,18 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_killed_rank_stops_the_group_and_the_next_start_resumes_from_the_newest_checkpoint(
-    tiny_model_dir: Path, tmp_path: Path
+    strategy: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """What a Job does with a multi-GPU pod whose rank died: torchrun ends the group, the next pod starts
-    all ranks again, and they resume from the checkpoint rank 0 wrote, ending where an uninterrupted run ends."""
+    all ranks again, and they resume from the checkpoint rank 0 wrote (under fsdp into the sharded model),
+    ending where an uninterrupted run ends."""
     data = write_jsonl(tmp_path / "chat.jsonl", varied_chat_rows(80))
     single = run_training(_plan(tiny_model_dir, data, tmp_path / "single", accumulation=2, maxSteps=24))
     assert single.exit_code == 0, single.events[-1]
 
-    plan = _plan(tiny_model_dir, data, tmp_path / "ranks", accumulation=1, maxSteps=24)
+    plan = _plan(tiny_model_dir, data, tmp_path / "ranks", accumulation=1, maxSteps=24, strategy=strategy)
     first = _two_ranks_past_their_first_checkpoint(plan, tmp_path)
     workers = _children(first.pid)
     assert len(workers) == 2, workers
