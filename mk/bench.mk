@@ -1,5 +1,5 @@
 # Benchmarks: each prints ratios against a baseline measured in the same run (never timed unit tests).
-.PHONY: bench bench-operator bench-attachments bench-trainer bench-distributed bench-qlora bench-serving bench-hotload bench-quality bench-vllm bench-residency
+.PHONY: bench bench-operator bench-attachments bench-trainer bench-distributed bench-preflight bench-qlora bench-serving bench-hotload bench-quality bench-vllm bench-residency
 
 bench: bench-operator bench-attachments bench-trainer bench-distributed bench-qlora bench-serving bench-hotload bench-quality
 
@@ -18,6 +18,18 @@ bench-trainer: install
 ## 2 trainer processes (torchrun, gloo) vs 1 on the same global batch, and the CPU preflight step's wall time.
 bench-distributed: install
 	$(BIN)/python bench/distributed_throughput.py --model=smollm2 --steps=8
+
+## The CPU preflight step's wall time vs pulling the runtime image into an empty store from a real registry on
+## loopback (CNCF distribution, built from the Go module proxy; buildah). Builds the images first (~10 min).
+REGISTRY_BIN := $(CURDIR)/.controlplane/bin/registry
+DISTRIBUTION_VERSION := v3.1.2
+$(REGISTRY_BIN):
+	mkdir -p $(@D)
+	bash -c 'source tests/go_toolchain.sh && use_go registry && \
+	  GOBIN=$(@D) $$GO install -trimpath -ldflags "-s -w" github.com/distribution/distribution/v3/cmd/registry@$(DISTRIBUTION_VERSION)'
+
+bench-preflight: install images $(REGISTRY_BIN)
+	$(BIN)/python bench/preflight_vs_pull.py --registry-bin $(REGISTRY_BIN) --images-dir $(IMAGES_DIR) --image $(RUNTIME_IMAGE)
 
 ## QLoRA vs fp32 LoRA peak memory on SmolLM2.
 bench-qlora: install
