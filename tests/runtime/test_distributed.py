@@ -86,6 +86,7 @@ def test_two_processes_train_like_one_accumulating_both_their_micro_batches(
     print(f"losses 1 process: {single.losses}\n       2 ranks:   {distributed}\nworst relative difference {worst:.2e}")
     assert distributed == pytest.approx(single.losses, rel=RELATIVE_TOLERANCE)
     assert "Rank 1 of 2: batchSize 4 rows per process" in result.stderr
+    assert "ddp (auto): every process holds the whole base model" in result.stderr
     assert events[-1]["progress"]["processes"] == 2 and single.events[-1]["progress"]["processes"] == 1
     assert events[-1]["progress"]["strategy"] == "ddp", "auto is ddp on CPU"
     assert "strategy" not in single.events[-1]["progress"], "one process: no strategy"

@@ -314,6 +314,8 @@ def _build_trainee(spec: FineTuneJobSpec, run: RunSetup, data: TrainingData, rep
     reporter.note(trainable_summary(model))
     if sharded:
         reporter.note(shard_transformer_blocks(model, run.ranks, run.device).summary(run.ranks))
+    elif strategy is Strategy.DDP:
+        reporter.note(f"ddp ({hp.strategy.value}): every process holds the whole base model")
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=hp.learning_rate_value, weight_decay=0.0)
     schedule = learning_rate_factor(hp.lr_scheduler, hp.warmup_steps, data.total_steps)
