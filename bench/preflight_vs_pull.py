@@ -73,7 +73,9 @@ def _buildah(root: Path, *args: str) -> list[str]:
 
 def _timed(command: list[str], env: dict[str, str] | None = None) -> float:
     started = time.monotonic()
-    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command[:6])} ... failed with {done.returncode}:\n{done.stderr[-3000:]}")
     return time.monotonic() - started
 
 
@@ -114,7 +116,8 @@ def main() -> None:
         port = _free_port()
         config = scratch / "registry.yml"
         config.write_text(REGISTRY_CONFIG.format(root=scratch / "registry", port=port))
-        registry = subprocess.Popen([str(args.registry_bin), "serve", str(config)])
+        quiet = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_SDK_DISABLED": "true"}  # no collector here
+        registry = subprocess.Popen([str(args.registry_bin), "serve", str(config)], env=quiet)
         try:
             _wait_for_registry(f"http://127.0.0.1:{port}", registry)
             reference = f"docker://127.0.0.1:{port}/peft/runtime:bench"

@@ -87,6 +87,19 @@ def test_two_pods_train_as_one_run_and_survive_losing_one(node: RealNode, tenant
     assert "Resuming from step-" in log_0 and "Resuming from step-" in log_1, log_0[-3000:]
     assert get(node, "job", f"{JOB}-train", namespace)["spec"]["completionMode"] == "Indexed"
     assert get(node, "service", f"{JOB}-train", namespace)["spec"]["clusterIP"] == "None"
+    # The node's claims are ReadWriteOnce: the operator warned of each (the pods shared them on this one node).
+    events = node.kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.name={JOB},reason=ClaimNotShared",
+        "-o",
+        "json",
+    ).stdout
+    warned = {e["message"].split(" is ")[0] for e in json.loads(events)["items"]}
+    assert warned == {"claim models", "claim team-data", "claim team-adapters"}, events[-2000:]
     preflight = items(node, "pod", namespace, f"peft.dev/finetunejob={JOB},app.kubernetes.io/component=preflight")
     assert [p["status"]["phase"] for p in preflight] == ["Succeeded"], "checked on one CPU pod before the nodes"
 
