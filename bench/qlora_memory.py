@@ -1,11 +1,13 @@
-"""QLoRA memory: peak memory of QLoRA (4-bit nf4 base) against LoRA on an fp32 base, SmolLM2-135M on CPU.
+"""QLoRA memory: peak memory of QLoRA (4-bit nf4 base) against LoRA on an fp32 base, SmolLM2-135M on CPU, and
+of LoRA with gradient checkpointing (what training.gradientCheckpointing saves; qlora always has it).
 
     .venv/bin/python bench/qlora_memory.py                 # SmolLM2-135M
     .venv/bin/python bench/qlora_memory.py --model tiny    # the tiny test Llama (plumbing check only)
 
 Each variant runs in its own process and builds the model exactly as `peft-runtime train` does
 (`load_base_model` + `attach_adapter`: for qlora bitsandbytes nf4 with double quantization, fp32 compute
-on CPU, prepare_model_for_kbit_training with gradient checkpointing; for lora an fp32 base), then trains
+on CPU, prepare_model_for_kbit_training with gradient checkpointing; for lora an fp32 base, without and
+with gradient checkpointing), then trains
 `--steps` AdamW steps on the same batches. Measured, per process (Linux /proc/self/status):
 - RSS after the imports (the floor: Python, torch, transformers, peft);
 - peak RSS while loading the model (VmHWM);
@@ -24,6 +26,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +46,10 @@ METHODS = {
         },
     },
 }
+
+
+RECOMPUTE = "-recompute"  # a variant with gradient checkpointing
+VARIANTS = ("lora", "lora" + RECOMPUTE, "qlora")
 
 
 def _status_kib(field: str) -> int:
@@ -104,7 +111,10 @@ def child(args: argparse.Namespace) -> None:
     floor_anon = _status_kib("RssAnon")
     _reset_peak()
     cpu = torch.device("cpu")
-    setup = method_setup(Method.model_validate(METHODS[args.variant]), MethodContext(Path(args.model_dir), cpu))
+    method = Method.model_validate(METHODS[args.variant.removesuffix(RECOMPUTE)])
+    setup = method_setup(method, MethodContext(Path(args.model_dir), cpu))
+    if args.variant.endswith(RECOMPUTE):
+        setup = replace(setup, gradient_checkpointing=True)
     model = attach_adapter(load_base_model(Path(args.model_dir), setup, torch.float32, cpu), setup)
     loading_peak = _status_kib("VmHWM")
     loaded = _status_kib("VmRSS")
@@ -173,7 +183,7 @@ def main() -> None:
 
             model_dir = ensure_smollm2()
         results = {}
-        for variant in ("lora", "qlora"):
+        for variant in VARIANTS:
             options = {
                 "variant": variant,
                 "model_dir": model_dir,
@@ -192,7 +202,7 @@ def main() -> None:
         f"model {args.model}, batch {args.batch_size} x {args.seq_length} tokens, {args.steps} AdamW steps, "
         f"CPU, {allocator}\n"
     )
-    print(f"{'MiB':<28}{'lora (fp32)':>14}{'qlora (nf4)':>14}{'ratio':>9}")
+    print(f"{'MiB':<28}{'lora (fp32)':>14}{'+ recompute':>14}{'qlora (nf4)':>14}{'ratio':>9}{'ratio':>9}")
     for key, label in (
         ("model_mib", "model parameters+buffers"),
         ("floor_mib", "RSS after imports"),
@@ -202,10 +212,14 @@ def main() -> None:
         ("anonymous_over_floor_mib", "anon. training peak - floor"),
         ("seconds_per_step", "seconds per step"),
     ):
-        lora, qlora = results["lora"][key], results["qlora"][key]
-        print(f"{label:<28}{lora:>14.1f}{qlora:>14.1f}{qlora / lora:>8.2f}x")
-    ratio = results["qlora"]["anonymous_over_floor_mib"] / results["lora"]["anonymous_over_floor_mib"]
-    print(f"\nqlora / lora (anonymous training peak over the floor): {ratio:.2f}x   (goal <= 0.35x)")
+        lora, recompute, qlora = (results[v][key] for v in VARIANTS)
+        print(f"{label:<28}{lora:>14.1f}{recompute:>14.1f}{qlora:>14.1f}{recompute / lora:>8.2f}x{qlora / lora:>8.2f}x")
+    anonymous = {v: results[v]["anonymous_over_floor_mib"] for v in VARIANTS}
+    print(
+        f"\nqlora / lora (anonymous training peak over the floor): {anonymous['qlora'] / anonymous['lora']:.2f}x   "
+        "(goal <= 0.35x)"
+    )
+    print(f"lora with gradient checkpointing / lora: {anonymous['lora' + RECOMPUTE] / anonymous['lora']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -135,3 +135,11 @@ def run_training(plan: TrainingPlan, **kwargs: Any) -> Run:
     events_file.unlink(missing_ok=True)
     code = run_plan(plan, stdout=False, **kwargs)
     return Run(code, read_events(events_file))
+
+
+def without_dropout(method: dict[str, Any]) -> dict[str, Any]:
+    """`method` with its adapter dropout off, for runs that must agree step by step (dropout masks drawn in
+    another order or by another process would make them agree only in distribution)."""
+    if method["type"] in ("lora", "dora", "qlora"):
+        return {**method, method["type"]: {**method.get(method["type"], {}), "dropout": 0.0}}
+    return method

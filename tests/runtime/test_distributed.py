@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from peft_operator.api.plan import TrainingPlan
-from tests.runtime.builders import make_plan, read_events, run_training, varied_chat_rows, write_jsonl
+from tests.runtime.builders import make_plan, read_events, run_training, varied_chat_rows, without_dropout, write_jsonl
 from tests.runtime.test_dpo import preference_rows
 from tests.runtime.test_methods import METHODS
 from tests.support.adapters import assert_same_adapter
@@ -178,14 +178,6 @@ def test_a_run_stopped_with_two_processes_resumes_with_one_through_the_same_data
     assert _trained_tokens(tmp_path / "ranks" / "out") == _trained_tokens(tmp_path / "single" / "out"), "every row once"
 
 
-def _without_dropout(method: dict[str, Any]) -> dict[str, Any]:
-    """Dropout draws different masks on different ranks: the runs would agree only in distribution."""
-    parameters = method.get(method["type"])
-    if method["type"] in ("lora", "dora", "qlora"):
-        return {**method, method["type"]: {**parameters, "dropout": 0.0}}
-    return method
-
-
 # Every method on chat rows (sft), and dpo on preference pairs (two forwards a pair, one adapter disabled).
 FSDP_CASES = {name: (method, rate, "chat", {}) for name, (method, rate) in METHODS.items()}
 FSDP_CASES["lora-dpo"] = (LORA, "1e-2", "preference", {"objective": "dpo"})
@@ -200,7 +192,7 @@ def test_fsdp_shards_the_base_model_and_trains_like_one_process(
     micro-batches. One epoch of 9 micro-batches: the last step has one, so rank 1 runs a zero-weighted
     micro-batch to keep the sharded blocks' collectives in step, and the results still agree."""
     method, learning_rate, data_format, objective = FSDP_CASES[name]
-    method = _without_dropout(method)
+    method = without_dropout(method)
     rows = preference_rows(40, seed=1) if data_format == "preference" else varied_chat_rows(40)
     rows_file = write_jsonl(tmp_path / "rows.jsonl", rows)
     epoch = {"maxSteps": None, "epochs": 1, "learningRate": learning_rate, "checkpointEvery": 2, **objective}

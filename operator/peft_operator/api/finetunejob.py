@@ -197,6 +197,12 @@ class Training(RuledModel):
         default=1024, ge=16, le=131072, description="Tokens per row; longer rows are truncated."
     )
     packing: bool = Field(default=False, description="Pack several short rows into one sequence.")
+    gradient_checkpointing: bool | None = Field(
+        default=None,
+        description="Recompute each transformer block's activations during the backward pass instead of keeping "
+        "them from the forward: far less memory for long sequences and large bases, for about one more forward's "
+        "compute. Unset: on for qlora, off for the other methods.",
+    )
     seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed for data order, init and dropout.")
     checkpoint_every: int = Field(
         default=100, ge=1, le=1_000_000, description="Save a resumable checkpoint every N steps."
@@ -413,6 +419,13 @@ class FineTuneJobSpec(RuledModel):
             "training.objective dpo learns from dataset.format preference (prompt, chosen, rejected), and preference "
             "data needs training.objective dpo: set both, or neither",
             lambda s: (s.training.objective is Objective.DPO) == (s.dataset.format is DatasetFormat.PREFERENCE),
+        ),
+        Rule(
+            "self.method.type != 'prefix' || !has(self.training.gradientCheckpointing) || "
+            "!self.training.gradientCheckpointing",
+            "prefix tuning does not work with training.gradientCheckpointing (peft refuses the combination): set "
+            "gradientCheckpointing to false or leave it unset",
+            lambda s: s.method.type is not MethodType.PREFIX or not s.training.gradient_checkpointing,
         ),
         Rule(
             "!has(self.deploy) || !has(self.deploy.when) || self.dataset.validationSplit > 0",

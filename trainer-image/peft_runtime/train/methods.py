@@ -42,6 +42,7 @@ class MethodSetup:
     type: MethodType
     adapter_config: Any  # a peft.PeftConfig, or our BottleneckConfig
     quantization: Any = None  # transformers.BitsAndBytesConfig for qlora
+    gradient_checkpointing: bool = False  # recompute the blocks' activations in the backward pass
 
     @property
     def virtual_tokens_in_input(self) -> int:
@@ -90,7 +91,7 @@ def _qlora(p: QLoraParameters, context: MethodContext) -> MethodSetup:
         bnb_4bit_compute_dtype=compute_dtype(p.quantization.compute_dtype, context.device),
         bnb_4bit_quant_storage=context.quant_storage,
     )
-    return MethodSetup(MethodType.QLORA, _lora_config(p), quantization)
+    return MethodSetup(MethodType.QLORA, _lora_config(p), quantization, gradient_checkpointing=True)
 
 
 def _ia3(p: Ia3Parameters, context: MethodContext) -> MethodSetup:
@@ -163,10 +164,16 @@ def attach_adapter(model: Any, setup: MethodSetup) -> Any:
     """Freeze the base model and add the adapter: the single path every method takes."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    # Non-reentrant checkpointing: it needs no input that requires grad (the base is frozen).
+    checkpointing = {"use_reentrant": False}
     if setup.quantization is not None:
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+            model,
+            use_gradient_checkpointing=setup.gradient_checkpointing,
+            gradient_checkpointing_kwargs=checkpointing,
         )
+    elif setup.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     try:
         if isinstance(setup.adapter_config, BottleneckConfig):  # placements, found by its own code
             return BottleneckModel(model, setup.adapter_config)

@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 
 MAX_GRAD_NORM = 1.0
 LOSS_WINDOW = 10  # steps in the reported "recent" training loss
+# Settings that change how a step is computed, not what: a run may resume another's checkpoint across them.
+SAME_STEPS_EITHER_WAY = ("strategy", "gradientCheckpointing")
 
 
 def train(plan: TrainingPlan, reporter: Reporter, *, merge: bool = False) -> CompletedEvent | None:
@@ -303,7 +305,12 @@ def _build_trainee(spec: FineTuneJobSpec, run: RunSetup, data: TrainingData, rep
     sharded = strategy is Strategy.FSDP
     context = MethodContext(data.base_dir, run.device, quant_storage=run.place.dtype if sharded else torch.uint8)
     setup = method_setup(spec.method, context)
-    reporter.note(f"Loading the base model{' in 4 bits' if setup.quantization else ''} and adding the adapter")
+    if hp.gradient_checkpointing is not None:
+        setup = replace(setup, gradient_checkpointing=hp.gradient_checkpointing)
+    recomputed = " (gradient checkpointing)" if setup.gradient_checkpointing else ""
+    reporter.note(
+        f"Loading the base model{' in 4 bits' if setup.quantization else ''} and adding the adapter{recomputed}"
+    )
     # fsdp on GPUs: into host memory, so that no GPU holds the whole base (4-bit weights quantize on the GPU)
     load_on = torch.device("cpu") if sharded and not quantized else run.device
     try:
@@ -568,5 +575,5 @@ def _fingerprint(spec: FineTuneJobSpec) -> str:
     """What a checkpoint must match to be resumed: model, data, method and hyperparameters."""
     wire = spec.to_wire()
     relevant = {k: wire.get(k) for k in ("baseModel", "dataset", "method", "training")}
-    relevant["training"] = {k: v for k, v in wire["training"].items() if k != "strategy"}  # same steps either way
+    relevant["training"] = {k: v for k, v in wire["training"].items() if k not in SAME_STEPS_EITHER_WAY}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
