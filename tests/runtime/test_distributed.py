@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from peft_operator.api.finetunejob import Strategy
 from peft_operator.api.plan import TrainingPlan
 from tests.runtime.builders import make_plan, read_events, run_training, varied_chat_rows, without_dropout, write_jsonl
 from tests.runtime.test_dpo import preference_rows
@@ -110,13 +111,14 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize(("strategy", "resumed_with"), [("ddp", "fsdp"), ("fsdp", "ddp")])
 def test_a_killed_rank_stops_the_group_and_the_next_start_resumes_from_the_newest_checkpoint(
-    strategy: str, tiny_model_dir: Path, tmp_path: Path
+    strategy: str, resumed_with: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """What a Job does with a multi-GPU pod whose rank died: torchrun ends the group, the next pod starts
-    all ranks again, and they resume from the checkpoint rank 0 wrote (under fsdp into the sharded model),
-    ending where an uninterrupted run ends."""
+    all ranks again, and they resume from the checkpoint rank 0 wrote, ending where an uninterrupted run
+    ends. The restart uses the other strategy (a new FineTuneJob on the same output may): the checkpoint
+    loads into the sharded model as into the whole one."""
     data = write_jsonl(tmp_path / "chat.jsonl", varied_chat_rows(80))
     single = run_training(_plan(tiny_model_dir, data, tmp_path / "single", accumulation=2, maxSteps=24))
     assert single.exit_code == 0, single.events[-1]
@@ -132,12 +134,16 @@ def test_a_killed_rank_stops_the_group_and_the_next_start_resumes_from_the_newes
     assert newest < 24, "killed before the end"
 
     first_run_events = len(read_events(Path(plan.progress.file or "")))  # the file sink appends
+    switched = plan.model_copy(deep=True)
+    switched.spec.training.strategy = Strategy(resumed_with)
+    (tmp_path / "plan.json").write_text(switched.model_dump_json(by_alias=True))
     resumed = subprocess.run(_torchrun(tmp_path / "plan.json"), env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resuming from step-{newest} (step {newest} of 24)" in resumed.stderr
     events = read_events(Path(plan.progress.file or ""))[first_run_events:]
     steps = [e["progress"]["step"] for e in events if e["event"] == "progress"]
     assert steps == list(range(newest + 1, 25)), "the second start trains only the steps after the checkpoint"
+    assert events[-1]["progress"]["strategy"] == resumed_with
     assert_same_adapter(tmp_path / "single" / "out", tmp_path / "ranks" / "out", RELATIVE_TOLERANCE)
 
 
