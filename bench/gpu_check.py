@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -43,8 +44,6 @@ VARIANTS = {
 
 
 def child(args: argparse.Namespace) -> None:
-    import os
-
     import torch
 
     from peft_operator.api.plan import TrainingPlan

@@ -226,7 +226,7 @@ def read_secret_data(client: ApiClient, namespace: str, name: str) -> dict[str, 
 def claim_access_modes(client: ApiClient, namespace: str, name: str) -> list[str] | None:
     """A PersistentVolumeClaim's access modes, or None when it does not exist."""
     try:
-        claim = kubernetes.client.CoreV1Api(client).read_namespaced_persistent_volume_claim(name, namespace)
+        claim = CoreV1Api(client).read_namespaced_persistent_volume_claim(name, namespace)
     except ApiException as error:
         if error.status == 404:
             return None

@@ -37,6 +37,20 @@ def _torchrun(plan: Path) -> list[str]:
     return [*torchrun, "-m", "peft_runtime.cli", "train", "--plan", str(plan)]
 
 
+def _two_ranks(plan: TrainingPlan, root: Path) -> subprocess.CompletedProcess[str]:
+    """torchrun with 2 ranks on `plan` (written to root/plan.json), to the end; it must succeed."""
+    (root / "plan.json").write_text(plan.model_dump_json(by_alias=True))
+    result = subprocess.run(_torchrun(root / "plan.json"), env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _assert_same_losses(distributed: list[float], single: list[float], label: str) -> None:
+    worst = max(abs(d - s) / abs(s) for d, s in zip(distributed, single, strict=True))
+    print(f"{label}: losses 1 process {single}\n  2 ranks {distributed}\nworst relative difference {worst:.2e}")
+    assert distributed == pytest.approx(single, rel=RELATIVE_TOLERANCE)
+
+
 LORA = {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}}
 
 
@@ -75,17 +89,13 @@ def test_two_processes_train_like_one_accumulating_both_their_micro_batches(
     assert single.exit_code == 0, single.events[-1]
 
     plan = _plan(tiny_model_dir, data, tmp_path / "ranks", accumulation=1)
-    (tmp_path / "plan.json").write_text(plan.model_dump_json(by_alias=True))
-    result = subprocess.run(_torchrun(tmp_path / "plan.json"), env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _two_ranks(plan, tmp_path)
     events = read_events(Path(plan.progress.file or ""))
     assert [e["event"] for e in events].count("completed") == 1, "rank 0 alone reports"
     distributed = [e["progress"]["loss"] for e in events if e["event"] == "progress"]
     assert len(distributed) == len(single.losses) == 6
     # Step losses are recent averages; the first one is the first step's loss exactly.
-    worst = max(abs(d - s) / abs(s) for d, s in zip(distributed, single.losses, strict=True))
-    print(f"losses 1 process: {single.losses}\n       2 ranks:   {distributed}\nworst relative difference {worst:.2e}")
-    assert distributed == pytest.approx(single.losses, rel=RELATIVE_TOLERANCE)
+    _assert_same_losses(distributed, single.losses, "ddp")
     assert "Rank 1 of 2: batchSize 4 rows per process" in result.stderr
     assert "ddp (auto): every process holds the whole base model" in result.stderr
     assert events[-1]["progress"]["processes"] == 2 and single.events[-1]["progress"]["processes"] == 1
@@ -136,9 +146,7 @@ def test_a_killed_rank_stops_the_group_and_the_next_start_resumes_from_the_newes
     first_run_events = len(read_events(Path(plan.progress.file or "")))  # the file sink appends
     switched = plan.model_copy(deep=True)
     switched.spec.training.strategy = Strategy(resumed_with)
-    (tmp_path / "plan.json").write_text(switched.model_dump_json(by_alias=True))
-    resumed = subprocess.run(_torchrun(tmp_path / "plan.json"), env=ENV, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = _two_ranks(switched, tmp_path)
     assert f"Resuming from step-{newest} (step {newest} of 24)" in resumed.stderr
     events = read_events(Path(plan.progress.file or ""))[first_run_events:]
     steps = [e["progress"]["step"] for e in events if e["event"] == "progress"]
@@ -208,9 +216,7 @@ def test_fsdp_shards_the_base_model_and_trains_like_one_process(
     assert completed["progress"]["totalSteps"] == 5, "9 micro-batches of 4 rows, 2 a step: the last step has 1"
 
     plan = _plan(tiny_model_dir, rows_file, tmp_path / "ranks", 1, method, data_format, strategy="fsdp", **epoch)
-    (tmp_path / "plan.json").write_text(plan.model_dump_json(by_alias=True))
-    result = subprocess.run(_torchrun(tmp_path / "plan.json"), env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _two_ranks(plan, tmp_path)
     held = re.search(
         r"fsdp: 2 transformer blocks sharded over 2 processes; rank 1 holds ([\d,]+) of the model's ([\d,]+) parameter bytes",
         result.stderr,
@@ -220,13 +226,8 @@ def test_fsdp_shards_the_base_model_and_trains_like_one_process(
     events = read_events(Path(plan.progress.file or ""))
     progress = [e["progress"] for e in events if e["event"] == "progress"]
     assert progress[-1]["strategy"] == "fsdp" and progress[-1]["processes"] == 2
-    distributed = [p["loss"] for p in progress]
-    worst = max(abs(d - s) / abs(s) for d, s in zip(distributed, single.losses, strict=True))
     print(held[0])
-    print(
-        f"{name}: losses 1 process {single.losses}\n  fsdp 2 ranks {distributed}\nworst relative difference {worst:.2e}"
-    )
-    assert distributed == pytest.approx(single.losses, rel=RELATIVE_TOLERANCE)
+    _assert_same_losses([p["loss"] for p in progress], single.losses, f"fsdp {name}")
     (finished,) = [e for e in events if e["event"] == "completed"]
     assert finished["progress"]["evalLoss"] == pytest.approx(completed["progress"]["evalLoss"], rel=RELATIVE_TOLERANCE)
     assert _trained_tokens(tmp_path / "ranks" / "out") == _trained_tokens(tmp_path / "single" / "out")
